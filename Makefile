@@ -1,0 +1,45 @@
+# Plasticity — the README's commands.
+#   make run    install, migrate, seed the demo, start the web server and one worker
+#   make test   install, lint, check, and run every test
+#   make bench  run the benchmarks in bench/ (ONLY=name for one)
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: 2.13.0 is the CPU build on this machine's disk; a looser spec
+	# would pull a multi-gigabyte CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py seed_demo
+	$(PY) manage.py ensure_operator
+	$(PY) manage.py serve --host $(HOST) --port $(PORT)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) manage.py check
+	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m bench $(if $(ONLY),--only $(ONLY),)
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache

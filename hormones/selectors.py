@@ -1,0 +1,19 @@
+"""Reads of hormone state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.utils import timezone
+
+from hormones.choices import HORMONE_DEFAULTS
+from hormones.models import Hormone
+
+
+def hormone_levels_current(*, at: datetime | None = None) -> dict[str, float]:
+    """Current level of every hormone (baseline for one not yet created)."""
+    when = at or timezone.now()
+    levels = {name: spec[0] for name, spec in HORMONE_DEFAULTS.items()}
+    for hormone in Hormone.objects.all():
+        levels[hormone.name] = hormone.level_at(when)
+    return levels

@@ -1,0 +1,1 @@
+"""Self-improvement: strategies, runs, scheduling, promotion, health and export."""

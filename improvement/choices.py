@@ -1,0 +1,27 @@
+from django.db import models
+
+
+class StrategyName(models.TextChoices):
+    TRAINING = "training", "Training"
+    OPTIMIZATION = "optimization", "Optimization"
+    ARCHITECTURE = "architecture", "Architecture search"
+    DISTILLATION = "distillation", "Knowledge distillation"
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    PROMOTED = "promoted", "Promoted"
+    REJECTED = "rejected", "Rejected"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+IN_FLIGHT = (RunStatus.QUEUED, RunStatus.RUNNING)
+FINISHED = (RunStatus.PROMOTED, RunStatus.REJECTED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class RunOrigin(models.TextChoices):
+    LOOP = "loop", "Self-improvement loop"
+    OPERATOR = "operator", "Operator request"
+    CLI = "cli", "Command line"

@@ -1,0 +1,53 @@
+"""Start the ASGI server and one django-q2 worker; Ctrl-C stops both."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Run daphne (ASGI: pages, API, WebSockets) and a django-q2 worker cluster together."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--workers", type=int, default=1, help="django-q2 worker processes")
+
+    def handle(self, *args, host: str, port: int, workers: int, **options) -> None:
+        env = dict(os.environ, Q_WORKERS=str(workers))
+        python = sys.executable
+        web = subprocess.Popen(
+            [python, "-m", "daphne", "-b", host, "-p", str(port), "project.asgi:application"], env=env
+        )
+        worker = subprocess.Popen([python, "manage.py", "qcluster"], env=env)
+        children = [web, worker]
+        self.stdout.write(self.style.SUCCESS(f"Plasticity is running at http://{host}:{port}/  (Ctrl-C stops it)"))
+
+        def stop(*_args) -> None:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + 15
+            for child in children:
+                try:
+                    child.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.kill()
+
+        signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+        try:
+            while all(child.poll() is None for child in children):
+                time.sleep(0.5)
+            failed = [c.args[2] if len(c.args) > 2 else c.args for c in children if c.poll() not in (None, 0)]
+            if failed:
+                self.stderr.write(f"a process exited unexpectedly: {failed}")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop()

@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from improvement.choices import RunOrigin, RunStatus, StrategyName
+from models_registry.models import ModelVersion, NeuralModel
+
+
+class ImprovementConfig(models.Model):
+    """The one configuration row (pk=1) of the self-improvement loop.
+
+    Fields and defaults follow the specification's ``SelfImprovementConfig``; each strategy's
+    trigger thresholds are here too. Every process reads it from the database at the start of
+    each cycle and run, so an edit takes effect without a restart.
+    """
+
+    enabled = models.BooleanField(default=True)
+    auto_start = models.BooleanField(default=True)
+    improvement_interval = models.FloatField(
+        default=300.0, validators=[MinValueValidator(1.0)], help_text="Seconds between cycles."
+    )
+    max_concurrent_improvements = models.PositiveIntegerField(default=3, validators=[MinValueValidator(1)])
+    performance_threshold = models.FloatField(
+        default=0.1, validators=[MinValueValidator(0.0), MaxValueValidator(10.0)],
+        help_text="Relative gain required to promote (0.1 = 10% less error / latency / size).",
+    )
+    hormone_driven = models.BooleanField(default=True)
+    genetic_enhanced = models.BooleanField(default=True)
+    cross_model_distillation = models.BooleanField(default=True)
+    model_backup_enabled = models.BooleanField(default=True)
+    improvement_history_size = models.PositiveIntegerField(default=1000, validators=[MinValueValidator(1)])
+
+    # Strategy triggers.
+    training_score_below = models.FloatField(default=0.75, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    architecture_score_low = models.FloatField(default=0.75, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    architecture_score_high = models.FloatField(default=0.85, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    distillation_teacher_min_score = models.FloatField(
+        default=0.85, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+    )
+    optimization_latency_ms = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.001)],
+        help_text="p95 latency trigger; empty = each task's own latency budget (default 200 ms).",
+    )
+    optimization_score_tolerance = models.FloatField(
+        default=0.005, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Score an optimization may lose (absolute).",
+    )
+    rejection_cooldown_s = models.FloatField(
+        default=900.0, validators=[MinValueValidator(0.0)],
+        help_text="After a rejection, the same strategy waits this long before it is tried on that model again.",
+    )
+    run_time_budget_s = models.FloatField(
+        default=240.0, validators=[MinValueValidator(5.0)], help_text="Wall-clock budget of one run's training."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "improvement configuration"
+        verbose_name_plural = "improvement configuration"
+
+    def __str__(self) -> str:
+        return "Improvement configuration"
+
+    def save(self, *args, **kwargs) -> None:
+        self.pk = 1
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        if self.architecture_score_low > self.architecture_score_high:
+            raise ValidationError(
+                {"architecture_score_low": "must not be above architecture_score_high"}
+            )
+
+    @classmethod
+    def load(cls) -> ImprovementConfig:
+        config, _ = cls.objects.get_or_create(pk=1)
+        return config
+
+
+class ImprovementRun(models.Model):
+    """One strategy applied to one model.
+
+    Transitions (each made by one service with a conditional UPDATE):
+
+    * queued → running      (a worker claims it; a duplicate delivery finds it not queued)
+    * queued → cancelled    (an operator cancels before it starts)
+    * running → promoted    (candidate measurably better; new version activated)
+    * running → rejected    (candidate not better enough, or a guard rail failed)
+    * running → failed      (error, non-finite loss, or the worker vanished)
+    * running → cancelled   (cancel requested; the worker stops at its next progress report)
+    * running → queued      (the reconciler requeues a run whose worker vanished, once)
+    """
+
+    model = models.ForeignKey(NeuralModel, on_delete=models.CASCADE, related_name="improvement_runs")
+    strategy = models.CharField(max_length=20, choices=StrategyName.choices)
+    status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
+    origin = models.CharField(max_length=12, choices=RunOrigin.choices, default=RunOrigin.LOOP)
+    trigger_reason = models.CharField(max_length=300, blank=True)
+    priority = models.FloatField(default=0.0)
+    params = models.JSONField(default=dict, blank=True)
+    baseline_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    result_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="produced_by_runs"
+    )
+    objective = models.CharField(max_length=20, blank=True, help_text="score, latency or size")
+    baseline_metrics = models.JSONField(default=dict, blank=True)
+    candidate_metrics = models.JSONField(default=dict, blank=True)
+    gain = models.FloatField(null=True, blank=True)
+    decision = models.CharField(max_length=300, blank=True)
+    progress = models.FloatField(default=0.0)
+    progress_message = models.CharField(max_length=200, blank=True)
+    curve = models.JSONField(default=list, blank=True, help_text="Per-epoch loss/score points.")
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=120, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    cpu_seconds = models.FloatField(null=True, blank=True)
+    peak_memory_mb = models.FloatField(null=True, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["model", "strategy", "-finished_at"]),
+            models.Index(fields=["status", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"run #{self.pk} {self.strategy} on {self.model} ({self.status})"
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+class SearchCandidate(models.Model):
+    """One genome of an architecture search, trained by whichever worker claims it first.
+
+    pending → running (claimed by a conditional UPDATE) → done | failed. A running candidate
+    whose heartbeat went stale is claimed again by the search's own worker.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    run = models.ForeignKey(ImprovementRun, on_delete=models.CASCADE, related_name="search_candidates")
+    generation = models.PositiveIntegerField()
+    index = models.PositiveIntegerField(help_text="Position in the whole search (seeds its training).")
+    genome = models.JSONField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    worker = models.CharField(max_length=120, blank=True)
+    score = models.FloatField(null=True, blank=True, help_text="Validation score.")
+    latency_ms = models.FloatField(null=True, blank=True)
+    n_parameters = models.PositiveIntegerField(null=True, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    weights_file = models.CharField(max_length=300, blank=True)
+    weights_sha256 = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="search_candidate_index_unique")]
+
+    def __str__(self) -> str:
+        return f"run #{self.run_id} candidate {self.index} ({self.status})"

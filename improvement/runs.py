@@ -1,0 +1,211 @@
+"""The lifecycle of an ImprovementRun. Every transition is one conditional UPDATE here.
+
+See ``ImprovementRun``'s docstring for the allowed transitions. Conditional updates make
+the transitions safe across processes: a duplicate delivery of a run finds it no longer
+queued and does nothing; a worker whose run was cancelled or reconciled meanwhile finds it
+no longer running and stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from improvement.choices import IN_FLIGHT, RunOrigin, RunStatus
+from improvement.models import ImprovementRun
+from improvement.strategies import get_strategy
+from models_registry.models import NeuralModel
+from project.live.publisher import publish
+
+logger = logging.getLogger(__name__)
+
+CURVE_LIMIT = 2000
+LOG_LIMIT = 20_000
+
+
+class RunCancelled(Exception):
+    """Raised inside a worker when its run was cancelled or taken away from it."""
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _payload(run: ImprovementRun, **extra) -> dict:
+    return {"run_id": run.pk, "model_id": run.model_id, "model": str(run.model), "task": run.model.task.slug,
+            "strategy": run.strategy, "status": run.status, "progress": run.progress, **extra}
+
+
+def run_create(
+    *, model: NeuralModel, strategy: str, origin: str = RunOrigin.LOOP, trigger_reason: str = "",
+    priority: float = 0.0, params: dict | None = None, requested_by=None, enqueue: bool = True,
+) -> ImprovementRun:
+    get_strategy(strategy)  # unknown names fail here with the list of valid ones
+    with transaction.atomic():
+        run = ImprovementRun.objects.create(
+            model=model, strategy=strategy, origin=origin, trigger_reason=trigger_reason[:300],
+            priority=priority, params=params or {}, requested_by=requested_by,
+        )
+        publish("run.created", _payload(run, reason=run.trigger_reason))
+        if enqueue:
+            transaction.on_commit(lambda: run_enqueue(run_id=run.pk))
+    return run
+
+
+def run_enqueue(*, run_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task("improvement.tasks.run_improvement", run_id, task_name=f"run-{run_id}", group="improvement")
+
+
+def run_claim(*, run_id: int, worker: str) -> bool:
+    """queued → running, only if still queued. Returns whether this worker got it."""
+    now = timezone.now()
+    claimed = ImprovementRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
+        status=RunStatus.RUNNING, worker=worker[:120], started_at=now, heartbeat_at=now,
+        attempts=F("attempts") + 1, progress=0.0, progress_message="starting",
+    )
+    if claimed:
+        run = ImprovementRun.objects.select_related("model__task").get(pk=run_id)
+        publish("run.progress", _payload(run, message="starting"))
+    return bool(claimed)
+
+
+def run_finish(
+    *, run_id: int, status: str, decision: str = "", error: str = "", gain: float | None = None,
+    candidate_metrics: dict | None = None, message: str = "",
+) -> bool:
+    """running → rejected | failed | cancelled (promotion finishes through version_promote)."""
+    if status not in (RunStatus.REJECTED, RunStatus.FAILED, RunStatus.CANCELLED):
+        raise ValueError(f"run_finish cannot set {status!r}")
+    fields = {"status": status, "finished_at": timezone.now(), "decision": decision[:300], "error": error,
+              "progress_message": (message or status)[:200]}
+    if gain is not None:
+        fields["gain"] = gain
+    if candidate_metrics is not None:
+        fields["candidate_metrics"] = candidate_metrics
+    with transaction.atomic():
+        done = ImprovementRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(**fields)
+        if done:
+            run_announce_finished(run_id=run_id)
+    return bool(done)
+
+
+def run_announce_finished(*, run_id: int) -> None:
+    run = ImprovementRun.objects.select_related("model__task").get(pk=run_id)
+    publish("run.finished", _payload(run, gain=run.gain, message=run.decision or run.error[:200]))
+
+
+def run_cancel(*, run: ImprovementRun) -> ImprovementRun:
+    """queued → cancelled at once; running → cancel requested (the worker stops at its next report)."""
+    with transaction.atomic():
+        if ImprovementRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
+            status=RunStatus.CANCELLED, finished_at=timezone.now(), decision="cancelled before it started",
+            progress_message="cancelled",
+        ):
+            run_announce_finished(run_id=run.pk)
+        else:
+            ImprovementRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(cancel_requested=True)
+    run.refresh_from_db()
+    return run
+
+
+class RunReporter:
+    """Progress, heartbeat and live curve of one running run, written at most every 0.5 s."""
+
+    def __init__(self, run: ImprovementRun, *, interval_s: float = 0.5, on_flush=None) -> None:
+        self.run = run
+        self.on_flush = on_flush
+        self.interval_s = interval_s
+        self._last_write = 0.0
+        self._points: list[dict] = []
+        self._log: list[str] = []
+        self.peak_rss_mb = 0.0
+        self._sample_memory()
+
+    def _sample_memory(self) -> None:
+        import psutil
+
+        self.peak_rss_mb = max(self.peak_rss_mb, psutil.Process().memory_info().rss / 2**20)
+
+    def log(self, line: str) -> None:
+        self._log.append(f"[{timezone.now():%H:%M:%S}] {line}")
+
+    def __call__(self, fraction: float, message: str, point: dict | None = None) -> None:
+        if point is not None:
+            self._points.append({**point, "t": round(time.time(), 3)})
+        self._sample_memory()
+        now = time.monotonic()
+        if now - self._last_write < self.interval_s and fraction < 1.0:
+            return
+        self.flush(fraction, message)
+
+    def flush(self, fraction: float | None = None, message: str = "") -> None:
+        self._last_write = time.monotonic()
+        run = self.run
+        if fraction is not None:
+            run.progress = max(run.progress, min(1.0, float(fraction)))
+        if message:
+            run.progress_message = message[:200]
+        run.curve = (run.curve + self._points)[-CURVE_LIMIT:]
+        if self._log:
+            run.log = (run.log + "\n".join(self._log) + "\n")[-LOG_LIMIT:]
+        points, self._points, self._log = self._points, [], []
+        with transaction.atomic():
+            updated = ImprovementRun.objects.filter(
+                pk=run.pk, status=RunStatus.RUNNING, worker=run.worker, cancel_requested=False
+            ).update(progress=run.progress, progress_message=run.progress_message, curve=run.curve, log=run.log,
+                     heartbeat_at=timezone.now())
+            if updated:
+                publish("run.progress", _payload(run, message=run.progress_message, points=points[-20:]))
+        if not updated:
+            raise RunCancelled(f"run #{run.pk} was cancelled or is no longer held by this worker")
+        if self.on_flush is not None:
+            self.on_flush(run.progress, run.progress_message)
+
+
+def runs_in_flight() -> int:
+    return ImprovementRun.objects.filter(status__in=IN_FLIGHT).count()
+
+
+def runs_reconcile(*, timeout_s: float | None = None, max_attempts: int | None = None) -> list[str]:
+    """End or requeue runs whose worker vanished (no heartbeat within ``timeout_s``).
+
+    A run that has attempts left goes back to queued and is enqueued again; otherwise it
+    ends failed with the reason. Returns one line per run acted upon.
+    """
+    timeout_s = timeout_s or settings.PLASTICITY_HEARTBEAT_TIMEOUT
+    max_attempts = max_attempts or settings.Q_CLUSTER.get("max_attempts", 2)
+    cutoff = timezone.now() - timedelta(seconds=timeout_s)
+    lines = []
+    for run in ImprovementRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff):
+        reason = f"worker {run.worker or '?'} sent no heartbeat for {timeout_s:g} s"
+        if run.attempts < max_attempts and not run.cancel_requested:
+            with transaction.atomic():
+                moved = ImprovementRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING,
+                                                      heartbeat_at__lt=cutoff).update(
+                    status=RunStatus.QUEUED, worker="", progress=0.0,
+                    progress_message=f"requeued: {reason}",
+                )
+                if moved:
+                    transaction.on_commit(lambda run_id=run.pk: run_enqueue(run_id=run_id))
+                    lines.append(f"run #{run.pk} requeued ({reason})")
+        else:
+            with transaction.atomic():
+                moved = ImprovementRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING,
+                                                      heartbeat_at__lt=cutoff).update(
+                    status=RunStatus.FAILED, finished_at=timezone.now(), error=f"failed: {reason}",
+                    progress_message="worker vanished",
+                )
+                if moved:
+                    run_announce_finished(run_id=run.pk)
+                    lines.append(f"run #{run.pk} failed ({reason})")
+    return lines

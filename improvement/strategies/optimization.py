@@ -1,0 +1,158 @@
+"""Optimization: reduce latency and size (trigger: p95 latency above the task's budget).
+
+Builds several candidates and keeps the fastest whose validation score stays within the
+tolerance of the current model's:
+
+* the same weights on other runtimes — ONNX Runtime fp32 and dynamic int8, torch dynamic int8;
+* structured pruning that physically narrows layers (25 % and 50 % of hidden units), then a
+  short fine-tune;
+* a distilled student with half the widths, trained against the current model.
+
+Every variant is timed on this machine, warm, at batch 1 and 256 (p50); the speed measure is
+the geometric mean of the two. Unstructured sparsity masks are never used: they do not speed
+up dense CPU kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from improvement.nn.distillation import distill
+from improvement.nn.pruning import prune_genome_and_module
+from improvement.strategies.base import (
+    Applicability,
+    Candidate,
+    ModelMetrics,
+    ProgressFn,
+    StrategyContext,
+    Triggers,
+    register,
+)
+from improvement.strategies.common import Budget, clone_module, epoch_progress, train_config
+from models_registry.nn.evaluation import measure_latency, score_predictions, to_predictions
+from models_registry.nn.genome import GenomeError, build_module, set_normalisation, validate_genome
+from models_registry.nn.runtimes import export_onnx, make_predict_fn, quantize_onnx_dynamic
+from models_registry.nn.training import train_module
+
+RUNTIMES = ("torch_fp32", "onnx_fp32", "onnx_int8", "torch_int8")
+
+
+def half_genome(genome: dict) -> dict | None:
+    g = copy.deepcopy(genome)
+    changed = False
+    for key in ("hidden", "channels", "encoder"):
+        if g.get(key):
+            new = [max(1, w // 2) for w in g[key]]
+            changed |= new != g[key]
+            g[key] = new
+    if not changed:
+        return None
+    try:
+        return validate_genome(g)
+    except GenomeError:
+        return None
+
+
+@dataclasses.dataclass
+class Variant:
+    genome: dict
+    module: torch.nn.Module
+    runtime: str
+    onnx_bytes: bytes | None
+    val_score: float
+    latency: dict
+    label: str
+
+    @property
+    def speed_cost(self) -> float:
+        values = [self.latency.get("p50_ms_b1"), self.latency.get("p50_ms_b256")]
+        values = [v for v in values if v and v > 0]
+        return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.inf
+
+
+def _val_score(predict, context: StrategyContext) -> float:
+    X_val = np.asarray(context.data.X_val, dtype=np.float32)
+    raw = np.asarray(predict(X_val))
+    y_val = context.data.y_val if context.output_kind != "reconstruction" else X_val
+    preds = to_predictions(context.output_kind, raw) if context.output_kind == "classes" and raw.ndim == 2 else raw
+    return float(score_predictions(context.output_kind, y_val, preds))
+
+
+def runtime_variants(genome: dict, module: torch.nn.Module, context: StrategyContext, label: str) -> list[Variant]:
+    module.eval()
+    X_pool = np.asarray(context.data.X_val, dtype=np.float32)
+    onnx_fp32 = export_onnx(module, tuple(context.input_shape))
+    onnx_int8 = quantize_onnx_dynamic(onnx_fp32)
+    variants = []
+    for runtime in RUNTIMES:
+        onnx_bytes = {"onnx_fp32": onnx_fp32, "onnx_int8": onnx_int8}.get(runtime)
+        predict = make_predict_fn(runtime, module=module, onnx_bytes=onnx_bytes)
+        latency = measure_latency(predict, X_pool, batch_sizes=(1, 256), warmup=5, repeats=40, max_seconds=1.5)
+        variants.append(Variant(genome=genome, module=module, runtime=runtime, onnx_bytes=onnx_bytes,
+                                val_score=_val_score(predict, context), latency=latency, label=f"{label} {runtime}"))
+    return variants
+
+
+@register
+class OptimizationStrategy:
+    name = "optimization"
+    objective = "latency"
+    description = "ONNX Runtime / int8 / structured pruning / distilled student; fastest within tolerance."
+
+    def applies(self, metrics: ModelMetrics, triggers: Triggers) -> Applicability:
+        limit = triggers.optimization_latency_ms or metrics.latency_budget_ms
+        if metrics.latency_p95_ms is None:
+            return Applicability(False, "latency not measured yet")
+        if metrics.latency_p95_ms > limit:
+            over = metrics.latency_p95_ms / limit - 1.0
+            return Applicability(True, f"p95 latency {metrics.latency_p95_ms:.2f} ms > {limit:g} ms",
+                                 urgency=min(1.0, 0.4 + over))
+        return Applicability(False, f"p95 latency {metrics.latency_p95_ms:.2f} ms ≤ {limit:g} ms")
+
+    def build_candidates(self, context: StrategyContext, progress: ProgressFn) -> list[Candidate]:
+        budget = Budget(context.time_budget_s)
+        base = clone_module(context.module).eval()
+        progress(0.02, "timing the current weights on every runtime", None)
+        variants = runtime_variants(context.genome, base, context, "current")
+        reference = next(v for v in variants if v.runtime == "torch_fp32")
+        floor = reference.val_score - context.score_tolerance
+
+        for i, fraction in enumerate((0.25, 0.5)):
+            if budget.left < 2.0:
+                break
+            progress(0.2 + 0.25 * i, f"structured pruning {fraction:.0%} + fine-tune", None)
+            genome, pruned = prune_genome_and_module(context.genome, base, fraction=fraction)
+            if genome == context.genome:
+                continue
+            train_module(pruned, context.data, output_kind=context.output_kind,
+                         config=train_config(context, lr=context.train_config.lr / 3,
+                                             max_seconds=budget.share(0.25), seed=context.seed + i),
+                         progress=epoch_progress(progress, start=0.2 + 0.25 * i, span=0.2, label=f"prune {fraction:.0%}"),
+                         augment=context.augment, extra_data=context.extra_data)
+            variants += runtime_variants(genome, pruned, context, f"pruned {fraction:.0%}")
+
+        small = half_genome(context.genome)
+        if small is not None and budget.left > 2.0:
+            progress(0.7, "distilling a half-width student", None)
+            torch.manual_seed(context.seed)
+            student = build_module(small)
+            set_normalisation(student, context.data.X_train, context.data.y_train, context.output_kind)
+            distill(student, base, context.data, output_kind=context.output_kind,
+                    config=train_config(context, max_seconds=budget.share(0.9), seed=context.seed + 7),
+                    progress=epoch_progress(progress, start=0.7, span=0.2, label="student"),
+                    augment=context.augment)
+            variants += runtime_variants(small, student, context, "half-width student")
+
+        eligible = [v for v in variants if v.val_score >= floor]
+        best = min(eligible, key=lambda v: v.speed_cost) if eligible else reference
+        table = [{"variant": v.label, "val_score": round(v.val_score, 5), "p50_ms_b1": v.latency.get("p50_ms_b1"),
+                  "p50_ms_b256": v.latency.get("p50_ms_b256")} for v in variants]
+        progress(0.95, f"fastest within tolerance: {best.label}", None)
+        return [Candidate(genome=best.genome, module=best.module, runtime=best.runtime, onnx_bytes=best.onnx_bytes,
+                          val_score=best.val_score, note=f"optimization: {best.label}",
+                          details={"variants": table, "floor": floor})]

@@ -1,0 +1,23 @@
+"""django-q2 tasks: thin wrappers that take ids and call one service.
+
+Argument names never collide with django-q2's own options (timeout, group, hook, ...),
+which ``async_task`` would silently swallow.
+"""
+
+from __future__ import annotations
+
+from django.db import close_old_connections
+
+
+def run_improvement(run_id: int) -> str:
+    from improvement.engine import run_execute
+
+    close_old_connections()
+    return run_execute(run_id=run_id)
+
+
+def evaluate_search_candidate(candidate_id: int) -> str:
+    from improvement.search import search_candidate_execute
+
+    close_old_connections()
+    return search_candidate_execute(candidate_id=candidate_id)

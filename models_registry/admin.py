@@ -1,0 +1,118 @@
+from django.contrib import admin, messages
+from django.db.models import Count
+
+from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
+from models_registry.services import RegistryError, version_activate, version_rollback
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = ("slug", "name", "output_kind", "source", "n_samples", "n_train", "n_val", "n_test",
+                    "latency_budget_ms", "model_count", "created_at")
+    list_filter = ("output_kind", "source")
+    search_fields = ("slug", "name", "description", "algorithm_path")
+    readonly_fields = ("output_kind", "source", "builtin_key", "input_shape", "n_outputs", "class_labels",
+                       "feature_names", "target_name", "dataset_file", "dataset_sha256", "n_samples", "n_train",
+                       "n_val", "n_test", "split_seed", "sampler_spec", "created_at")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_models=Count("neural_models"))
+
+    @admin.display(ordering="_models", description="models")
+    def model_count(self, obj: Task) -> int:
+        return obj._models
+
+    def has_add_permission(self, request) -> bool:
+        # Tasks are created from data (upload, generator or built-in) through the API/panel,
+        # which materialises and splits the dataset; a bare admin form cannot.
+        return False
+
+
+class VersionInline(admin.TabularInline):
+    model = ModelVersion
+    fields = ("number", "runtime", "is_active", "score", "latency_p95_ms", "n_parameters", "parent", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("-number",)
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(NeuralModel)
+class NeuralModelAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "task", "active_number", "active_score", "version_count", "created_at")
+    list_filter = ("task",)
+    search_fields = ("name", "task__slug", "description")
+    inlines = [VersionInline]
+    actions = ["rollback_selected"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("task").annotate(_versions=Count("versions"))
+
+    @admin.display(description="versions", ordering="_versions")
+    def version_count(self, obj: NeuralModel) -> int:
+        return obj._versions
+
+    @admin.display(description="active")
+    def active_number(self, obj: NeuralModel) -> str:
+        active = obj.active_version
+        return f"v{active.number}" if active else "—"
+
+    @admin.display(description="score")
+    def active_score(self, obj: NeuralModel) -> str:
+        active = obj.active_version
+        return f"{active.score:.4f}" if active and active.score is not None else "—"
+
+    @admin.action(description="Roll back to the previous version")
+    def rollback_selected(self, request, queryset) -> None:
+        for model in queryset:
+            try:
+                version = version_rollback(model=model, reason=f"admin rollback by {request.user}")
+                self.message_user(request, f"{model}: v{version.number} is active")
+            except RegistryError as exc:
+                self.message_user(request, f"{model}: {exc}", level=messages.ERROR)
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "runtime", "is_active", "score", "metric", "latency_p95_ms", "latency_p95_ms_batch",
+                    "n_parameters", "size_bytes", "parent", "created_at")
+    list_filter = ("is_active", "runtime", "model__task")
+    search_fields = ("model__name", "model__task__slug", "note")
+    list_select_related = ("model__task", "parent")
+    readonly_fields = [f.name for f in ModelVersion._meta.fields]
+    actions = ["activate_selected"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # immutable; activation is an action
+
+    @admin.action(description="Activate this version (serve it)")
+    def activate_selected(self, request, queryset) -> None:
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version to activate.", level=messages.ERROR)
+            return
+        version = queryset.get()
+        version_activate(version=version, reason=f"admin activation by {request.user}")
+        self.message_user(request, f"{version} is active")
+
+
+@admin.register(PerformanceSample)
+class PerformanceSampleAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "task", "implementation", "version", "source", "score", "latency_p50_ms",
+                    "latency_p95_ms", "latency_p99_ms", "n_requests", "n_errors")
+    list_filter = ("implementation", "source", "task")
+    list_select_related = ("task", "version__model")
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in PerformanceSample._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

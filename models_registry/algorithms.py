@@ -1,0 +1,261 @@
+"""Algorithmic implementations and the helpers that load them by dotted path.
+
+Every implementation follows one small protocol, shared with the neural
+runtimes so the router can treat them alike::
+
+    impl.fit(X, y) -> impl          # may be a no-op
+    impl.predict(X) -> np.ndarray   # final predictions: class labels (int64, (N,)) for
+                                    # "classes", float32 (N, k) for "values", float32
+                                    # with X's shape for "reconstruction"
+
+The classical models flatten every input row, so they accept images
+(N, 1, 8, 8) as readily as tables (N, F). scikit-learn is imported lazily: it
+is slow to import and most processes (web, scheduler) never fit a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from models_registry.data.errors import ImplementationError
+
+__all__ = [
+    "Implementation",
+    "ImplementationError",
+    "KNNClassifier",
+    "SVCClassifier",
+    "PCAReconstruction",
+    "RidgeRegressor",
+    "FunctionImplementation",
+    "DEFAULT_IMPLEMENTATIONS",
+    "load_callable",
+    "as_implementation",
+    "load_implementation",
+]
+
+
+@runtime_checkable
+class Implementation(Protocol):
+    """What the router and the evaluator need from an algorithmic implementation."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> Any: ...
+
+    def predict(self, X: np.ndarray) -> np.ndarray: ...
+
+
+def _flat(X: np.ndarray) -> np.ndarray:
+    x = np.asarray(X, dtype=np.float32)
+    if x.ndim == 0:
+        raise ValueError("inputs must have a leading batch dimension")
+    return x.reshape(x.shape[0], -1)
+
+
+class _NotFitted:
+    def _require_fitted(self, attr: str) -> Any:
+        value = getattr(self, attr, None)
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__} must be fitted before predict()")
+        return value
+
+
+class KNNClassifier(_NotFitted):
+    """k-nearest-neighbours classifier; also the fallback for uploaded classification tasks."""
+
+    def __init__(self, n_neighbors: int = 3) -> None:
+        self.n_neighbors = int(n_neighbors)
+        self._model: Any = None
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> KNNClassifier:
+        from sklearn.neighbors import KNeighborsClassifier
+
+        x = _flat(X)
+        # A tiny training set must not ask for more neighbours than it has rows.
+        k = max(1, min(self.n_neighbors, x.shape[0]))
+        self._model = KNeighborsClassifier(n_neighbors=k).fit(x, np.asarray(y).astype(np.int64))
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self._require_fitted("_model").predict(_flat(X)).astype(np.int64)
+
+
+class SVCClassifier(_NotFitted):
+    """RBF support-vector classifier (slower to fit than kNN, usually a little more accurate)."""
+
+    def __init__(self, C: float = 10.0, gamma: str | float = "scale") -> None:
+        self.C = float(C)
+        self.gamma = gamma
+        self._model: Any = None
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> SVCClassifier:
+        from sklearn.svm import SVC
+
+        self._model = SVC(C=self.C, gamma=self.gamma).fit(_flat(X), np.asarray(y).astype(np.int64))
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self._require_fitted("_model").predict(_flat(X)).astype(np.int64)
+
+
+class PCAReconstruction(_NotFitted):
+    """Compress to ``n_components`` principal components and back; ``y`` is ignored."""
+
+    def __init__(self, n_components: int = 8) -> None:
+        self.n_components = int(n_components)
+        self._model: Any = None
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> PCAReconstruction:
+        from sklearn.decomposition import PCA
+
+        x = _flat(X)
+        k = max(1, min(self.n_components, x.shape[0], x.shape[1]))
+        # Full SVD: deterministic (no randomised solver), and cheap at these sizes.
+        self._model = PCA(n_components=k, svd_solver="full").fit(x)
+        return self
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        return self._require_fitted("_model").transform(_flat(X)).astype(np.float32)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        x = np.asarray(X)
+        model = self._require_fitted("_model")
+        return model.inverse_transform(model.transform(_flat(x))).astype(np.float32).reshape(x.shape)
+
+
+class RidgeRegressor(_NotFitted):
+    """Linear least squares with L2 penalty: the fallback for uploaded regression tasks."""
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        self.alpha = float(alpha)
+        self._model: Any = None
+        self._y_ndim = 2
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> RidgeRegressor:
+        from sklearn.linear_model import Ridge
+
+        target = np.asarray(y, dtype=np.float64)
+        self._y_ndim = target.ndim
+        self._model = Ridge(alpha=self.alpha).fit(_flat(X), target.reshape(target.shape[0], -1))
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        out = self._require_fitted("_model").predict(_flat(X)).astype(np.float32)
+        out = out.reshape(out.shape[0], -1)
+        # Answer in the same layout the targets were given in.
+        return out[:, 0] if self._y_ndim == 1 else out
+
+
+class FunctionImplementation:
+    """Wraps a plain function ``f(X) -> y`` into the protocol (``fit`` is a no-op)."""
+
+    def __init__(self, fn: Callable[[np.ndarray], Any], name: str | None = None) -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__qualname__", repr(fn))
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> FunctionImplementation:
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.fn(X))
+
+    def __repr__(self) -> str:
+        return f"FunctionImplementation({self.name})"
+
+
+#: Fallback implementation per output kind for uploaded tasks that name none.
+DEFAULT_IMPLEMENTATIONS: dict[str, str] = {
+    "classes": "models_registry.algorithms.KNNClassifier",
+    "values": "models_registry.algorithms.RidgeRegressor",
+    "reconstruction": "models_registry.algorithms.PCAReconstruction",
+}
+
+# A dotted path is identifiers joined by dots, optionally "module:attr". Anything else
+# (slashes, spaces, dunder names) is refused before we touch the import system.
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_DOTTED = re.compile(rf"^{_IDENT}(\.{_IDENT})*([.:]{_IDENT})$")
+
+
+def load_callable(dotted_path: str) -> Callable[..., Any]:
+    """Import ``package.module.attr`` (or ``package.module:attr``) and return the callable.
+
+    Raises ``ImplementationError`` with a message naming what is wrong: a
+    malformed path, a private attribute, a module that cannot be imported (or
+    fails while importing), a missing attribute, or one that is not callable.
+    """
+    if not isinstance(dotted_path, str) or not dotted_path.strip():
+        raise ImplementationError("implementation path must be a non-empty dotted path like 'package.module.func'")
+    path = dotted_path.strip()
+    if not _DOTTED.match(path):
+        raise ImplementationError(
+            f"'{path}' is not a dotted path: expected 'package.module.attribute' (letters, digits, "
+            "underscores, separated by dots)"
+        )
+    if ":" in path:
+        module_name, attr = path.split(":", 1)
+    else:
+        module_name, _, attr = path.rpartition(".")
+    if attr.startswith("_") or any(part.startswith("__") for part in module_name.split(".")):
+        raise ImplementationError(f"'{path}': private or dunder names cannot be used as implementations")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ImplementationError(f"'{path}': module '{module_name}' cannot be found ({exc})")
+    except Exception as exc:  # any error raised while the module body runs
+        raise ImplementationError(f"'{path}': importing '{module_name}' failed: {type(exc).__name__}: {exc}")
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise ImplementationError(f"'{path}': module '{module_name}' has no attribute '{attr}'")
+    if not callable(obj):
+        raise ImplementationError(f"'{path}' is a {type(obj).__name__}, not a callable (function or class)")
+    return obj
+
+
+def as_implementation(obj: Any) -> Implementation:
+    """Turn what a dotted path names into an object following the protocol.
+
+    * an object with ``predict`` is returned as is (given a no-op ``fit`` if it lacks one);
+    * a class is instantiated with no arguments, then treated as above;
+    * any other callable is treated as a function ``f(X) -> y`` and wrapped.
+    """
+    if isinstance(obj, type):
+        try:
+            instance = obj()
+        except Exception as exc:
+            raise ImplementationError(
+                f"class {obj.__qualname__} cannot be created without arguments: {type(exc).__name__}: {exc}"
+            )
+        if not callable(getattr(instance, "predict", None)):
+            if callable(instance):
+                return FunctionImplementation(instance, name=obj.__qualname__)
+            raise ImplementationError(f"class {obj.__qualname__} has no predict(X) method")
+        obj = instance
+    if callable(getattr(obj, "predict", None)):
+        if callable(getattr(obj, "fit", None)):
+            return obj
+        return _WithNoopFit(obj)
+    if callable(obj):
+        return FunctionImplementation(obj)
+    raise ImplementationError(f"{obj!r} is neither callable nor has a predict(X) method")
+
+
+class _WithNoopFit:
+    """Adds a no-op ``fit`` to a predict-only object."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> _WithNoopFit:
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.inner.predict(X))
+
+
+def load_implementation(dotted_path: str) -> Implementation:
+    """``as_implementation(load_callable(dotted_path))``: what task creation and serving use."""
+    return as_implementation(load_callable(dotted_path))

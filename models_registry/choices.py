@@ -1,0 +1,31 @@
+from django.db import models
+
+
+class OutputKind(models.TextChoices):
+    CLASSES = "classes", "Classes (accuracy)"
+    VALUES = "values", "Values (R², clipped to [0, 1])"
+    RECONSTRUCTION = "reconstruction", "Reconstruction (R² of the reconstruction)"
+
+
+class DataSource(models.TextChoices):
+    BUILTIN = "builtin", "Built-in dataset"
+    UPLOAD = "upload", "Uploaded dataset (CSV/NPZ)"
+    GENERATOR = "generator", "Generator (sampler + algorithm as labeller)"
+
+
+class Runtime(models.TextChoices):
+    TORCH_FP32 = "torch_fp32", "PyTorch fp32"
+    TORCH_INT8 = "torch_int8", "PyTorch dynamic int8"
+    ONNX_FP32 = "onnx_fp32", "ONNX Runtime fp32"
+    ONNX_INT8 = "onnx_int8", "ONNX Runtime dynamic int8"
+
+
+class Implementation(models.TextChoices):
+    NEURAL = "neural", "Neural"
+    ALGORITHMIC = "algorithmic", "Algorithmic"
+
+
+class SampleSource(models.TextChoices):
+    EVALUATION = "evaluation", "Held-out evaluation"
+    LIVE = "live", "Live traffic"
+    SHADOW = "shadow", "Shadow check"

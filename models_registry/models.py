@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from models_registry.choices import DataSource, Implementation, OutputKind, Runtime, SampleSource
+
+
+class Task(models.Model):
+    """An operation with an input/output contract, a data source and fixed splits.
+
+    The dataset (inputs, targets and the train/validation/test index arrays) is written
+    once, as an NPZ file through the storage API, when the task is created; every version
+    of every model is then judged on the same held-out rows.
+    """
+
+    slug = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True)
+    output_kind = models.CharField(max_length=20, choices=OutputKind.choices)
+    source = models.CharField(max_length=20, choices=DataSource.choices)
+    builtin_key = models.CharField(max_length=80, blank=True)
+    input_shape = models.JSONField(help_text="Shape of one input, e.g. [1, 8, 8].")
+    n_outputs = models.PositiveIntegerField(help_text="Classes, target values, or input size.")
+    class_labels = models.JSONField(null=True, blank=True)
+    feature_names = models.JSONField(default=list, blank=True)
+    target_name = models.CharField(max_length=120, blank=True)
+    algorithm_path = models.CharField(
+        max_length=200, blank=True, help_text="Dotted path of the algorithmic implementation."
+    )
+    sampler_spec = models.JSONField(null=True, blank=True)
+    dataset_file = models.CharField(max_length=300)
+    dataset_sha256 = models.CharField(max_length=64)
+    n_samples = models.PositiveIntegerField()
+    n_train = models.PositiveIntegerField()
+    n_val = models.PositiveIntegerField()
+    n_test = models.PositiveIntegerField()
+    split_seed = models.PositiveIntegerField(default=0)
+    latency_budget_ms = models.FloatField(default=200.0, validators=[MinValueValidator(0.001)])
+    score_tolerance = models.FloatField(
+        default=0.02, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Serving floor = algorithmic score minus this tolerance.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class NeuralModel(models.Model):
+    """One lineage of versions for one task; exactly one version is active."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="neural_models")
+    name = models.SlugField(max_length=80)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["task__slug", "name"]
+        constraints = [models.UniqueConstraint(fields=["task", "name"], name="model_name_unique_per_task")]
+
+    def __str__(self) -> str:
+        return f"{self.task.slug}/{self.name}"
+
+    @property
+    def active_version(self) -> ModelVersion | None:
+        return self.versions.filter(is_active=True).first()
+
+
+class ModelVersion(models.Model):
+    """An immutable version: genome, weights (safetensors + sha256), runtime, metrics, parent.
+
+    Only ``is_active`` ever changes after creation, and only through the activation and
+    rollback services. Everything needed to rebuild the module is here: ``build_module(genome)``
+    plus the weights file.
+    """
+
+    IMMUTABLE_FIELDS = (
+        "model_id", "number", "genome", "runtime", "weights_file", "weights_sha256",
+        "artifact_file", "artifact_sha256", "parent_id", "score",
+    )
+
+    model = models.ForeignKey(NeuralModel, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    genome = models.JSONField()
+    runtime = models.CharField(max_length=20, choices=Runtime.choices, default=Runtime.TORCH_FP32)
+    weights_file = models.CharField(max_length=300)
+    weights_sha256 = models.CharField(max_length=64)
+    artifact_file = models.CharField(max_length=300, blank=True, help_text="ONNX model for ONNX runtimes.")
+    artifact_sha256 = models.CharField(max_length=64, blank=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    is_active = models.BooleanField(default=False)
+    score = models.FloatField(null=True, blank=True)
+    metric = models.CharField(max_length=32, blank=True)
+    latency_p50_ms = models.FloatField(null=True, blank=True, help_text="Batch of 1.")
+    latency_p95_ms = models.FloatField(null=True, blank=True, help_text="Batch of 1.")
+    latency_p95_ms_batch = models.FloatField(null=True, blank=True, help_text="Batch of 256.")
+    n_parameters = models.PositiveIntegerField(null=True, blank=True)
+    size_bytes = models.PositiveIntegerField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model", "-number"]
+        get_latest_by = "number"
+        constraints = [
+            models.UniqueConstraint(fields=["model", "number"], name="version_number_unique_per_model"),
+            models.UniqueConstraint(
+                fields=["model"], condition=models.Q(is_active=True), name="one_active_version_per_model"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} v{self.number}"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.pk is not None:
+            original = ModelVersion.objects.filter(pk=self.pk).values(*self.IMMUTABLE_FIELDS).first()
+            if original is not None:
+                changed = [f for f in self.IMMUTABLE_FIELDS if original[f] != getattr(self, f)]
+                if changed:
+                    raise ValidationError(f"model versions are immutable; refused change to {', '.join(changed)}")
+        super().save(*args, **kwargs)
+
+
+class PerformanceSample(models.Model):
+    """A measurement of one implementation of a task.
+
+    ``evaluation`` samples come from the held-out split; ``live`` and ``shadow`` samples
+    are aggregates flushed periodically by the serving tracker (never one row per request).
+    ``version`` is null for the algorithmic implementation.
+    """
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="performance_samples")
+    version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.CASCADE, related_name="performance_samples"
+    )
+    implementation = models.CharField(max_length=20, choices=Implementation.choices)
+    source = models.CharField(max_length=20, choices=SampleSource.choices, default=SampleSource.EVALUATION)
+    score = models.FloatField(null=True, blank=True)
+    metric = models.CharField(max_length=32, blank=True)
+    latency_p50_ms = models.FloatField(null=True, blank=True)
+    latency_p95_ms = models.FloatField(null=True, blank=True)
+    latency_p99_ms = models.FloatField(null=True, blank=True)
+    latency_p50_ms_batch = models.FloatField(null=True, blank=True)
+    latency_p95_ms_batch = models.FloatField(null=True, blank=True)
+    throughput_per_s = models.FloatField(null=True, blank=True)
+    n_requests = models.PositiveIntegerField(default=0)
+    n_errors = models.PositiveIntegerField(default=0)
+    n_parameters = models.PositiveIntegerField(null=True, blank=True)
+    size_bytes = models.PositiveIntegerField(null=True, blank=True)
+    cpu_percent = models.FloatField(null=True, blank=True)
+    memory_mb = models.FloatField(null=True, blank=True)
+    extra = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["task", "implementation", "-created_at"]),
+            models.Index(fields=["version", "-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        who = f"v{self.version.number}" if self.version_id else "algorithm"
+        return f"{self.task.slug} {who} {self.source} score={self.score}"

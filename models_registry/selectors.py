@@ -1,0 +1,47 @@
+"""Reads of the model registry."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from models_registry.choices import Implementation, SampleSource
+from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
+
+
+def task_list() -> QuerySet[Task]:
+    return Task.objects.all().order_by("slug")
+
+
+def model_list(*, task: Task | None = None) -> QuerySet[NeuralModel]:
+    qs = NeuralModel.objects.select_related("task")
+    return qs.filter(task=task) if task is not None else qs
+
+
+def version_active(*, model: NeuralModel) -> ModelVersion | None:
+    return ModelVersion.objects.filter(model=model, is_active=True).first()
+
+
+def version_best_in_task(*, task: Task, exclude_model: NeuralModel | None = None) -> ModelVersion | None:
+    """The highest-scoring active version of any model of the task (the natural teacher)."""
+    qs = ModelVersion.objects.filter(model__task=task, is_active=True, score__isnull=False)
+    if exclude_model is not None:
+        qs = qs.exclude(model=exclude_model)
+    return qs.order_by("-score", "latency_p95_ms").first()
+
+
+def algorithm_latest_sample(*, task: Task) -> PerformanceSample | None:
+    return (
+        PerformanceSample.objects.filter(
+            task=task, implementation=Implementation.ALGORITHMIC, source=SampleSource.EVALUATION
+        )
+        .order_by("-created_at", "-id")
+        .first()
+    )
+
+
+def version_latest_sample(*, version: ModelVersion) -> PerformanceSample | None:
+    return (
+        PerformanceSample.objects.filter(version=version, source=SampleSource.EVALUATION)
+        .order_by("-created_at", "-id")
+        .first()
+    )

@@ -1,0 +1,299 @@
+"""Writes to the model registry. Each state change has exactly one service here.
+
+* ``task_create_*``   — the dataset file is written first, then the row; a failed row
+  removes the file, so a rejected task leaves nothing behind.
+* ``version_create``  — weights (and ONNX artifact) written first, then the version row and,
+  optionally, the active switch in one transaction.
+* ``version_activate`` — the one place where the active version changes.
+* ``version_rollback`` — re-activates an earlier version (through ``version_activate``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils.text import slugify
+
+from models_registry.algorithms import load_callable, load_implementation
+from models_registry.choices import DataSource, Implementation, OutputKind, Runtime, SampleSource
+from models_registry.data.builtin import BUILTIN_DATASETS
+from models_registry.data.errors import DatasetError
+from models_registry.data.splits import make_splits
+from models_registry.data.upload import (
+    UploadLimits,
+    generate_dataset,
+    parse_csv,
+    parse_npz,
+    parse_sampler_spec,
+)
+from models_registry.datasets import dataset_save
+from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
+from models_registry.nn.evaluation import EvaluationResult
+from models_registry.nn.genome import validate_genome
+from models_registry.weights import blob_delete, blob_save, weights_save
+from project.live.publisher import publish
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryError(ValueError):
+    """A request the registry refuses, with a message fit for a 400 response."""
+
+
+# --------------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True)
+class _TaskData:
+    X: np.ndarray
+    y: np.ndarray
+    output_kind: str
+    input_shape: list[int]
+    n_outputs: int
+    class_labels: list[str] | None = None
+    feature_names: list[str] | None = None
+    target_name: str = ""
+
+
+def _n_outputs(output_kind: str, X: np.ndarray, y: np.ndarray) -> int:
+    if output_kind == OutputKind.CLASSES:
+        return int(np.max(y)) + 1
+    if output_kind == OutputKind.VALUES:
+        return 1 if y.ndim == 1 else int(y.shape[1])
+    return int(np.prod(X.shape[1:]))
+
+
+def _task_create(
+    *, slug: str, name: str, description: str, source: str, data: _TaskData, algorithm_path: str,
+    seed: int, builtin_key: str = "", sampler_spec: dict | None = None, latency_budget_ms: float = 200.0,
+) -> Task:
+    slug = slugify(slug or name)[:80]
+    if not slug:
+        raise RegistryError("name: must contain at least one letter or digit")
+    if Task.objects.filter(slug=slug).exists():
+        raise RegistryError(f"slug: a task named {slug!r} already exists")
+    y = data.y
+    if data.output_kind == OutputKind.VALUES and y.ndim == 1:
+        y = y.reshape(-1, 1)
+    splits = make_splits(
+        len(data.X), y=y if data.output_kind == OutputKind.CLASSES else None,
+        stratify=data.output_kind == OutputKind.CLASSES, seed=seed,
+    )
+    dataset_file, dataset_sha = dataset_save(data.X.astype(np.float32), y, splits)
+    try:
+        with transaction.atomic():
+            task = Task.objects.create(
+                slug=slug, name=name, description=description, output_kind=data.output_kind, source=source,
+                builtin_key=builtin_key, input_shape=list(data.input_shape), n_outputs=data.n_outputs,
+                class_labels=data.class_labels, feature_names=data.feature_names or [],
+                target_name=data.target_name, algorithm_path=algorithm_path, sampler_spec=sampler_spec,
+                dataset_file=dataset_file, dataset_sha256=dataset_sha, n_samples=len(data.X),
+                n_train=len(splits["train"]), n_val=len(splits["val"]), n_test=len(splits["test"]),
+                split_seed=seed, latency_budget_ms=latency_budget_ms,
+            )
+            publish("task.created", {"task": task.slug, "task_id": task.pk})
+    except IntegrityError:
+        blob_delete(dataset_file)
+        raise RegistryError(f"slug: a task named {slug!r} already exists") from None
+    except BaseException:
+        blob_delete(dataset_file)
+        raise
+    return task
+
+
+def task_create_builtin(*, key: str, seed: int = 0) -> Task:
+    if key not in BUILTIN_DATASETS:
+        raise RegistryError(f"key: unknown built-in task {key!r}; expected one of {', '.join(BUILTIN_DATASETS)}")
+    spec = BUILTIN_DATASETS[key]
+    X, y = spec.load(seed)
+    data = _TaskData(
+        X=X, y=y, output_kind=spec.output_kind, input_shape=list(spec.input_shape),
+        n_outputs=spec.n_outputs,
+    )
+    return _task_create(
+        slug=spec.slug, name=spec.name, description=spec.description, source=DataSource.BUILTIN, data=data,
+        algorithm_path=spec.algorithm_path, seed=seed, builtin_key=key, latency_budget_ms=spec.latency_budget_ms,
+    )
+
+
+def _default_algorithm(output_kind: str) -> str:
+    return {
+        OutputKind.CLASSES: "models_registry.algorithms.KNNClassifier",
+        OutputKind.VALUES: "models_registry.algorithms.RidgeRegressor",
+        OutputKind.RECONSTRUCTION: "models_registry.algorithms.PCAReconstruction",
+    }[output_kind]
+
+
+def task_create_from_upload(
+    *, name: str, filename: str, content: bytes, slug: str = "", description: str = "",
+    target_column: str | None = None, output_kind: str | None = None, algorithm_path: str = "",
+    limits: UploadLimits | None = None, seed: int = 0,
+) -> Task:
+    """Create a task from a CSV or NPZ upload (features plus a target)."""
+    limits = limits or UploadLimits()
+    lower = filename.lower()
+    if lower.endswith(".csv"):
+        parsed = parse_csv(content, target_column=target_column, output_kind=output_kind, limits=limits)
+    elif lower.endswith(".npz"):
+        parsed = parse_npz(content, output_kind=output_kind, limits=limits)
+    else:
+        raise DatasetError(f"file: expected a .csv or .npz file, got {filename!r}")
+    if algorithm_path:
+        load_implementation(algorithm_path)  # fail now, not at first evaluation
+    data = _TaskData(
+        X=parsed.X, y=parsed.y, output_kind=parsed.output_kind, input_shape=list(parsed.input_shape),
+        n_outputs=_n_outputs(parsed.output_kind, parsed.X, parsed.y), class_labels=parsed.class_labels,
+        feature_names=parsed.feature_names, target_name=parsed.target_name or "",
+    )
+    return _task_create(
+        slug=slug or name, name=name, description=description, source=DataSource.UPLOAD, data=data,
+        algorithm_path=algorithm_path or _default_algorithm(parsed.output_kind), seed=seed,
+    )
+
+
+def task_create_from_generator(
+    *, name: str, algorithm_path: str, sampler_spec: dict, slug: str = "", description: str = "",
+    seed: int = 0, latency_budget_ms: float = 200.0,
+) -> Task:
+    """Create a task whose data the algorithm labels itself (system-generated data)."""
+    spec = parse_sampler_spec(sampler_spec)
+    fn = load_callable(algorithm_path)
+    X, y, output_kind = generate_dataset(fn, spec, seed)
+    data = _TaskData(
+        X=X, y=y, output_kind=output_kind, input_shape=list(X.shape[1:]),
+        n_outputs=_n_outputs(output_kind, X, y),
+    )
+    return _task_create(
+        slug=slug or name, name=name, description=description, source=DataSource.GENERATOR, data=data,
+        algorithm_path=algorithm_path, seed=seed, sampler_spec=sampler_spec, latency_budget_ms=latency_budget_ms,
+    )
+
+
+# -------------------------------------------------------------------------------- models
+
+
+def model_create(*, task: Task, name: str, description: str = "") -> NeuralModel:
+    name = slugify(name)[:80]
+    if not name:
+        raise RegistryError("name: must contain at least one letter or digit")
+    if NeuralModel.objects.filter(task=task, name=name).exists():
+        raise RegistryError(f"name: task {task.slug} already has a model named {name!r}")
+    return NeuralModel.objects.create(task=task, name=name, description=description)
+
+
+# ------------------------------------------------------------------------------ versions
+
+
+def version_create(
+    *, model: NeuralModel, genome: dict, state_dict: dict[str, torch.Tensor], evaluation: EvaluationResult,
+    runtime: str = Runtime.TORCH_FP32, onnx_bytes: bytes | None = None, parent: ModelVersion | None = None,
+    activate: bool = False, note: str = "", reason: str = "",
+) -> ModelVersion:
+    """Write weights first, then the version row (and the active switch) in one transaction.
+
+    If the transaction fails the files written for it are removed, so no orphan weights
+    remain; if the process dies between the two steps, ``weights_orphans_delete`` finds them.
+    """
+    genome = validate_genome(genome)
+    if runtime in (Runtime.ONNX_FP32, Runtime.ONNX_INT8) and onnx_bytes is None:
+        raise RegistryError(f"runtime: {runtime} versions need their ONNX model")
+    folder = f"weights/{model.task.slug}/{model.name}"
+    weights_file, weights_sha, _ = weights_save(state_dict, folder=folder)
+    artifact_file = artifact_sha = ""
+    if onnx_bytes is not None:
+        artifact_file, artifact_sha = blob_save(onnx_bytes, folder=folder, suffix=".onnx")
+    latency = evaluation.latency or {}
+    try:
+        with transaction.atomic():
+            NeuralModel.objects.select_for_update().get(pk=model.pk)
+            number = (model.versions.aggregate(top=Max("number"))["top"] or 0) + 1
+            version = ModelVersion.objects.create(
+                model=model, number=number, genome=genome, runtime=runtime,
+                weights_file=weights_file, weights_sha256=weights_sha,
+                artifact_file=artifact_file, artifact_sha256=artifact_sha, parent=parent,
+                score=evaluation.score, metric=evaluation.metric,
+                latency_p50_ms=latency.get("p50_ms_b1"), latency_p95_ms=latency.get("p95_ms_b1"),
+                latency_p95_ms_batch=latency.get("p95_ms_b256"),
+                n_parameters=evaluation.n_parameters, size_bytes=evaluation.size_bytes,
+                metrics=evaluation.as_dict(), note=note[:200],
+            )
+            performance_sample_record(task=model.task, evaluation=evaluation, version=version)
+            if activate:
+                version_activate(version=version, reason=reason or note or "new version")
+    except BaseException:
+        blob_delete(weights_file)
+        blob_delete(artifact_file)
+        raise
+    return version
+
+
+@transaction.atomic
+def version_activate(*, version: ModelVersion, reason: str) -> ModelVersion:
+    """Make ``version`` the model's only active version (the model row is locked meanwhile)."""
+    model = NeuralModel.objects.select_for_update().get(pk=version.model_id)
+    previous = model.versions.filter(is_active=True).first()
+    if previous is not None and previous.pk == version.pk:
+        return version
+    model.versions.filter(is_active=True).update(is_active=False)
+    ModelVersion.objects.filter(pk=version.pk).update(is_active=True)
+    version.is_active = True
+    publish(
+        "version.activated",
+        {
+            "model_id": model.pk, "model": str(model), "task": model.task.slug, "version_id": version.pk,
+            "number": version.number, "previous_version_id": previous.pk if previous else None,
+            "reason": reason[:200], "score": version.score,
+        },
+    )
+    return version
+
+
+def version_rollback(*, model: NeuralModel, to_version: ModelVersion | None = None, reason: str = "") -> ModelVersion:
+    """Re-activate an earlier version: ``to_version``, or else the one before the active one."""
+    active = model.active_version
+    if to_version is None:
+        if active is None:
+            raise RegistryError("model has no active version to roll back from")
+        to_version = active.parent or model.versions.filter(number__lt=active.number).order_by("-number").first()
+        if to_version is None:
+            raise RegistryError(f"{model} v{active.number} has no earlier version to roll back to")
+    if to_version.model_id != model.pk:
+        raise RegistryError(f"version {to_version.pk} does not belong to model {model}")
+    from_number = active.number if active else None
+    return version_activate(
+        version=to_version, reason=reason or f"rollback from v{from_number} to v{to_version.number}"
+    )
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def performance_sample_record(
+    *, task: Task, evaluation: EvaluationResult, version: ModelVersion | None = None,
+    source: str = SampleSource.EVALUATION, extra: dict | None = None,
+) -> PerformanceSample:
+    latency = evaluation.latency or {}
+    return PerformanceSample.objects.create(
+        task=task, version=version,
+        implementation=Implementation.NEURAL if version is not None else Implementation.ALGORITHMIC,
+        source=source, score=evaluation.score, metric=evaluation.metric,
+        latency_p50_ms=latency.get("p50_ms_b1"), latency_p95_ms=latency.get("p95_ms_b1"),
+        latency_p99_ms=latency.get("p99_ms_b1"), latency_p50_ms_batch=latency.get("p50_ms_b256"),
+        latency_p95_ms_batch=latency.get("p95_ms_b256"), n_parameters=evaluation.n_parameters,
+        size_bytes=evaluation.size_bytes, extra=extra or {},
+    )
+
+
+def version_discard(*, version: ModelVersion) -> None:
+    """Delete an inactive version and, after commit, its files (used when backups are off)."""
+    if version.is_active:
+        raise RegistryError(f"{version} is active; activate another version before discarding it")
+    files = [version.weights_file, version.artifact_file]
+    with transaction.atomic():
+        ModelVersion.objects.filter(pk=version.pk, is_active=False).delete()
+        transaction.on_commit(lambda: [blob_delete(name) for name in files])

@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class LiveConfig(AppConfig):
+    """The live-event publisher and its transactional outbox. Imports no other app."""
+
+    name = "project.live"
+    label = "live"
+    verbose_name = "Live events"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,46 @@
+"""Shared fixtures: named actors, an isolated storage folder, in-memory layers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("PLASTICITY_TEST_TORCH_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_storage(settings, tmp_path):
+    """Every test writes weights and datasets under its own folder."""
+    from django.core.files.storage import default_storage, storages
+    from django.utils.functional import empty
+
+    from models_registry.implementations import caches_clear
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {"BACKEND": "models_registry.storage.AtomicFileSystemStorage",
+                    "OPTIONS": {"location": str(tmp_path / "media")}},
+    }
+    storages._storages = {}
+    default_storage._wrapped = empty
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    caches_clear()
+    yield
+    caches_clear()
+    storages._storages = {}
+    default_storage._wrapped = empty
+
+
+@pytest.fixture
+def operator(django_user_model):
+    """Alice: staff, may act."""
+    return django_user_model.objects.create_user("alice", password="alice-pass-123", is_staff=True)
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    """Bob: logged in, may only read."""
+    return django_user_model.objects.create_user("bob", password="bob-pass-123")

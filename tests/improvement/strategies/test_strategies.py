@@ -1,0 +1,114 @@
+"""Strategies without a database: triggers and candidate building on a tiny problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from improvement.strategies import ModelMetrics, StrategyContext, Triggers, all_strategies, get_strategy
+from models_registry.nn.genome import build_module, set_normalisation
+from models_registry.nn.training import TrainConfig, TrainData, train_module
+
+GENOME = {"kind": "mlp", "input_shape": [4], "output_dim": 3, "hidden": [3], "activation": "tanh",
+          "dropout": 0.0, "norm": "none"}
+
+
+def _metrics(score, latency=1.0, teacher=None, genetic=None):
+    return ModelMetrics(score=score, latency_p95_ms=latency, latency_budget_ms=200.0, teacher_score=teacher,
+                        genetic_trigger=genetic)
+
+
+def test_registry_has_the_four_strategies_in_trigger_order():
+    assert list(all_strategies()) == ["training", "optimization", "architecture", "distillation"]
+    with pytest.raises(KeyError, match="expected one of"):
+        get_strategy("telepathy")
+
+
+@pytest.mark.parametrize(
+    ("metrics", "expected"),
+    [
+        (_metrics(0.5), {"training"}),
+        (_metrics(0.8), {"architecture"}),
+        (_metrics(0.9), set()),
+        (_metrics(0.9, latency=250.0), {"optimization"}),
+        (_metrics(0.8, teacher=0.95), {"architecture", "distillation"}),
+        (_metrics(0.96, teacher=0.95), set()),
+        (_metrics(0.9, genetic="plateau: last 3 training runs gained < 10%"), {"architecture"}),
+    ],
+)
+def test_triggers_pick_the_right_strategies(metrics, expected):
+    fired = {name for name, s in all_strategies().items() if s.applies(metrics, Triggers()).applies}
+    assert fired == expected
+
+
+def test_triggers_respect_configuration_switches():
+    triggers = Triggers(cross_model_distillation=False, genetic_enhanced=False, optimization_latency_ms=0.5)
+    metrics = _metrics(0.9, latency=1.0, teacher=0.99, genetic="plateau")
+    fired = {name for name, s in all_strategies().items() if s.applies(metrics, triggers).applies}
+    assert fired == {"optimization"}
+
+
+def _context(seed: int = 0, *, epochs: int = 3) -> StrategyContext:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, size=(3, 4))
+    y = np.arange(300) % 3
+    X = (centers[y] + rng.normal(0, 1, size=(300, 4))).astype(np.float32)
+    data = TrainData(X_train=X[:200], y_train=y[:200], X_val=X[200:], y_val=y[200:])
+    torch.manual_seed(seed)
+    module = build_module(GENOME)
+    set_normalisation(module, data.X_train, data.y_train, "classes")
+    train_module(module, data, output_kind="classes", config=TrainConfig(epochs=1, seed=seed))
+    return StrategyContext(
+        output_kind="classes", input_shape=(4,), genome=GENOME, module=module, data=data,
+        train_config=TrainConfig(epochs=epochs, seed=seed, patience=5), seed=seed, time_budget_s=8.0,
+        population_size=3, generations=2,
+    )
+
+
+def _noop(fraction, message, point=None):
+    assert 0.0 <= fraction <= 1.0
+
+
+@pytest.mark.parametrize("name", ["training", "optimization", "architecture"])
+def test_each_strategy_builds_a_valid_candidate(name):
+    context = _context()
+    candidates = get_strategy(name).build_candidates(context, _noop)
+    assert len(candidates) == 1
+    candidate = candidates[0]
+    out = candidate.module(torch.as_tensor(context.data.X_val[:5]))
+    assert out.shape == (5, 3)
+    assert candidate.val_score is not None and 0.0 <= candidate.val_score <= 1.0
+
+
+def test_training_beats_a_barely_trained_model_on_validation():
+    context = _context(epochs=30)
+    from models_registry.nn.evaluation import score_predictions, torch_predict_fn
+
+    before = score_predictions("classes", context.data.y_val,
+                               torch_predict_fn(context.module)(context.data.X_val).argmax(1))
+    (candidate,) = get_strategy("training").build_candidates(context, _noop)
+    assert candidate.val_score > before
+
+
+def test_distillation_uses_the_teacher():
+    context = _context(epochs=20)
+    teacher = build_module({**GENOME, "hidden": [32]})
+    set_normalisation(teacher, context.data.X_train, context.data.y_train, "classes")
+    train_module(teacher, context.data, output_kind="classes", config=TrainConfig(epochs=30, seed=1))
+    context.teacher_module = teacher
+    context.teacher_fn = lambda x: teacher(x)
+    context.teacher_label = "wide teacher"
+    (candidate,) = get_strategy("distillation").build_candidates(context, _noop)
+    assert "wide teacher" in candidate.note
+    assert candidate.val_score >= 0.5
+
+
+def test_optimization_keeps_the_score_within_tolerance():
+    context = _context(epochs=5)
+    (candidate,) = get_strategy("optimization").build_candidates(context, _noop)
+    floor = candidate.details["floor"]
+    assert candidate.val_score >= floor
+    assert candidate.runtime in {"torch_fp32", "torch_int8", "onnx_fp32", "onnx_int8"}
+    labels = {row["variant"] for row in candidate.details["variants"]}
+    assert {"current onnx_fp32", "current onnx_int8", "current torch_int8"} <= labels

@@ -1,0 +1,138 @@
+"""The engine end to end on a tiny task: promotion, rejection, failures, duplicates, cancel."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.core.files.storage import default_storage
+from django.utils import timezone
+
+from improvement.choices import RunStatus
+from improvement.engine import run_execute
+from improvement.models import ImprovementConfig, ImprovementRun
+from improvement.runs import run_cancel, run_create, runs_reconcile
+from models_registry.implementations import task_dataset, version_predict_fn
+from models_registry.models import ModelVersion
+from models_registry.services import model_create
+from tests.factories import csv_task, trained_version
+
+pytestmark = pytest.mark.django_db
+
+WEAK = {"kind": "mlp", "input_shape": [4], "output_dim": 3, "hidden": [2], "activation": "tanh",
+        "dropout": 0.0, "norm": "none"}
+FAST = {"time_budget_s": 6, "epochs": 40, "population_size": 3, "generations": 2}
+
+
+@pytest.fixture
+def weak_model():
+    task = csv_task(n=300, seed=3)
+    model = model_create(task=task, name="weak")
+    trained_version(model, genome=WEAK, epochs=1)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _config():
+    ImprovementConfig.objects.update_or_create(pk=1, defaults={"run_time_budget_s": 6})
+
+
+def _run(model, strategy, **params):
+    run = run_create(model=model, strategy=strategy, params={**FAST, **params}, enqueue=False)
+    status = run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == status
+    return run
+
+
+def test_training_promotes_and_keeps_the_old_version_as_backup(weak_model):
+    old = weak_model.active_version
+    run = _run(weak_model, "training")
+    assert run.status == RunStatus.PROMOTED, run.decision or run.error
+    weak_model.refresh_from_db()
+    new = weak_model.active_version
+    assert new.pk == run.result_version_id and new.parent_id == old.pk
+    assert new.score > old.score
+    assert run.gain >= ImprovementConfig.load().performance_threshold
+    assert ModelVersion.objects.filter(pk=old.pk, is_active=False).exists()
+    assert default_storage.exists(old.weights_file)
+    assert run.cpu_seconds > 0 and run.peak_memory_mb > 0 and run.progress == 1.0
+    assert run.baseline_metrics["score"] == pytest.approx(old.score)
+    assert run.curve, "per-epoch points are recorded for the live chart"
+
+
+def test_candidate_below_threshold_is_rejected_and_nothing_changes(weak_model):
+    ImprovementConfig.objects.filter(pk=1).update(performance_threshold=10.0)
+    old = weak_model.active_version
+    X, _ = task_dataset(weak_model.task).test
+    before = version_predict_fn(old)(X)
+    run = _run(weak_model, "training")
+    assert run.status == RunStatus.REJECTED
+    assert "below the 1000% threshold" in run.decision
+    weak_model.refresh_from_db()
+    assert weak_model.active_version.pk == old.pk
+    assert weak_model.versions.count() == 1
+    np.testing.assert_array_equal(version_predict_fn(weak_model.active_version)(X), before)
+
+
+def test_non_finite_loss_fails_the_run_without_promotion(weak_model):
+    old = weak_model.active_version
+    run = _run(weak_model, "training", lr=1e30)
+    assert run.status == RunStatus.FAILED
+    assert "non-finite" in run.error
+    assert weak_model.versions.count() == 1 and weak_model.active_version.pk == old.pk
+
+
+def test_second_delivery_of_the_same_run_does_nothing(weak_model):
+    run = _run(weak_model, "training")
+    versions = weak_model.versions.count()
+    assert run_execute(run_id=run.pk) == "skipped"
+    run.refresh_from_db()
+    assert run.attempts == 1
+    assert weak_model.versions.count() == versions
+
+
+def test_architecture_search_produces_a_decision(weak_model):
+    run = _run(weak_model, "architecture")
+    assert run.status in (RunStatus.PROMOTED, RunStatus.REJECTED), run.error
+    assert run.search_candidates.count() == FAST["population_size"] * FAST["generations"]
+    assert not run.search_candidates.exclude(weights_file="").exists(), "candidate files are cleaned up"
+
+
+def test_distillation_from_a_stronger_model_promotes(weak_model):
+    strong = model_create(task=weak_model.task, name="strong")
+    trained_version(strong, genome={**WEAK, "hidden": [32]}, epochs=30)
+    run = _run(weak_model, "distillation")
+    assert "strong" in run.log or "algorithm" in run.log or run.status == RunStatus.PROMOTED
+    assert run.status == RunStatus.PROMOTED, run.decision or run.error
+
+
+def test_optimization_respects_the_score_tolerance(weak_model):
+    ImprovementConfig.objects.filter(pk=1).update(performance_threshold=0.0)
+    run = _run(weak_model, "optimization")
+    assert run.status in (RunStatus.PROMOTED, RunStatus.REJECTED), run.error
+    tolerance = ImprovementConfig.load().optimization_score_tolerance
+    if run.status == RunStatus.PROMOTED:
+        assert run.candidate_metrics["score"] >= run.baseline_metrics["score"] - tolerance
+
+
+def test_cancel_before_start(weak_model):
+    run = run_create(model=weak_model, strategy="training", enqueue=False)
+    run_cancel(run=run)
+    assert run.status == RunStatus.CANCELLED
+    assert run_execute(run_id=run.pk) == "skipped"
+
+
+def test_reconciler_requeues_then_fails_a_run_whose_worker_vanished(weak_model):
+    run = run_create(model=weak_model, strategy="training", enqueue=False)
+    stale = timezone.now() - timedelta(minutes=30)
+    ImprovementRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, heartbeat_at=stale, attempts=1,
+                                                    worker="gone:1")
+    lines = runs_reconcile(timeout_s=60, max_attempts=2)
+    run.refresh_from_db()
+    assert run.status == RunStatus.QUEUED and "requeued" in lines[0]
+    ImprovementRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, heartbeat_at=stale, attempts=2)
+    runs_reconcile(timeout_s=60, max_attempts=2)
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED and "no heartbeat" in run.error
