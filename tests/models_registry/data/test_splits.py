@@ -70,9 +70,9 @@ def test_custom_fractions() -> None:
     ("kwargs", "message"),
     [
         ({"n": 19, "stratify": False}, "at least 20 rows"),
-        ({"n": 40, "stratify": True}, "needs the class labels"),
+        ({"n": 40, "stratify": True}, "need the class labels"),
         ({"n": 40, "stratify": True, "y": np.zeros(39, dtype=int)}, "1-D array of 40"),
-        ({"n": 40, "stratify": True, "y": np.array([0] * 38 + [1] * 2)}, "class 1 (2 rows)"),
+        ({"n": 40, "stratify": True, "y": np.array([0] * 38 + [1] * 2)}, r"class 1 \(2 rows\)"),
         ({"n": 40, "stratify": False, "fractions": (0.8, 0.2)}, "three numbers"),
         ({"n": 40, "stratify": False, "fractions": (0.8, 0.2, 0.2)}, "add up to 1"),
         ({"n": 40, "stratify": False, "fractions": (1.0, 0.0, 0.0)}, "positive"),

@@ -1,0 +1,3 @@
+"""REST routes of improvement."""
+
+urlpatterns: list = []

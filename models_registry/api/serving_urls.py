@@ -1,0 +1,3 @@
+"""REST routes of serving: predictions, serving state and switches."""
+
+urlpatterns: list = []

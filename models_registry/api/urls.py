@@ -1,0 +1,3 @@
+"""REST routes of models_registry."""
+
+urlpatterns: list = []

@@ -1,0 +1,10 @@
+"""The REST API under /api/: each app's routes, plus the OpenAPI schema and its docs."""
+
+from django.urls import include, path
+
+urlpatterns = [
+    path("", include("models_registry.api.urls")),
+    path("", include("models_registry.api.serving_urls")),
+    path("", include("improvement.api.urls")),
+    path("", include("hormones.api.urls")),
+]
