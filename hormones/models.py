@@ -69,3 +69,34 @@ class HormoneEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hormone.name} {self.delta:+.3f} ({self.cause})"
+
+
+class BrainStateSnapshot(models.Model):
+    """A periodic snapshot of the system: hormone levels, resources, queue and fleet health.
+
+    Kept as a bounded time series (oldest rows trimmed).
+    """
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    hormones = models.JSONField(default=dict)
+    cpu_percent = models.FloatField()
+    memory_percent = models.FloatField()
+    memory_used_mb = models.FloatField()
+    queue_length = models.PositiveIntegerField(default=0)
+    runs_in_flight = models.PositiveIntegerField(default=0)
+    fleet_health = models.FloatField(null=True, blank=True)
+    extra = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"brain state {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+    def as_dict(self) -> dict:
+        return {
+            "created_at": self.created_at.isoformat(), "hormones": self.hormones, "cpu_percent": self.cpu_percent,
+            "memory_percent": self.memory_percent, "memory_used_mb": self.memory_used_mb,
+            "queue_length": self.queue_length, "runs_in_flight": self.runs_in_flight,
+            "fleet_health": self.fleet_health, **({"extra": self.extra} if self.extra else {}),
+        }

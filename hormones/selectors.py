@@ -17,3 +17,17 @@ def hormone_levels_current(*, at: datetime | None = None) -> dict[str, float]:
     for hormone in Hormone.objects.all():
         levels[hormone.name] = hormone.level_at(when)
     return levels
+
+
+def brain_state_latest() -> dict | None:
+    from hormones.models import BrainStateSnapshot
+
+    snapshot = BrainStateSnapshot.objects.order_by("-created_at", "-id").first()
+    return snapshot.as_dict() if snapshot else None
+
+
+def brain_state_history(*, limit: int = 500) -> list[dict]:
+    from hormones.models import BrainStateSnapshot
+
+    rows = BrainStateSnapshot.objects.order_by("-created_at", "-id")[:limit]
+    return [row.as_dict() for row in reversed(list(rows))]

@@ -42,3 +42,26 @@ def hormone_release(*, name: str, delta: float, cause: str, context: dict | None
     )
     publish("hormone.changed", {"name": name, "level": after, "delta": after - before, "cause": cause[:200]})
     return event
+
+
+def brain_state_snapshot(
+    *, queue_length: int, runs_in_flight: int, fleet_health: float | None, extra: dict | None = None,
+    keep: int = 2000,
+):
+    """Record a brain-state snapshot and trim the series to ``keep`` rows."""
+    import psutil
+
+    from hormones.models import BrainStateSnapshot
+    from hormones.selectors import hormone_levels_current
+
+    memory = psutil.virtual_memory()
+    snapshot = BrainStateSnapshot.objects.create(
+        hormones=hormone_levels_current(), cpu_percent=psutil.cpu_percent(interval=None),
+        memory_percent=memory.percent, memory_used_mb=(memory.total - memory.available) / 2**20,
+        queue_length=queue_length, runs_in_flight=runs_in_flight, fleet_health=fleet_health, extra=extra or {},
+    )
+    cutoff = BrainStateSnapshot.objects.order_by("-id").values_list("id", flat=True)[keep:keep + 1]
+    if cutoff:
+        BrainStateSnapshot.objects.filter(id__lte=cutoff[0]).delete()
+    publish("brain.state", snapshot.as_dict())
+    return snapshot

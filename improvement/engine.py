@@ -33,6 +33,9 @@ from models_registry.weights import blob_load
 
 logger = logging.getLogger(__name__)
 
+# How long a worker waits for a free slot before handing a run back to the queue.
+CAPACITY_WAIT_S = 30.0
+
 
 def torch_threads_configure() -> None:
     """Several workers on one machine must not each grab every core."""
@@ -171,8 +174,19 @@ def candidates_judge(
 def run_execute(*, run_id: int, worker: str | None = None, on_progress=None) -> str:
     """Run one improvement end to end. Returns the final status (or 'skipped')."""
     worker = worker or worker_name()
-    if not run_claim(run_id=run_id, worker=worker):
-        logger.info("run #%s not claimed (already taken or not queued): duplicate delivery ignored", run_id)
+    claim = run_claim(run_id=run_id, worker=worker)
+    deadline = time.monotonic() + CAPACITY_WAIT_S
+    while claim == "at_capacity" and time.monotonic() < deadline:
+        time.sleep(1.0)
+        claim = run_claim(run_id=run_id, worker=worker)
+    if claim == "at_capacity":
+        # Every slot is busy on other workers: hand the run back to the queue for later.
+        from improvement.runs import run_enqueue
+
+        run_enqueue(run_id=run_id)
+        return "deferred"
+    if claim != "claimed":
+        logger.info("run #%s not claimed (%s): duplicate delivery ignored", run_id, claim)
         return "skipped"
     torch_threads_configure()
     run = ImprovementRun.objects.select_related("model__task", "baseline_version").get(pk=run_id)
@@ -281,3 +295,9 @@ def _after_run(run_id: int, status: str, *, wall_s: float) -> None:
         run_finished_signals(run_id=run_id, status=status, wall_s=wall_s)
     except Exception:  # noqa: BLE001
         logger.exception("post-run signals for run #%s failed", run_id)
+    try:
+        from improvement.loop import cycle_after_run
+
+        cycle_after_run()
+    except Exception:  # noqa: BLE001
+        logger.exception("the cycle after run #%s failed", run_id)

@@ -182,3 +182,83 @@ class SearchCandidate(models.Model):
 
     def __str__(self) -> str:
         return f"run #{self.run_id} candidate {self.index} ({self.status})"
+
+
+class LoopState(models.Model):
+    """The one row (pk=1) saying whether the self-improvement loop runs, and when it cycled.
+
+    Also the mutex of a cycle: a cycle locks this row, so two processes never hand out the
+    same free slots.
+    """
+
+    running = models.BooleanField(default=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    last_cycle_at = models.DateTimeField(null=True, blank=True)
+    next_cycle_at = models.DateTimeField(null=True, blank=True)
+    cycles = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "loop state"
+        verbose_name_plural = "loop state"
+
+    def __str__(self) -> str:
+        return "running" if self.running else "stopped"
+
+    def save(self, *args, **kwargs) -> None:
+        self.pk = 1
+        super().save(*args, **kwargs)
+
+    @classmethod
+    def load(cls) -> LoopState:
+        state, _ = cls.objects.get_or_create(pk=1)
+        return state
+
+
+class CycleRecord(models.Model):
+    """One pass of the scheduler: what it measured, what it chose and why, what it enqueued."""
+
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule", "Schedule"
+        FORCED = "forced", "Forced"
+        SLOT_FREED = "slot_freed", "A run finished"
+        BOOT = "boot", "System boot"
+
+    trigger = models.CharField(max_length=12, choices=Trigger.choices)
+    started_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    duration_ms = models.FloatField(default=0.0)
+    in_flight_before = models.PositiveIntegerField(default=0)
+    slots = models.IntegerField(default=0)
+    enqueued = models.PositiveIntegerField(default=0)
+    hormone_driven = models.BooleanField(default=True)
+    hormone_levels = models.JSONField(default=dict, blank=True)
+    weights = models.JSONField(default=dict, blank=True, help_text="Strategy weights from the hormone levels.")
+    decisions = models.JSONField(default=list, blank=True, help_text="Every (model, strategy) pair considered.")
+    notes = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"cycle {self.started_at:%Y-%m-%d %H:%M:%S} ({self.trigger}, {self.enqueued} enqueued)"
+
+
+class GeneticTrigger(models.Model):
+    """An environmental condition that started (or asked for) architecture evolution of a model."""
+
+    class Kind(models.TextChoices):
+        PLATEAU = "plateau", "Training plateau"
+        DRIFT = "drift", "Drift seen by serving"
+        DATA_GROWTH = "data_growth", "Task data grew"
+
+    model = models.ForeignKey(NeuralModel, on_delete=models.CASCADE, related_name="genetic_triggers")
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    evidence = models.JSONField(default=dict)
+    run = models.ForeignKey(ImprovementRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} on {self.model}"

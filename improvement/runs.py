@@ -66,17 +66,30 @@ def run_enqueue(*, run_id: int) -> None:
     async_task("improvement.tasks.run_improvement", run_id, task_name=f"run-{run_id}", group="improvement")
 
 
-def run_claim(*, run_id: int, worker: str) -> bool:
-    """queued → running, only if still queued. Returns whether this worker got it."""
+def run_claim(*, run_id: int, worker: str) -> str:
+    """queued → running, only if still queued and a slot is free.
+
+    Returns "claimed", "not_queued" (a duplicate delivery, a cancelled run) or "at_capacity"
+    (``max_concurrent_improvements`` runs are already running, on any worker). The check and
+    the update happen under the loop-state row lock, so the limit holds across processes.
+    """
+    from improvement.models import ImprovementConfig, LoopState
+
+    limit = ImprovementConfig.load().max_concurrent_improvements
     now = timezone.now()
-    claimed = ImprovementRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
-        status=RunStatus.RUNNING, worker=worker[:120], started_at=now, heartbeat_at=now,
-        attempts=F("attempts") + 1, progress=0.0, progress_message="starting",
-    )
-    if claimed:
+    with transaction.atomic():
+        LoopState.objects.select_for_update().get_or_create(pk=1)
+        if not ImprovementRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).exists():
+            return "not_queued"
+        if ImprovementRun.objects.filter(status=RunStatus.RUNNING).count() >= limit:
+            return "at_capacity"
+        ImprovementRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
+            status=RunStatus.RUNNING, worker=worker[:120], started_at=now, heartbeat_at=now,
+            attempts=F("attempts") + 1, progress=0.0, progress_message="starting",
+        )
         run = ImprovementRun.objects.select_related("model__task").get(pk=run_id)
         publish("run.progress", _payload(run, message="starting"))
-    return bool(claimed)
+    return "claimed"
 
 
 def run_finish(

@@ -21,3 +21,10 @@ def evaluate_search_candidate(candidate_id: int) -> str:
 
     close_old_connections()
     return search_candidate_execute(candidate_id=candidate_id)
+
+
+def loop_tick() -> dict:
+    from improvement.loop import loop_tick as tick
+
+    close_old_connections()
+    return tick()

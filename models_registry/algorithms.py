@@ -187,7 +187,9 @@ def load_callable(dotted_path: str) -> Callable[..., Any]:
     fails while importing), a missing attribute, or one that is not callable.
     """
     if not isinstance(dotted_path, str) or not dotted_path.strip():
-        raise ImplementationError("implementation path must be a non-empty dotted path like 'package.module.func'")
+        raise ImplementationError(
+            "implementation path must be a non-empty dotted path like 'package.module.func'"
+        )
     path = dotted_path.strip()
     if not _DOTTED.match(path):
         raise ImplementationError(

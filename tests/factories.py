@@ -46,3 +46,19 @@ def model_with_versions(n: int = 2) -> tuple[NeuralModel, list[ModelVersion]]:
     for i in range(n):
         versions.append(trained_version(model, seed=i, parent=versions[-1] if versions else None))
     return model, versions
+
+
+def version_with_score(model: NeuralModel, score: float, *, latency_ms: float = 1.0, activate: bool = True,
+                       genome: dict | None = None) -> ModelVersion:
+    """A version whose recorded metrics are given (for scheduler tests that only read metrics)."""
+    from models_registry.nn.evaluation import EvaluationResult
+    from models_registry.nn.genome import build_module
+
+    genome = genome or MLP
+    module = build_module(genome)
+    latency = {"p50_ms_b1": latency_ms * 0.8, "p95_ms_b1": latency_ms, "p99_ms_b1": latency_ms,
+               "p50_ms_b256": latency_ms * 4, "p95_ms_b256": latency_ms * 5, "p99_ms_b256": latency_ms * 5}
+    evaluation = EvaluationResult(score=score, metric="accuracy", latency=latency, n_parameters=10, size_bytes=100,
+                                  n_test=10)
+    return version_create(model=model, genome=genome, state_dict=module.state_dict(), evaluation=evaluation,
+                          activate=activate, note=f"score {score}")

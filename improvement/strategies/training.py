@@ -34,12 +34,15 @@ from models_registry.nn.genome import build_module, set_normalisation, validate_
 from models_registry.nn.training import train_module
 
 
-def widen_genome(genome: dict, factor: float = 2.0, cap: int = 512) -> dict:
-    """The same architecture with every hidden width (and CNN channel count) scaled up."""
+def widen_genome(genome: dict, factor: float = 2.0, cap: int = 512, floor: int = 16) -> dict:
+    """The same architecture with every hidden width (and CNN channel count) scaled up.
+
+    Widths below ``floor`` jump to it: a 2-unit layer doubled is still a bottleneck.
+    """
     g = copy.deepcopy(genome)
     for key in ("hidden", "channels", "encoder"):
         if key in g:
-            g[key] = [min(cap, max(w + 1, int(round(w * factor)))) for w in g[key]]
+            g[key] = [min(cap, max(floor, w + 1, int(round(w * factor)))) for w in g[key]]
     if g.get("kind") in ("mlp", "cnn") and not g.get("hidden"):
         g["hidden"] = [32]
     return validate_genome(g)

@@ -1,3 +1,12 @@
-"""REST routes of models_registry."""
+"""REST routes of models_registry: tasks, models, versions (no trailing slashes)."""
 
-urlpatterns: list = []
+from rest_framework.routers import SimpleRouter
+
+from models_registry.api.views import ModelVersionViewSet, NeuralModelViewSet, TaskViewSet
+
+router = SimpleRouter(trailing_slash=False)
+router.register("tasks", TaskViewSet, basename="task")
+router.register("models", NeuralModelViewSet, basename="model")
+router.register("versions", ModelVersionViewSet, basename="version")
+
+urlpatterns = router.urls

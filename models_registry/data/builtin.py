@@ -196,7 +196,13 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
             n_outputs=N_OUTPUTS,
             algorithm_path="models_registry.data.hormone_model.HormoneResponseAlgorithm",
             # One hidden unit: a rank-1 bottleneck cannot fit 5 outputs (R² ≈ 0.6 at convergence).
-            weak_genome={"kind": "mlp", "input_shape": [N_INPUTS], "output_dim": N_OUTPUTS, "hidden": [1], **_COMMON},
+            weak_genome={
+                "kind": "mlp",
+                "input_shape": [N_INPUTS],
+                "output_dim": N_OUTPUTS,
+                "hidden": [1],
+                **_COMMON,
+            },
             loader=_load_hormones,
             generate=generate_hormone_samples,
             sample_inputs=sample_hormone_inputs,
@@ -215,8 +221,16 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
             input_shape=(MEMORY_DIM,),
             n_outputs=MEMORY_DIM,
             algorithm_path="models_registry.algorithms.PCAReconstruction",
-            # A 2-number code cannot hold a 4-D sheet: R² ≈ 0.5 at convergence.
-            weak_genome={"kind": "autoencoder", "input_shape": [MEMORY_DIM], "code_dim": 2, "encoder": [8], **_COMMON},
+            # The code is 8 numbers, like PCA's 8 components (the task's compression contract),
+            # but a 2-unit encoder layer squeezes everything through 2 numbers first: weak, and
+            # fixable by training a wider encoder without changing the code size.
+            weak_genome={
+                "kind": "autoencoder",
+                "input_shape": [MEMORY_DIM],
+                "code_dim": 8,
+                "encoder": [2],
+                **_COMMON,
+            },
             loader=_load_memories,
         ),
     )

@@ -39,22 +39,62 @@ import numpy as np
 # --- the stimulus parameters (model inputs) -------------------------------------------------
 #: Name, physiological range and unit of each input column, in column order.
 HORMONE_INPUT_SPEC: list[dict] = [
-    {"name": "stress_amplitude", "low": 0.25, "high": 4.0, "unit": "× basal CRH secretion",
-     "description": "extra CRH secretion during the stressor (0.25: mild, 4: severe)"},
-    {"name": "stress_onset", "low": 2.0, "high": 16.0, "unit": "h after midnight",
-     "description": "clock time at which the stressor starts"},
-    {"name": "stress_duration", "low": 0.25, "high": 4.0, "unit": "h",
-     "description": "how long the stressor lasts"},
-    {"name": "feedback_strength", "low": 0.5, "high": 3.0, "unit": "dimensionless",
-     "description": "gain φ of glucocorticoid-receptor feedback on CRH and ACTH release"},
-    {"name": "crh_drive", "low": 0.5, "high": 2.0, "unit": "× nominal",
-     "description": "basal hypothalamic drive δ"},
-    {"name": "acth_clearance", "low": 2.0, "high": 8.0, "unit": "1/h",
-     "description": "ACTH elimination rate d_a (half-life 5–20 min)"},
-    {"name": "cortisol_clearance", "low": 0.4, "high": 1.2, "unit": "1/h",
-     "description": "cortisol elimination rate d_f (half-life 35–105 min)"},
-    {"name": "circadian_amplitude", "low": 0.0, "high": 0.8, "unit": "fraction of basal drive",
-     "description": "relative amplitude a of the circadian drive"},
+    {
+        "name": "stress_amplitude",
+        "low": 0.25,
+        "high": 4.0,
+        "unit": "× basal CRH secretion",
+        "description": "extra CRH secretion during the stressor (0.25: mild, 4: severe)",
+    },
+    {
+        "name": "stress_onset",
+        "low": 2.0,
+        "high": 16.0,
+        "unit": "h after midnight",
+        "description": "clock time at which the stressor starts",
+    },
+    {
+        "name": "stress_duration",
+        "low": 0.25,
+        "high": 4.0,
+        "unit": "h",
+        "description": "how long the stressor lasts",
+    },
+    {
+        "name": "feedback_strength",
+        "low": 0.5,
+        "high": 3.0,
+        "unit": "dimensionless",
+        "description": "gain φ of glucocorticoid-receptor feedback on CRH and ACTH release",
+    },
+    {
+        "name": "crh_drive",
+        "low": 0.5,
+        "high": 2.0,
+        "unit": "× nominal",
+        "description": "basal hypothalamic drive δ",
+    },
+    {
+        "name": "acth_clearance",
+        "low": 2.0,
+        "high": 8.0,
+        "unit": "1/h",
+        "description": "ACTH elimination rate d_a (half-life 5–20 min)",
+    },
+    {
+        "name": "cortisol_clearance",
+        "low": 0.4,
+        "high": 1.2,
+        "unit": "1/h",
+        "description": "cortisol elimination rate d_f (half-life 35–105 min)",
+    },
+    {
+        "name": "circadian_amplitude",
+        "low": 0.0,
+        "high": 0.8,
+        "unit": "fraction of basal drive",
+        "description": "relative amplitude a of the circadian drive",
+    },
 ]
 
 #: Output columns, in order.

@@ -184,7 +184,9 @@ def parse_csv(
         names = [cell.strip() for cell in header]
         n_cols = len(names)
         if n_cols > limits.max_columns:
-            raise DatasetError(f"too many columns: {n_cols} in the header; at most {limits.max_columns} are accepted")
+            raise DatasetError(
+                f"too many columns: {n_cols} in the header; at most {limits.max_columns} are accepted"
+            )
         _check_header(names, reconstruction=output_kind == "reconstruction")
 
         rows: list[list[str]] = []
@@ -259,7 +261,9 @@ def _check_header(names: list[str], *, reconstruction: bool) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in seen:
-            raise DatasetError(f"column name '{name}' appears twice in the header (columns {seen[name] + 1} and {i + 1})")
+            raise DatasetError(
+                f"column name '{name}' appears twice in the header (columns {seen[name] + 1} and {i + 1})"
+            )
         seen[name] = i
 
 
@@ -318,7 +322,9 @@ def _csv_target(
                 "number, but a regression ('values') target must be numeric"
             )
         values = np.array(numbers, dtype=np.float64)
-        _check_finite(values[:, None], lambda r, j: f"row {line_numbers[r]}, {_column_ref(index, names)}", "target")
+        _check_finite(
+            values[:, None], lambda r, j: f"row {line_numbers[r]}, {_column_ref(index, names)}", "target"
+        )
         if output_kind is None and _looks_like_classes(values):
             y, labels = _encode_classes(values, name)
             return "classes", y, labels
@@ -327,10 +333,14 @@ def _csv_target(
     # Classification: numeric labels keep numeric order (2 < 10), text labels text order.
     for r, cell in enumerate(cells):
         if not cell:
-            raise DatasetError(f"row {line_numbers[r]}, {_column_ref(index, names)}: the class label is empty")
+            raise DatasetError(
+                f"row {line_numbers[r]}, {_column_ref(index, names)}: the class label is empty"
+            )
     if numeric:
         values = np.array(numbers, dtype=np.float64)
-        _check_finite(values[:, None], lambda r, j: f"row {line_numbers[r]}, {_column_ref(index, names)}", "target")
+        _check_finite(
+            values[:, None], lambda r, j: f"row {line_numbers[r]}, {_column_ref(index, names)}", "target"
+        )
         y, labels = _encode_classes(values, name)
     else:
         y, labels = _encode_classes(np.array(cells, dtype=str), name)
@@ -360,9 +370,13 @@ def parse_npz(
     try:
         archive = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:
-        raise DatasetError(f"file is not a valid .npz archive written by numpy.savez ({type(exc).__name__}: {exc})")
+        raise DatasetError(
+            f"file is not a valid .npz archive written by numpy.savez ({type(exc).__name__}: {exc})"
+        )
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DatasetError("file is a single .npy array; upload an .npz archive with arrays named 'X' and 'y'")
+        raise DatasetError(
+            "file is a single .npy array; upload an .npz archive with arrays named 'X' and 'y'"
+        )
     with archive:
         keys = list(archive.files)
         needs_y = output_kind != "reconstruction"
@@ -449,7 +463,9 @@ def _npz_target(y: np.ndarray, n: int, output_kind: str | None) -> tuple[str, np
         if output_kind == "values":
             raise DatasetError("'y' holds text, but a regression ('values') target must be numeric")
         if y.ndim != 1:
-            raise DatasetError(f"text class labels in 'y' must be 1-D (one label per row); shape is {y.shape}")
+            raise DatasetError(
+                f"text class labels in 'y' must be 1-D (one label per row); shape is {y.shape}"
+            )
         labels = y.astype(str)
         empty = np.flatnonzero(np.char.strip(labels) == "")
         if len(empty):
@@ -460,7 +476,9 @@ def _npz_target(y: np.ndarray, n: int, output_kind: str | None) -> tuple[str, np
         raise DatasetError(f"'y' must hold numbers or text labels; it has dtype {y.dtype}")
     y64 = y.astype(np.float64)
     _check_finite(
-        y64.reshape(n, -1), lambda r, j: f"y row {r} (0-based)" + (f", column {j}" if y.ndim > 1 else ""), "target"
+        y64.reshape(n, -1),
+        lambda r, j: f"y row {r} (0-based)" + (f", column {j}" if y.ndim > 1 else ""),
+        "target",
     )
     wants_classes = output_kind == "classes" or (
         output_kind is None and (y.ndim == 1 or y.shape[1:] == (1,)) and _looks_like_classes(y64)
@@ -551,10 +569,14 @@ def parse_sampler_spec(spec: dict, *, limits: UploadLimits | None = None) -> Sam
     """
     limits = limits or UploadLimits()
     if not isinstance(spec, dict):
-        raise DatasetError(f"sampler: expected an object like {{'shape': [3], 'distribution': 'uniform'}}; got {type(spec).__name__}")
+        raise DatasetError(
+            f"sampler: expected an object like {{'shape': [3], 'distribution': 'uniform'}}; got {type(spec).__name__}"
+        )
     unknown = sorted(set(spec) - _SAMPLER_KEYS)
     if unknown:
-        raise DatasetError(f"sampler: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SAMPLER_KEYS))}")
+        raise DatasetError(
+            f"sampler: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SAMPLER_KEYS))}"
+        )
 
     raw_shape = spec.get("shape")
     if isinstance(raw_shape, int) and not isinstance(raw_shape, bool):
@@ -564,15 +586,21 @@ def parse_sampler_spec(spec: dict, *, limits: UploadLimits | None = None) -> Sam
         or not raw_shape
         or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in raw_shape)
     ):
-        raise DatasetError(f"sampler.shape: expected a list of positive integers such as [3]; got {raw_shape!r}")
+        raise DatasetError(
+            f"sampler.shape: expected a list of positive integers such as [3]; got {raw_shape!r}"
+        )
     shape = tuple(int(d) for d in raw_shape)
     if math.prod(shape) > limits.max_columns:
-        raise DatasetError(f"sampler.shape: {math.prod(shape)} values per input; at most {limits.max_columns} are accepted")
+        raise DatasetError(
+            f"sampler.shape: {math.prod(shape)} values per input; at most {limits.max_columns} are accepted"
+        )
 
     distribution = spec.get("distribution", "uniform")
     if distribution == "uniform":
         if "mean" in spec or "std" in spec:
-            raise DatasetError("sampler: 'mean'/'std' belong to distribution 'normal'; use 'low'/'high' for 'uniform'")
+            raise DatasetError(
+                "sampler: 'mean'/'std' belong to distribution 'normal'; use 'low'/'high' for 'uniform'"
+            )
         low = _spec_number_array(spec, "low", -1.0, shape)
         high = _spec_number_array(spec, "high", 1.0, shape)
         if np.any(low >= high):
@@ -580,7 +608,9 @@ def parse_sampler_spec(spec: dict, *, limits: UploadLimits | None = None) -> Sam
         params = {"low": low, "high": high}
     elif distribution == "normal":
         if "low" in spec or "high" in spec:
-            raise DatasetError("sampler: 'low'/'high' belong to distribution 'uniform'; use 'mean'/'std' for 'normal'")
+            raise DatasetError(
+                "sampler: 'low'/'high' belong to distribution 'uniform'; use 'mean'/'std' for 'normal'"
+            )
         mean = _spec_number_array(spec, "mean", 0.0, shape)
         std = _spec_number_array(spec, "std", 1.0, shape)
         params = {"mean": mean, "std": std}
@@ -590,8 +620,14 @@ def parse_sampler_spec(spec: dict, *, limits: UploadLimits | None = None) -> Sam
         raise DatasetError(f"sampler.distribution: expected 'uniform' or 'normal'; got {distribution!r}")
 
     n_samples = spec.get("n_samples", DEFAULT_GENERATED_SAMPLES)
-    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or not MIN_ROWS <= n_samples <= limits.max_rows:
-        raise DatasetError(f"sampler.n_samples: expected an integer from {MIN_ROWS} to {limits.max_rows}; got {n_samples!r}")
+    if (
+        not isinstance(n_samples, int)
+        or isinstance(n_samples, bool)
+        or not MIN_ROWS <= n_samples <= limits.max_rows
+    ):
+        raise DatasetError(
+            f"sampler.n_samples: expected an integer from {MIN_ROWS} to {limits.max_rows}; got {n_samples!r}"
+        )
     return SamplerSpec(shape=shape, distribution=distribution, n_samples=n_samples, **params)
 
 
@@ -641,7 +677,9 @@ def generate_dataset(fn: Any, spec: SamplerSpec, seed: int) -> tuple[np.ndarray,
     parts = [_call_algorithm(impl, x[i : i + GENERATE_BATCH]) for i in range(0, len(x), GENERATE_BATCH)]
     tails = {p.shape[1:] for p in parts}
     if len(tails) > 1:
-        raise DatasetError(f"the algorithm returned differently shaped outputs for different batches: {sorted(tails)}")
+        raise DatasetError(
+            f"the algorithm returned differently shaped outputs for different batches: {sorted(tails)}"
+        )
     kinds = {p.dtype.kind for p in parts}
     y = np.concatenate(parts, axis=0)
     n = len(x)

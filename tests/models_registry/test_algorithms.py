@@ -131,7 +131,9 @@ def test_load_callable_reports_a_module_that_fails_to_import(
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "plasticity_broken_mod", raising=False)
-    with pytest.raises(ImplementationError, match="importing 'plasticity_broken_mod' failed: RuntimeError: boom"):
+    with pytest.raises(
+        ImplementationError, match="importing 'plasticity_broken_mod' failed: RuntimeError: boom"
+    ):
         load_callable("plasticity_broken_mod.f")
 
 

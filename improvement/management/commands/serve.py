@@ -20,6 +20,10 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=1, help="django-q2 worker processes")
 
     def handle(self, *args, host: str, port: int, workers: int, **options) -> None:
+        from improvement.loop import loop_boot
+
+        state = loop_boot()
+        self.stdout.write("self-improvement loop: " + ("started (auto_start)" if state else "not started"))
         env = dict(os.environ, Q_WORKERS=str(workers))
         python = sys.executable
         web = subprocess.Popen(

@@ -120,7 +120,9 @@ def test_integration_has_converged(monkeypatch: pytest.MonkeyPatch) -> None:
     fine = simulate_hormone_response(x)
     others = [i for n, i in OUT.items() if n != "response_peak_time"]
     assert np.allclose(coarse[:, others], fine[:, others], rtol=1e-3)
-    assert np.all(np.abs(coarse[:, OUT["response_peak_time"]] - fine[:, OUT["response_peak_time"]]) <= 2 * hm.DT)
+    assert np.all(
+        np.abs(coarse[:, OUT["response_peak_time"]] - fine[:, OUT["response_peak_time"]]) <= 2 * hm.DT
+    )
 
 
 def test_inputs_are_clamped_and_validated() -> None:

@@ -80,7 +80,9 @@ def test_many_distinct_integers_are_values_and_override_works() -> None:
 
 
 def test_named_target_column() -> None:
-    parsed = parse_csv(_csv([f"{i % 2},{i},{i * 0.1}" for i in range(30)], header="kind,x,y"), target_column="kind")
+    parsed = parse_csv(
+        _csv([f"{i % 2},{i},{i * 0.1}" for i in range(30)], header="kind,x,y"), target_column="kind"
+    )
     assert parsed.target_name == "kind" and parsed.feature_names == ["x", "y"]
     assert parsed.output_kind == "classes"
 
@@ -291,7 +293,9 @@ def test_uniform_spec_samples_within_bounds() -> None:
 
 
 def test_normal_spec() -> None:
-    spec = parse_sampler_spec({"shape": [2, 2], "distribution": "normal", "mean": 3.0, "std": 0.5, "n_samples": 100})
+    spec = parse_sampler_spec(
+        {"shape": [2, 2], "distribution": "normal", "mean": 3.0, "std": 0.5, "n_samples": 100}
+    )
     x = spec.sample(4000, np.random.default_rng(0))
     assert x.shape == (4000, 2, 2)
     assert abs(float(x.mean()) - 3.0) < 0.05 and abs(float(x.std()) - 0.5) < 0.05
@@ -306,7 +310,10 @@ def test_normal_spec() -> None:
         ({"shape": [0]}, "sampler.shape"),
         ({"shape": ["3"]}, "sampler.shape"),
         ({"shape": [3], "distribution": "beta"}, "sampler.distribution"),
-        ({"shape": [3], "low": [0, 1]}, r"sampler.low: expected a number or a list of 3 numbers \(one per input value\); got 2 numbers"),
+        (
+            {"shape": [3], "low": [0, 1]},
+            r"sampler.low: expected a number or a list of 3 numbers \(one per input value\); got 2 numbers",
+        ),
         ({"shape": [3], "low": "zero"}, "sampler.low"),
         ({"shape": [3], "low": 1.0, "high": 1.0}, "sampler.high"),
         ({"shape": [3], "distribution": "normal", "std": 0}, "sampler.std"),
@@ -371,7 +378,10 @@ def test_generate_with_the_hormone_simulator() -> None:
 @pytest.mark.parametrize(
     ("fn", "message"),
     [
-        (lambda x: 1 / 0, "the algorithm failed on a batch of inputs with shape \\(1024, 2\\): ZeroDivisionError"),
+        (
+            lambda x: 1 / 0,
+            "the algorithm failed on a batch of inputs with shape \\(1024, 2\\): ZeroDivisionError",
+        ),
         (lambda x: x[:10, 0], "one output row per input: given 1024 inputs it returned shape \\(10,\\)"),
         (lambda x: 3.0, "one output row per input"),
         (lambda x: np.array(["a"] * len(x)), "must return numbers"),

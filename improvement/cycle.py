@@ -1,0 +1,238 @@
+"""One cycle of the scheduler: measure → trigger → prioritise → enqueue.
+
+Split into small steps tests can call one by one:
+
+* ``proposals_collect``  — measure each model and ask every strategy whether it applies;
+  add drift retraining and, when nothing fires for a model, an exploration proposal;
+* ``proposals_prioritise`` — priority = urgency × hormone weight × staleness
+  (or plain trigger order when ``hormone_driven`` is off);
+* ``proposals_select``   — skip busy models and cooling-down pairs, take the free slots;
+* ``cycle_run``          — all of it under the loop-state lock, so two processes never hand
+  out the same free slot, then records the cycle with every decision and its reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from hormones.priority import (
+    exploration_share,
+    exploration_strategy,
+    model_urgency_boost,
+    mutation_rate,
+    strategy_weights,
+)
+from hormones.selectors import hormone_levels_current
+from improvement.choices import IN_FLIGHT, RunOrigin, RunStatus
+from improvement.genetic import genetic_trigger_detect, genetic_trigger_record
+from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, LoopState
+from improvement.runs import run_create
+from improvement.strategies import all_strategies
+from improvement.strategies.base import TRIGGER_ORDER
+from improvement.triggers import config_triggers, model_metrics
+from models_registry.models import NeuralModel
+from project.live.publisher import publish
+
+EXPLORATION_URGENCY = 0.2
+EXHAUSTED_AFTER = 3  # consecutive rejected runs after which exploration of a model pauses
+
+
+@dataclasses.dataclass
+class Proposal:
+    model_id: int
+    model: str
+    strategy: str
+    reason: str
+    urgency: float
+    kind: str = "trigger"  # trigger | exploration | drift | genetic
+    priority: float = 0.0
+    chosen: bool = False
+    why: str = ""
+    genetic: tuple[str, dict] | None = None
+
+    def as_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.pop("genetic")
+        if self.genetic:
+            data["genetic_trigger"] = self.genetic[0]
+        return data
+
+
+# ---------------------------------------------------------------------------------- steps
+
+
+def _last_finished(model: NeuralModel) -> list[ImprovementRun]:
+    return list(ImprovementRun.objects.filter(model=model, finished_at__isnull=False)
+                .order_by("-finished_at")[:EXHAUSTED_AFTER])
+
+
+def proposals_collect(config: ImprovementConfig, levels: dict[str, float]) -> list[Proposal]:
+    triggers = config_triggers(config)
+    strategies = all_strategies()
+    proposals: list[Proposal] = []
+    for model in NeuralModel.objects.select_related("task").order_by("pk"):
+        if not model.versions.filter(is_active=True).exists():
+            continue
+        genetic = genetic_trigger_detect(model, config=config)
+        metrics = model_metrics(model, genetic_trigger=f"{genetic[0]}: {genetic[1]}" if genetic else None)
+        fired = []
+        for name, strategy in strategies.items():
+            verdict = strategy.applies(metrics, triggers)
+            if verdict.applies:
+                kind = "genetic" if name == "architecture" and genetic else "trigger"
+                fired.append(Proposal(model.pk, str(model), name, verdict.reason, verdict.urgency, kind=kind,
+                                      genetic=genetic if kind == "genetic" else None))
+        if genetic and genetic[0] == "drift":
+            # Serving saw the model disagree with the algorithm: retraining jumps the queue.
+            boost = model_urgency_boost(levels.get("adrenaline", 0.0))
+            fired.append(Proposal(model.pk, str(model), "training", "drift seen by serving: retrain",
+                                  min(1.0, 0.9) * boost, kind="drift"))
+        if not fired:
+            has_teacher = metrics.teacher_score is not None and (metrics.score or 0.0) < metrics.teacher_score
+            choice = exploration_strategy(levels, has_better_teacher=has_teacher and config.cross_model_distillation)
+            recent = _last_finished(model)
+            exhausted = len(recent) >= EXHAUSTED_AFTER and all(r.status == RunStatus.REJECTED for r in recent)
+            if exhausted:
+                proposals.append(Proposal(model.pk, str(model), choice, "exploration paused: the last "
+                                          f"{EXHAUSTED_AFTER} runs gained nothing", 0.0, kind="exploration",
+                                          why="gains stopped"))
+                continue
+            fired.append(Proposal(model.pk, str(model), choice,
+                                  f"no trigger fired (score {metrics.score or 0:.4f}); exploring", EXPLORATION_URGENCY,
+                                  kind="exploration"))
+        proposals.extend(fired)
+    return proposals
+
+
+def _staleness(model_id: int, now) -> float:
+    last = (ImprovementRun.objects.filter(model_id=model_id).order_by("-created_at")
+            .values_list("created_at", flat=True).first())
+    if last is None:
+        return 2.0
+    hours = (now - last).total_seconds() / 3600.0
+    return 1.0 + min(1.0, hours)
+
+
+def proposals_prioritise(proposals: list[Proposal], *, hormone_driven: bool, weights: dict[str, float]) -> list[Proposal]:
+    """Sorted best first. With hormones: urgency × weight × staleness; without: trigger order."""
+    now = timezone.now()
+    order = {name: i for i, name in enumerate(TRIGGER_ORDER)}
+    kind_rank = {"drift": 0, "trigger": 1, "genetic": 1, "exploration": 2}
+    for proposal in proposals:
+        weight = weights.get(proposal.strategy, 1.0) if hormone_driven else 1.0
+        proposal.priority = round(proposal.urgency * weight * _staleness(proposal.model_id, now), 6)
+    if hormone_driven:
+        return sorted(proposals, key=lambda p: (-p.priority, kind_rank[p.kind], p.model_id))
+    return sorted(proposals, key=lambda p: (kind_rank[p.kind], order.get(p.strategy, 99), p.model_id))
+
+
+def _cooling_down(model_id: int, strategy: str, cooldown_s: float, now) -> ImprovementRun | None:
+    last = (ImprovementRun.objects.filter(model_id=model_id, strategy=strategy, finished_at__isnull=False)
+            .order_by("-finished_at").first())
+    if last is not None and last.status == RunStatus.REJECTED and (now - last.finished_at).total_seconds() < cooldown_s:
+        return last
+    return None
+
+
+def proposals_select(proposals: list[Proposal], *, slots: int, config: ImprovementConfig,
+                     levels: dict[str, float]) -> list[Proposal]:
+    """Mark the proposals that get a slot; every other one gets the reason it did not."""
+    now = timezone.now()
+    busy = set(ImprovementRun.objects.filter(status__in=IN_FLIGHT).values_list("model_id", flat=True))
+    exploration_cap = max(1, math.ceil(config.max_concurrent_improvements * exploration_share(levels)))
+    chosen: list[Proposal] = []
+    explorations = 0
+    for proposal in proposals:
+        if proposal.why:  # already explained (e.g. exploration paused)
+            continue
+        if proposal.model_id in busy:
+            proposal.why = "a run is already in flight for this model"
+            continue
+        cooling = _cooling_down(proposal.model_id, proposal.strategy, config.rejection_cooldown_s, now)
+        if cooling is not None:
+            until = cooling.finished_at + timedelta(seconds=config.rejection_cooldown_s)
+            proposal.why = f"cooling down after run #{cooling.pk} was rejected (until {until:%H:%M:%S})"
+            continue
+        if len(chosen) >= slots:
+            proposal.why = "no free slot" if slots <= 0 else "lower priority than the runs given the free slots"
+            continue
+        if proposal.kind == "exploration" and explorations >= exploration_cap:
+            proposal.why = "exploration share of the slots used"
+            continue
+        proposal.chosen = True
+        proposal.why = "chosen"
+        explorations += proposal.kind == "exploration"
+        busy.add(proposal.model_id)
+        chosen.append(proposal)
+    return chosen
+
+
+def cycle_signals(proposals: list[Proposal]) -> None:
+    """Hormone releases the cycle's measurements call for (small, so they accumulate)."""
+    from hormones.services import hormone_release
+
+    strategies = {p.strategy for p in proposals if p.kind in ("trigger", "genetic")}
+    if "optimization" in strategies:
+        hormone_release(name="cortisol", delta=0.05, cause="latency over budget seen by the cycle")
+    if "distillation" in strategies:
+        hormone_release(name="oxytocin", delta=0.05, cause="a strong teacher exists for a weaker model")
+    if not strategies:
+        hormone_release(name="serotonin", delta=0.05, cause="calm cycle: no trigger fired")
+
+
+# ----------------------------------------------------------------------------------- cycle
+
+
+def cycle_run(*, trigger: str) -> CycleRecord:
+    started = time.perf_counter()
+    config = ImprovementConfig.load()
+    levels = hormone_levels_current()
+    weights = strategy_weights(levels) if config.hormone_driven else {name: 1.0 for name in TRIGGER_ORDER}
+    proposals = proposals_collect(config, levels)
+    ordered = proposals_prioritise(proposals, hormone_driven=config.hormone_driven, weights=weights)
+    notes: list[str] = []
+    with transaction.atomic():
+        state = LoopState.objects.select_for_update().get_or_create(pk=1)[0]
+        in_flight = ImprovementRun.objects.filter(status__in=IN_FLIGHT).count()
+        slots = max(0, config.max_concurrent_improvements - in_flight)
+        chosen = proposals_select(ordered, slots=slots, config=config, levels=levels)
+        for proposal in chosen:
+            model = NeuralModel.objects.get(pk=proposal.model_id)
+            params = {"mutation_rate": round(mutation_rate(levels), 4)} \
+                if proposal.strategy == "architecture" and config.hormone_driven else {}
+            run = run_create(model=model, strategy=proposal.strategy, origin=RunOrigin.LOOP,
+                             trigger_reason=f"[{proposal.kind}] {proposal.reason}", priority=proposal.priority,
+                             params=params)
+            if proposal.genetic:
+                genetic_trigger_record(model=model, kind=proposal.genetic[0], evidence=proposal.genetic[1], run=run)
+        now = timezone.now()
+        record = CycleRecord.objects.create(
+            trigger=trigger, in_flight_before=in_flight, slots=slots, enqueued=len(chosen),
+            hormone_driven=config.hormone_driven, hormone_levels=levels, weights=weights,
+            decisions=[p.as_dict() for p in ordered], notes=notes,
+            duration_ms=(time.perf_counter() - started) * 1000.0,
+        )
+        state.last_cycle_at = now
+        state.cycles += 1
+        from improvement.loop import effective_interval_s
+
+        state.next_cycle_at = now + timedelta(seconds=effective_interval_s(config, levels))
+        state.save()
+        publish("cycle.finished", {"cycle_id": record.pk, "trigger": trigger, "enqueued": len(chosen),
+                                   "slots": slots, "next_cycle_at": state.next_cycle_at.isoformat()})
+    cycle_signals(ordered)
+    return record
+
+
+def cycles_trim(*, keep: int = 500) -> int:
+    cutoff = CycleRecord.objects.order_by("-id").values_list("id", flat=True)[keep:keep + 1]
+    if not cutoff:
+        return 0
+    deleted, _ = CycleRecord.objects.filter(id__lte=cutoff[0]).delete()
+    return deleted

@@ -1,0 +1,87 @@
+"""Genetic triggers: environmental conditions that start architecture evolution for a model.
+
+* plateau — the last ``n`` finished training runs of the model each gained less than the
+  promotion threshold: more training of this architecture has stopped paying;
+* drift — serving saw the neural implementation disagree with the algorithm (shadow checks)
+  since the model's last run;
+* data growth — the task's data grew by ``growth_fraction`` since the model's active version
+  was trained.
+
+Each firing is recorded with its evidence when it leads to a run.
+"""
+
+from __future__ import annotations
+
+from django.apps import apps
+from django.utils import timezone
+
+from improvement.choices import RunStatus, StrategyName
+from improvement.models import GeneticTrigger, ImprovementConfig, ImprovementRun
+from models_registry.models import NeuralModel
+
+PLATEAU_RUNS = 3
+GROWTH_FRACTION = 0.2
+
+
+def plateau_evidence(model: NeuralModel, *, threshold: float, n: int = PLATEAU_RUNS) -> dict | None:
+    gains = list(
+        ImprovementRun.objects.filter(model=model, strategy=StrategyName.TRAINING,
+                                      status__in=(RunStatus.PROMOTED, RunStatus.REJECTED, RunStatus.FAILED))
+        .order_by("-finished_at").values("id", "gain", "created_at")[:n]
+    )
+    if len(gains) < n:
+        return None
+    # Once evolution has been started after the plateau, the plateau has been answered.
+    if ImprovementRun.objects.filter(model=model, strategy=StrategyName.ARCHITECTURE,
+                                     created_at__gt=gains[0]["created_at"]).exists():
+        return None
+    values = [g["gain"] or 0.0 for g in gains]
+    if all(v < threshold for v in values):
+        return {"runs": [g["id"] for g in gains], "gains": values, "threshold": threshold}
+    return None
+
+
+def drift_evidence(model: NeuralModel) -> dict | None:
+    try:
+        switch_model = apps.get_model("models_registry", "ServingSwitch")
+    except LookupError:
+        return None
+    last_run = ImprovementRun.objects.filter(model=model).order_by("-created_at").values_list("created_at", flat=True).first()
+    qs = switch_model.objects.filter(task_id=model.task_id, reason_code="shadow_disagreement")
+    if last_run is not None:
+        qs = qs.filter(created_at__gt=last_run)
+    switch = qs.order_by("-created_at").first()
+    if switch is None:
+        return None
+    return {"switch_id": switch.pk, "at": switch.created_at.isoformat(), "evidence": switch.evidence}
+
+
+def data_growth_evidence(model: NeuralModel, *, fraction: float = GROWTH_FRACTION) -> dict | None:
+    active = model.versions.filter(is_active=True).first()
+    if active is None:
+        return None
+    trained_on = (active.metrics or {}).get("n_train_samples")
+    current = model.task.n_train
+    if trained_on and current >= trained_on * (1 + fraction):
+        return {"trained_on": trained_on, "now": current, "fraction": fraction}
+    return None
+
+
+def genetic_trigger_detect(model: NeuralModel, *, config: ImprovementConfig) -> tuple[str, dict] | None:
+    """The first genetic condition that holds for the model, with its evidence, or None."""
+    if not config.genetic_enhanced:
+        return None
+    for kind, detect in (
+        (GeneticTrigger.Kind.DRIFT, lambda: drift_evidence(model)),
+        (GeneticTrigger.Kind.PLATEAU, lambda: plateau_evidence(model, threshold=config.performance_threshold)),
+        (GeneticTrigger.Kind.DATA_GROWTH, lambda: data_growth_evidence(model)),
+    ):
+        evidence = detect()
+        if evidence is not None:
+            return kind, evidence
+    return None
+
+
+def genetic_trigger_record(*, model: NeuralModel, kind: str, evidence: dict, run: ImprovementRun | None) -> GeneticTrigger:
+    return GeneticTrigger.objects.create(model=model, kind=kind, evidence={**evidence, "recorded": timezone.now().isoformat()},
+                                         run=run)

@@ -1,0 +1,156 @@
+"""Serializers of the registry API: tasks, models and versions (read), and their requests."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from models_registry.choices import OutputKind
+from models_registry.models import ModelVersion, NeuralModel, Task
+from models_registry.nn.genome import GenomeError, validate_genome
+from project.api.fields import FiniteRepresentationMixin
+
+# ----------------------------------------------------------------------------------- tasks
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Task
+        fields = [
+            "slug", "name", "description", "output_kind", "source", "builtin_key", "input_shape", "n_outputs",
+            "class_labels", "feature_names", "target_name", "algorithm_path", "sampler_spec", "n_samples",
+            "n_train", "n_val", "n_test", "split_seed", "latency_budget_ms", "score_tolerance",
+            "dataset_sha256", "created_at",
+        ]
+        read_only_fields = fields
+
+
+class TaskUploadSerializer(serializers.Serializer):
+    """multipart/form-data: a CSV (header row, one example per row) or an NPZ (arrays X and y)."""
+
+    file = serializers.FileField(help_text="A .csv or .npz file.")
+    name = serializers.CharField(max_length=120)
+    slug = serializers.SlugField(max_length=80, required=False, allow_blank=True,
+                                 help_text="Defaults to the slugified name.")
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    target_column = serializers.CharField(required=False, allow_blank=True, max_length=200,
+                                          help_text="CSV only; defaults to the last column.")
+    output_kind = serializers.ChoiceField(choices=OutputKind.choices, required=False, allow_blank=True,
+                                          help_text="Inferred from the target when omitted.")
+    algorithm_path = serializers.CharField(required=False, allow_blank=True, max_length=200,
+                                           help_text="Dotted path of the algorithmic implementation; "
+                                                     "a classical default by output kind when omitted.")
+
+
+class TaskGeneratorSerializer(serializers.Serializer):
+    """application/json: inputs drawn by a sampler and labelled by the algorithm itself."""
+
+    name = serializers.CharField(max_length=120)
+    slug = serializers.SlugField(max_length=80, required=False, allow_blank=True)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    algorithm_path = serializers.CharField(max_length=200, help_text="Dotted path of the labelling algorithm.")
+    sampler_spec = serializers.DictField(
+        help_text='e.g. {"shape": [3], "distribution": "uniform", "low": -1, "high": 1, "n_samples": 2000}',
+    )
+    latency_budget_ms = serializers.FloatField(required=False, min_value=0.001, max_value=3_600_000)
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+class VersionBriefSerializer(FiniteRepresentationMixin, serializers.ModelSerializer):
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "number", "runtime", "score", "metric", "latency_p95_ms", "n_parameters", "created_at"]
+        read_only_fields = fields
+
+
+class NeuralModelSerializer(serializers.ModelSerializer):
+    task = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    active_version = serializers.SerializerMethodField()
+    n_versions = serializers.SerializerMethodField()
+
+    class Meta:
+        model = NeuralModel
+        fields = ["id", "task", "name", "description", "active_version", "n_versions", "created_at"]
+        read_only_fields = fields
+
+    @extend_schema_field(VersionBriefSerializer(allow_null=True))
+    def get_active_version(self, obj: NeuralModel) -> dict | None:
+        active = next((v for v in obj.versions.all() if v.is_active), None)
+        return VersionBriefSerializer(active).data if active is not None else None
+
+    def get_n_versions(self, obj: NeuralModel) -> int:
+        return len(obj.versions.all())
+
+
+class NeuralModelCreateSerializer(serializers.Serializer):
+    task = serializers.SlugRelatedField(slug_field="slug", queryset=Task.objects.all(),
+                                        help_text="The task's slug.")
+    name = serializers.SlugField(max_length=80)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    genome = serializers.JSONField(
+        help_text="Architecture of the initial version; its input_shape must be the task's, its output "
+                  "size the task's n_outputs (an autoencoder for reconstruction tasks). The initial "
+                  "version is trained briefly and activated.",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        task: Task = attrs["task"]
+        try:
+            genome = validate_genome(attrs["genome"])
+        except GenomeError as exc:
+            raise serializers.ValidationError({"genome": [str(exc)]}) from None
+        problems = []
+        if list(genome["input_shape"]) != list(task.input_shape):
+            problems.append(f"input_shape must be the task's {task.input_shape}, got {genome['input_shape']}")
+        if task.output_kind == OutputKind.RECONSTRUCTION:
+            if genome["kind"] != "autoencoder":
+                problems.append("a reconstruction task needs kind 'autoencoder'")
+        elif genome["kind"] == "autoencoder":
+            problems.append(f"a {task.output_kind} task needs kind 'mlp' or 'cnn'")
+        elif genome["output_dim"] != task.n_outputs:
+            problems.append(f"output_dim must be the task's n_outputs ({task.n_outputs}), got {genome['output_dim']}")
+        if genome["kind"] == "cnn" and len(task.input_shape) != 3:
+            problems.append("kind 'cnn' needs image inputs (input_shape [C, H, W])")
+        if problems:
+            raise serializers.ValidationError({"genome": problems})
+        attrs["genome"] = genome
+        return attrs
+
+
+class RollbackSerializer(serializers.Serializer):
+    to_version = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1,
+        help_text="Id of the version to re-activate; by default the active version's parent.",
+    )
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=200)
+
+
+class ActivateSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=200)
+
+
+# -------------------------------------------------------------------------------- versions
+
+
+class ModelVersionSerializer(FiniteRepresentationMixin, serializers.ModelSerializer):
+    model_name = serializers.CharField(source="model.name", read_only=True)
+    task = serializers.CharField(source="model.task.slug", read_only=True)
+    metrics = serializers.JSONField(read_only=True)
+    genome = serializers.JSONField(read_only=True)
+    produced_by_run = serializers.SerializerMethodField(help_text="The improvement run that made this version.")
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id", "model", "model_name", "task", "number", "genome", "runtime", "is_active", "parent",
+            "score", "metric", "latency_p50_ms", "latency_p95_ms", "latency_p95_ms_batch", "n_parameters",
+            "size_bytes", "metrics", "weights_sha256", "artifact_sha256", "note", "produced_by_run", "created_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_produced_by_run(self, obj: ModelVersion) -> int | None:
+        runs = obj.produced_by_runs.all()
+        return runs[0].pk if runs else None

@@ -1,0 +1,346 @@
+"""REST views of the registry: tasks, models, versions. Thin: validate, call one service, serialize.
+
+This package is the top layer (DESIGN.md: "DRF api/"), so model creation may call the
+improvement app's seeding service to train the initial version.
+"""
+
+from __future__ import annotations
+
+import django_filters
+from django.db import transaction
+from django.db.models import Prefetch
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from models_registry.api.serializers import (
+    ActivateSerializer,
+    ModelVersionSerializer,
+    NeuralModelCreateSerializer,
+    NeuralModelSerializer,
+    RollbackSerializer,
+    TaskGeneratorSerializer,
+    TaskSerializer,
+    TaskUploadSerializer,
+)
+from models_registry.choices import DataSource, OutputKind, Runtime
+from models_registry.implementations import version_module
+from models_registry.models import ModelVersion, NeuralModel, Task
+from models_registry.nn.runtimes import export_onnx
+from models_registry.services import (
+    RegistryError,
+    model_create,
+    task_create_from_generator,
+    task_create_from_upload,
+    version_activate,
+    version_rollback,
+)
+from models_registry.weights import blob_load, sha256_bytes
+from project.api.pagination import Pagination
+from project.api.permissions import IsOperatorOrReadOnly
+from project.api.throttles import UploadRateThrottle, UserRateThrottle
+from project.api.uploads import UploadLimitMixin, upload_limits
+
+# ---------------------------------------------------------------------------------- filters
+
+
+class TaskFilter(django_filters.FilterSet):
+    source = django_filters.ChoiceFilter(choices=DataSource.choices)
+    output_kind = django_filters.ChoiceFilter(choices=OutputKind.choices)
+
+    class Meta:
+        model = Task
+        fields = ["source", "output_kind"]
+
+
+class NeuralModelFilter(django_filters.FilterSet):
+    task = django_filters.CharFilter(field_name="task__slug", help_text="Task slug.")
+
+    class Meta:
+        model = NeuralModel
+        fields = ["task"]
+
+
+class ModelVersionFilter(django_filters.FilterSet):
+    model = django_filters.NumberFilter(field_name="model_id", help_text="Model id.")
+    task = django_filters.CharFilter(field_name="model__task__slug", help_text="Task slug.")
+    runtime = django_filters.ChoiceFilter(choices=Runtime.choices)
+    is_active = django_filters.BooleanFilter()
+
+    class Meta:
+        model = ModelVersion
+        fields = ["model", "task", "runtime", "is_active"]
+
+
+class _Base:
+    permission_classes = [IsOperatorOrReadOnly]
+    pagination_class = Pagination
+    parser_classes = [JSONParser]
+
+
+# ------------------------------------------------------------------------------------ tasks
+
+_CSV_EXAMPLE = OpenApiExample(
+    "CSV upload", request_only=True, media_type="multipart/form-data",
+    value={"name": "Iris", "file": "(iris.csv: sepal_length,sepal_width,petal_length,petal_width,species)",
+           "target_column": "species"},
+)
+_GENERATOR_EXAMPLE = OpenApiExample(
+    "Generator task", request_only=True, media_type="application/json",
+    value={"name": "Sum of squares", "algorithm_path": "mypackage.functions.sum_of_squares",
+           "sampler_spec": {"shape": [3], "distribution": "uniform", "low": -1, "high": 1, "n_samples": 2000}},
+)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List tasks", tags=["tasks"]),
+    retrieve=extend_schema(summary="A task", tags=["tasks"]),
+)
+class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                  viewsets.GenericViewSet):
+    """Tasks: an operation with an input/output contract, its data and fixed splits."""
+
+    queryset = Task.objects.all().order_by("slug")
+    serializer_class = TaskSerializer
+    filterset_class = TaskFilter
+    lookup_field = "slug"
+    lookup_value_regex = "[^/]+"
+    parser_classes = [MultiPartParser, JSONParser]
+
+    def get_throttles(self):
+        if self.action == "create":
+            return [UserRateThrottle(), UploadRateThrottle()]
+        return super().get_throttles()
+
+    @extend_schema(
+        summary="Create a task from a dataset upload (multipart) or a generator (JSON)",
+        tags=["tasks"],
+        description=(
+            "**multipart/form-data**: a CSV (a header row, then one example per row; numeric inputs; the "
+            "target is `target_column` or the last column) or an NPZ (arrays `X` and `y`). Files above "
+            "the upload limit are refused with 413 before they are read whole; rows and columns beyond "
+            "the limits, non-UTF-8 text, ragged rows, NaN or a single class get a 400 that says where.\n\n"
+            "**application/json**: a generator task — `sampler_spec` draws inputs and the algorithm at "
+            "`algorithm_path` labels them. The train/validation/test splits are fixed at creation."
+        ),
+        request={"multipart/form-data": TaskUploadSerializer, "application/json": TaskGeneratorSerializer},
+        responses={201: TaskSerializer},
+        examples=[_CSV_EXAMPLE, _GENERATOR_EXAMPLE],
+    )
+    def create(self, request: Request) -> Response:
+        if (request.content_type or "").startswith("multipart/"):
+            serializer = TaskUploadSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
+            upload = data["file"]
+            task = task_create_from_upload(
+                name=data["name"], filename=upload.name or "", content=upload.read(), slug=data.get("slug", ""),
+                description=data.get("description", ""), target_column=data.get("target_column") or None,
+                output_kind=data.get("output_kind") or None, algorithm_path=data.get("algorithm_path", ""),
+                limits=upload_limits(),
+            )
+        else:
+            serializer = TaskGeneratorSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
+            task = task_create_from_generator(
+                name=data["name"], algorithm_path=data["algorithm_path"], sampler_spec=data["sampler_spec"],
+                slug=data.get("slug", ""), description=data.get("description", ""),
+                latency_budget_ms=data.get("latency_budget_ms", 200.0),
+            )
+        return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
+
+
+# ----------------------------------------------------------------------------------- models
+
+_GENOME_EXAMPLE = OpenApiExample(
+    "Small MLP", request_only=True,
+    value={"task": "iris", "name": "baseline", "description": "first try",
+           "genome": {"kind": "mlp", "input_shape": [4], "output_dim": 3, "hidden": [8], "activation": "relu",
+                      "dropout": 0.0, "norm": "none"}},
+)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List models", tags=["models"]),
+    retrieve=extend_schema(summary="A model", tags=["models"]),
+)
+class NeuralModelViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Models: one lineage of versions for one task, exactly one of them active."""
+
+    queryset = NeuralModel.objects.select_related("task").prefetch_related(
+        Prefetch("versions", queryset=ModelVersion.objects.order_by("-number"))
+    ).order_by("task__slug", "name")
+    serializer_class = NeuralModelSerializer
+    filterset_class = NeuralModelFilter
+    lookup_value_regex = "[^/]+"
+
+    @extend_schema(
+        summary="Create a model and train its initial version",
+        tags=["models"],
+        description="Registers the model and trains the initial `genome` briefly on the task's training "
+                    "split (seconds for small tasks); that version becomes active and the loop improves it.",
+        request=NeuralModelCreateSerializer,
+        responses={201: NeuralModelSerializer},
+        examples=[_GENOME_EXAMPLE],
+    )
+    def create(self, request: Request) -> Response:
+        serializer = NeuralModelCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        from improvement.services import seed_weak_version
+
+        model = model_create(task=data["task"], name=data["name"], description=data.get("description", ""))
+        try:
+            seed_weak_version(model=model, genome=data["genome"])
+        except BaseException:
+            with transaction.atomic():
+                model.delete()  # no model without a version is left behind
+            raise
+        return Response(NeuralModelSerializer(self.get_queryset().get(pk=model.pk)).data,
+                        status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Roll back to an earlier version",
+        tags=["models"],
+        description="Re-activates `to_version`, or by default the active version's parent (the version "
+                    "it was improved from). The rolled-back-from version stays as a backup.",
+        request=RollbackSerializer,
+        responses={200: ModelVersionSerializer},
+        examples=[OpenApiExample("Back to the parent", value={"reason": "live accuracy dropped"},
+                                 request_only=True)],
+    )
+    @action(detail=True, methods=["post"])
+    def rollback(self, request: Request, pk=None) -> Response:
+        model = self.get_object()
+        serializer = RollbackSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        to_id = serializer.validated_data.get("to_version")
+        to_version = None
+        if to_id is not None:
+            to_version = ModelVersion.objects.filter(pk=to_id, model=model).first()
+            if to_version is None:
+                raise RegistryError(f"to_version: model {model} has no version with id {to_id}")
+        version = version_rollback(model=model, to_version=to_version,
+                                   reason=serializer.validated_data.get("reason", ""))
+        return Response(ModelVersionSerializer(version).data)
+
+
+# --------------------------------------------------------------------------------- versions
+
+
+class OctetStreamRenderer(BaseRenderer):
+    """Lets clients ask for the binary downloads with ``Accept: application/octet-stream``."""
+
+    media_type = "application/octet-stream"
+    format = "bin"
+    charset = None
+    render_style = "binary"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        if isinstance(data, bytes):
+            return data
+        return JSONRenderer().render(data)  # an error body
+
+
+def _download(data: bytes, filename: str, sha256: str) -> HttpResponse:
+    response = HttpResponse(data, content_type="application/octet-stream")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Content-Length"] = str(len(data))
+    response["X-Content-SHA256"] = sha256
+    return response
+
+
+_DOWNLOAD_HEADERS = [
+    OpenApiParameter("Content-Disposition", str, OpenApiParameter.HEADER, response=[200],
+                     description='attachment; filename="<task>-<model>-v<number>.<ext>"'),
+    OpenApiParameter("X-Content-SHA256", str, OpenApiParameter.HEADER, response=[200],
+                     description="sha256 of the body (hex)"),
+]
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List versions (metadata)", tags=["versions"]),
+    retrieve=extend_schema(summary="A version (metadata)", tags=["versions"]),
+)
+class ModelVersionViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Versions: immutable genome + weights + runtime + metrics; filter by `model` or `task`."""
+
+    queryset = ModelVersion.objects.select_related("model__task").prefetch_related("produced_by_runs").order_by(
+        "model__task__slug", "model__name", "-number"
+    )
+    serializer_class = ModelVersionSerializer
+    filterset_class = ModelVersionFilter
+    lookup_value_regex = "[^/]+"
+
+    def _filename(self, version: ModelVersion, suffix: str) -> str:
+        return f"{version.model.task.slug}-{version.model.name}-v{version.number}{suffix}"
+
+    @extend_schema(
+        summary="Download the weights (safetensors)",
+        tags=["versions"],
+        description="The version's weights as a safetensors file, verified against the recorded sha256 "
+                    "before a byte is sent. Rebuild the module with the version's `genome`.",
+        responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY,
+                                                                      description="safetensors file")},
+        parameters=_DOWNLOAD_HEADERS,
+        filters=False,
+    )
+    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, OctetStreamRenderer],
+            pagination_class=None, filterset_class=None)
+    def weights(self, request: Request, pk=None) -> HttpResponse:
+        version = self.get_object()
+        data = blob_load(version.weights_file, sha256=version.weights_sha256)
+        return _download(data, self._filename(version, ".safetensors"), version.weights_sha256)
+
+    @extend_schema(
+        summary="Download the model as ONNX",
+        tags=["versions"],
+        description="For ONNX runtimes, the stored (verified) artifact; otherwise the fp32 module exported "
+                    "from the verified weights. Input `input` (batch, *input_shape), output `output`.",
+        responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY,
+                                                                      description="ONNX model")},
+        parameters=_DOWNLOAD_HEADERS,
+        filters=False,
+    )
+    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, OctetStreamRenderer],
+            pagination_class=None, filterset_class=None)
+    def onnx(self, request: Request, pk=None) -> HttpResponse:
+        version = self.get_object()
+        if version.runtime in (Runtime.ONNX_FP32, Runtime.ONNX_INT8) and version.artifact_file:
+            data = blob_load(version.artifact_file, sha256=version.artifact_sha256)
+        else:
+            data = export_onnx(version_module(version), version.genome["input_shape"])
+        return _download(data, self._filename(version, ".onnx"), sha256_bytes(data))
+
+    @extend_schema(
+        summary="Activate this version",
+        tags=["versions"],
+        description="Makes this version the model's only active one (the previous one stays as a backup).",
+        request=ActivateSerializer,
+        responses={200: ModelVersionSerializer},
+        examples=[OpenApiExample("Activate", value={"reason": "operator choice"}, request_only=True)],
+        filters=False,
+    )
+    @action(detail=True, methods=["post"], pagination_class=None, filterset_class=None)
+    def activate(self, request: Request, pk=None) -> Response:
+        version = self.get_object()
+        serializer = ActivateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        reason = serializer.validated_data.get("reason") or f"activated by {request.user.get_username()}"
+        version_activate(version=version, reason=reason)
+        version.refresh_from_db()
+        return Response(ModelVersionSerializer(version).data)
+

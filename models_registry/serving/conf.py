@@ -1,0 +1,57 @@
+"""Serving settings: a Django setting when defined, else the environment variable, else a default.
+
+The environment fallback lets an operator (or a benchmark) tune a server without a settings
+change; a value that does not parse fails loudly through the ``project.env`` helpers.
+Values are read when used (cheap ``getattr``), so tests may override them with ``settings``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from project.env import env_bool, env_float, env_int
+
+# name -> (kind, default); every name is also the environment variable's name.
+SERVING_SETTINGS: dict[str, tuple[type, float | int | bool]] = {
+    # Largest batch one predict request may carry.
+    "PLASTICITY_MAX_BATCH": (int, 1024),
+    # Seconds between two reads of the serving state by a process (a switch anywhere is seen
+    # by every process within about this long).
+    "PLASTICITY_SERVING_REFRESH_S": (float, 0.25),
+    # Refresh the route table and flush the tracker from background threads (off the request
+    # path). Off: both happen inline, when due (tests, one-shot scripts).
+    "PLASTICITY_SERVING_BACKGROUND": (bool, True),
+    # The in-memory performance tracker (off only to measure its overhead).
+    "PLASTICITY_SERVING_TRACKER": (bool, True),
+    "PLASTICITY_TRACKER_FLUSH_S": (float, 10.0),
+    # Latencies kept per implementation and flush window (uniform reservoir sample).
+    "PLASTICITY_TRACKER_RESERVOIR": (int, 2048),
+    # Default shadow fraction of a new ServingState.
+    "PLASTICITY_SHADOW_FRACTION": (float, 0.05),
+    "PLASTICITY_SHADOW_WORKERS": (int, 1),
+    "PLASTICITY_SHADOW_QUEUE": (int, 64),
+    # Rows of (neural, algorithmic) outputs kept per task, and the fewest judged.
+    "PLASTICITY_SHADOW_WINDOW": (int, 256),
+    "PLASTICITY_SHADOW_MIN_ROWS": (int, 32),
+    # Agreement floor when held-out scores are missing.
+    "PLASTICITY_SHADOW_MIN_AGREEMENT": (float, 0.9),
+    # Seconds after a drift alarm before the same task may raise another.
+    "PLASTICITY_SHADOW_COOLDOWN_S": (float, 60.0),
+    "PLASTICITY_SHADOW_ADRENALINE": (float, 0.3),
+    # Switching policy defaults (each ServingState may override the margin and dwell).
+    "PLASTICITY_SERVING_HYSTERESIS": (float, 0.01),
+    "PLASTICITY_SERVING_LATENCY_MARGIN": (float, 0.10),
+    "PLASTICITY_SERVING_MIN_DWELL_S": (float, 60.0),
+}
+
+
+def serving_setting(name: str):
+    kind, default = SERVING_SETTINGS[name]
+    value = getattr(settings, name, None)
+    if value is not None:
+        return kind(value)
+    if kind is bool:
+        return env_bool(name, bool(default))
+    if kind is int:
+        return env_int(name, int(default))
+    return env_float(name, float(default))

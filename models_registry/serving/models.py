@@ -1,0 +1,113 @@
+"""Serving records: the current serving state of each task and the history of its switches."""
+
+from __future__ import annotations
+
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from models_registry.choices import Implementation
+from models_registry.serving.choices import SwitchReason
+
+
+def default_shadow_fraction() -> float:
+    from models_registry.serving.conf import serving_setting
+
+    return serving_setting("PLASTICITY_SHADOW_FRACTION")
+
+
+def default_hysteresis() -> float:
+    from models_registry.serving.conf import serving_setting
+
+    return serving_setting("PLASTICITY_SERVING_HYSTERESIS")
+
+
+def default_min_dwell_s() -> float:
+    from models_registry.serving.conf import serving_setting
+
+    return serving_setting("PLASTICITY_SERVING_MIN_DWELL_S")
+
+
+class ServingState(models.Model):
+    """Which implementation answers a task's live predictions right now: one row per task.
+
+    Only ``serving_switch`` changes ``implementation``/``version`` (and records a
+    ``ServingSwitch``); the tuning fields (shadow fraction, tolerance, hysteresis, dwell)
+    may be edited by an operator. ``version`` is the neural version served and is null
+    while the algorithm serves. ``since`` is when the implementation last changed (the
+    dwell clock); ``updated_at`` moves on every write, so serving processes notice changes.
+    ``pinned`` is set when an operator forces an implementation: automatic decisions then
+    leave the implementation alone (a pinned neural task still follows its active version).
+    """
+
+    task = models.OneToOneField("models_registry.Task", on_delete=models.CASCADE, related_name="serving_state")
+    implementation = models.CharField(
+        max_length=20, choices=Implementation.choices, default=Implementation.ALGORITHMIC
+    )
+    version = models.ForeignKey(
+        "models_registry.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    since = models.DateTimeField(default=timezone.now)
+    reason = models.CharField(max_length=40, choices=SwitchReason.choices, default=SwitchReason.INITIAL)
+    detail = models.CharField(max_length=300, blank=True)
+    evidence = models.JSONField(default=dict, blank=True)
+    pinned = models.BooleanField(default=False, help_text="Forced by an operator: no automatic switching.")
+    shadow_fraction = models.FloatField(
+        default=default_shadow_fraction, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Fraction of live neural requests also run on the algorithm, off the request path.",
+    )
+    tolerance = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Overrides the task's score tolerance (floor = algorithmic score − tolerance).",
+    )
+    hysteresis = models.FloatField(
+        default=default_hysteresis, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Extra score margin the challenger needs before serving switches to it.",
+    )
+    min_dwell_s = models.FloatField(
+        default=default_min_dwell_s, validators=[MinValueValidator(0.0)],
+        help_text="Seconds an implementation serves before an automatic switch away (a floor breach excepted).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["task__slug"]
+
+    def __str__(self) -> str:
+        who = f"v{self.version.number}" if self.version_id else ""
+        return f"{self.task.slug}: {self.implementation} {who}".strip()
+
+    def effective_tolerance(self) -> float:
+        return self.tolerance if self.tolerance is not None else self.task.score_tolerance
+
+
+class ServingSwitch(models.Model):
+    """One change of the serving implementation or of the neural version served, with its evidence.
+
+    Rows are written only by ``serving_switch`` and never changed. ``from_implementation``
+    is blank for a task's first decision. ``evidence`` holds the measurements the decision
+    was made on (scores, latencies, floor, shadow agreement, ...).
+    """
+
+    task = models.ForeignKey("models_registry.Task", on_delete=models.CASCADE, related_name="serving_switches")
+    from_implementation = models.CharField(max_length=20, choices=Implementation.choices, blank=True)
+    to_implementation = models.CharField(max_length=20, choices=Implementation.choices)
+    from_version = models.ForeignKey(
+        "models_registry.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    to_version = models.ForeignKey(
+        "models_registry.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.CharField(max_length=40, choices=SwitchReason.choices)
+    detail = models.CharField(max_length=300, blank=True)
+    evidence = models.JSONField(default=dict, blank=True)
+    actor = models.CharField(max_length=150, blank=True, help_text="Operator username for forced switches.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["task", "-created_at"]), models.Index(fields=["reason", "-created_at"])]
+        verbose_name_plural = "serving switches"
+
+    def __str__(self) -> str:
+        return f"{self.task.slug}: {self.from_implementation or '-'} → {self.to_implementation} ({self.reason})"

@@ -1,0 +1,1 @@
+"""Shared pieces of the REST API: errors, permissions, throttles, uploads, pagination, schema."""

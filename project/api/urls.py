@@ -1,0 +1,23 @@
+"""Routes shared by the whole API: the token endpoint, the OpenAPI schema and its docs.
+
+Included last in ``project/api_urls.py``: it ends with the catch-all that answers unknown
+API paths with a JSON 404 (after authentication, like every other API view).
+"""
+
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.permissions import IsAuthenticated
+
+from project.api.views import ApiNotFoundView, TokenObtainView
+
+# The schema and its docs show every operation, so they need a login like the API itself;
+# the docs pages load Swagger UI and Redoc from drf_spectacular_sidecar's static files.
+_docs = {"permission_classes": [IsAuthenticated]}
+
+urlpatterns = [
+    path("auth/token", TokenObtainView.as_view(), name="api-token"),
+    path("schema/", SpectacularAPIView.as_view(**_docs), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema", **_docs), name="api-docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api-schema", **_docs), name="api-redoc"),
+    re_path(r"^.*$", ApiNotFoundView.as_view(), name="api-not-found"),
+]

@@ -1,0 +1,153 @@
+"""The scheduler cycle: triggers, priorities, slots, cool-downs, exploration."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from hormones.services import hormone_release, hormones_ensure
+from improvement.choices import RunStatus
+from improvement.cycle import cycle_run, proposals_collect, proposals_prioritise
+from improvement.models import ImprovementConfig, ImprovementRun
+from models_registry.models import PerformanceSample
+from models_registry.services import model_create
+from tests.factories import csv_task, version_with_score
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def task():
+    t = csv_task()
+    # Algorithmic baseline 0.80: below the distillation teacher threshold, so it stays quiet.
+    PerformanceSample.objects.create(task=t, implementation="algorithmic", score=0.80, metric="accuracy")
+    return t
+
+
+@pytest.fixture(autouse=True)
+def _setup():
+    hormones_ensure()
+    ImprovementConfig.objects.update_or_create(pk=1, defaults={"max_concurrent_improvements": 3})
+
+
+def _model(task, name, score, latency=1.0):
+    model = model_create(task=task, name=name)
+    version_with_score(model, score, latency_ms=latency)
+    return model
+
+
+def _chosen(record):
+    return {(d["model"].split("/")[1], d["strategy"]) for d in record.decisions if d["chosen"]}
+
+
+def test_cycle_picks_the_right_strategies_for_given_metrics(task):
+    ImprovementConfig.objects.filter(pk=1).update(cross_model_distillation=False)
+    _model(task, "weak", 0.5)
+    _model(task, "middling", 0.8)
+    _model(task, "slow", 0.95, latency=500.0)
+    record = cycle_run(trigger="forced")
+    assert _chosen(record) == {("weak", "training"), ("middling", "architecture"), ("slow", "optimization")}
+    runs = ImprovementRun.objects.all()
+    assert runs.count() == 3 and {r.status for r in runs} == {RunStatus.QUEUED}
+    assert all(r.trigger_reason for r in runs)
+
+
+def test_free_slots_bound_what_is_enqueued(task):
+    ImprovementConfig.objects.filter(pk=1).update(max_concurrent_improvements=2)
+    busy = _model(task, "busy", 0.5)
+    ImprovementRun.objects.create(model=busy, strategy="training", status=RunStatus.RUNNING)
+    for i in range(3):
+        _model(task, f"weak{i}", 0.5)
+    record = cycle_run(trigger="forced")
+    assert record.in_flight_before == 1 and record.slots == 1 and record.enqueued == 1
+    reasons = {d["why"] for d in record.decisions if not d["chosen"]}
+    assert "a run is already in flight for this model" in reasons
+    assert any("free slot" in r for r in reasons)
+    assert ImprovementRun.objects.filter(status__in=["queued", "running"]).count() == 2
+    # A second cycle at once finds no slot at all.
+    assert cycle_run(trigger="forced").enqueued == 0
+
+
+def test_a_rejected_strategy_cools_down(task):
+    model = _model(task, "weak", 0.5)
+    ImprovementRun.objects.create(model=model, strategy="training", status=RunStatus.REJECTED,
+                                  finished_at=timezone.now() - timedelta(seconds=10))
+    record = cycle_run(trigger="forced")
+    decision = next(d for d in record.decisions if d["strategy"] == "training")
+    assert not decision["chosen"] and "cooling down" in decision["why"]
+    ImprovementRun.objects.update(finished_at=timezone.now() - timedelta(hours=2))
+    assert _chosen(cycle_run(trigger="forced")) == {("weak", "training")}
+
+
+def test_without_hormones_the_order_is_the_trigger_order(task):
+    _model(task, "a-arch", 0.8)
+    _model(task, "b-train", 0.5)
+    ImprovementConfig.objects.filter(pk=1).update(hormone_driven=False)
+    config = ImprovementConfig.load()
+    ordered = proposals_prioritise(proposals_collect(config, {}), hormone_driven=False, weights={})
+    assert [p.strategy for p in ordered] == ["training", "architecture"]
+
+
+def test_raising_cortisol_moves_optimization_ahead_of_architecture(task):
+    _model(task, "slowmid", 0.8, latency=210.0)  # fires both optimization and architecture
+    config = ImprovementConfig.load()
+    from hormones.priority import strategy_weights
+    from hormones.selectors import hormone_levels_current
+
+    def order():
+        levels = hormone_levels_current()
+        props = proposals_prioritise(proposals_collect(config, levels), hormone_driven=True,
+                                     weights=strategy_weights(levels))
+        return [p.strategy for p in props]
+
+    hormone_release(name="dopamine", delta=0.7, cause="test: reward")
+    assert order()[0] == "architecture"
+    hormone_release(name="cortisol", delta=0.8, cause="test: stress")
+    assert order()[0] == "optimization"
+
+
+def test_a_good_model_is_explored_when_no_trigger_fires(task):
+    _model(task, "good", 0.95)
+    record = cycle_run(trigger="forced")
+    (decision,) = record.decisions
+    assert decision["kind"] == "exploration" and decision["chosen"]
+    assert decision["strategy"] in ("architecture", "distillation")
+
+
+def test_exploration_pauses_when_gains_stop(task):
+    model = _model(task, "good", 0.95)
+    for _ in range(3):
+        ImprovementRun.objects.create(model=model, strategy="architecture", status=RunStatus.REJECTED,
+                                      finished_at=timezone.now() - timedelta(hours=3))
+    record = cycle_run(trigger="forced")
+    (decision,) = record.decisions
+    assert not decision["chosen"] and decision["why"] == "gains stopped"
+
+
+def test_plateau_fires_a_genetic_trigger(task):
+    model = _model(task, "plateaued", 0.9)
+    for gain in (0.01, 0.02, 0.0):
+        ImprovementRun.objects.create(model=model, strategy="training", status=RunStatus.REJECTED, gain=gain,
+                                      finished_at=timezone.now() - timedelta(hours=3))
+    record = cycle_run(trigger="forced")
+    chosen = [d for d in record.decisions if d["chosen"]]
+    assert chosen and chosen[0]["strategy"] == "architecture" and chosen[0]["kind"] == "genetic"
+    assert model.genetic_triggers.get().kind == "plateau"
+
+
+def test_no_plateau_without_one(task):
+    model = _model(task, "fine", 0.9)
+    for gain in (0.01, 0.5, 0.0):
+        ImprovementRun.objects.create(model=model, strategy="training", status=RunStatus.PROMOTED, gain=gain,
+                                      finished_at=timezone.now() - timedelta(hours=3))
+    cycle_run(trigger="forced")
+    assert not model.genetic_triggers.exists()
+
+
+def test_a_strong_model_teaches_the_weaker_one(task):
+    _model(task, "teacher", 0.97)
+    _model(task, "student", 0.9)
+    record = cycle_run(trigger="forced")
+    assert ("student", "distillation") in _chosen(record)
