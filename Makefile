@@ -25,6 +25,7 @@ install: $(STAMP)
 
 run: install
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py seed_demo
 	$(PY) manage.py ensure_operator
 	$(PY) manage.py serve --host $(HOST) --port $(PORT)

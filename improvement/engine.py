@@ -125,7 +125,7 @@ def context_build(run: ImprovementRun, baseline: ModelVersion, config: Improveme
     teacher = None
     if config.cross_model_distillation or run.strategy == "distillation":
         teacher = teacher_for(task, exclude_model_id=run.model_id)
-    extra = generated_data(task, per_epoch=min(2048, max(256, len(data.X_train))), seed=seed)
+    extra = generated_data(task, per_epoch=int(run.params.get("generated_per_epoch", 512)), seed=seed)
     if extra is None and teacher is not None and teacher[3] > (baseline.score or 0.0):
         extra = pseudo_label_data(task, teacher[0], data.X_train, per_epoch=min(1024, len(data.X_train)), seed=seed)
     return StrategyContext(

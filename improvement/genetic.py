@@ -47,7 +47,7 @@ def drift_evidence(model: NeuralModel) -> dict | None:
     except LookupError:
         return None
     last_run = ImprovementRun.objects.filter(model=model).order_by("-created_at").values_list("created_at", flat=True).first()
-    qs = switch_model.objects.filter(task_id=model.task_id, reason_code="shadow_disagreement")
+    qs = switch_model.objects.filter(task_id=model.task_id, reason="shadow_disagreement")
     if last_run is not None:
         qs = qs.filter(created_at__gt=last_run)
     switch = qs.order_by("-created_at").first()

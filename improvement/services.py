@@ -20,12 +20,12 @@ from models_registry.training import neural_fit
 SEED_TRAIN = TrainConfig(epochs=3, batch_size=64, lr=3e-3, patience=3, seed=0)
 
 
-def demo_seed(*, interval: float = 60.0) -> Iterator[str]:
+def demo_seed(*, interval: float = 60.0, budget: float = 150.0) -> Iterator[str]:
     hormones_ensure()
     with transaction.atomic():
         if not ImprovementConfig.objects.filter(pk=1).exists():
-            ImprovementConfig.objects.create(pk=1, improvement_interval=interval)
-            yield f"configuration created (improvement_interval={interval:g} s)"
+            ImprovementConfig.objects.create(pk=1, improvement_interval=interval, run_time_budget_s=budget)
+            yield f"configuration created (improvement_interval={interval:g} s, run budget {budget:g} s)"
     for key, spec in BUILTIN_DATASETS.items():
         task = Task.objects.filter(slug=spec.slug).first()
         if task is None:

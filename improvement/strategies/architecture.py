@@ -99,7 +99,7 @@ class ArchitectureStrategy:
         return Applicability(False, "score outside the architecture band and no genetic trigger")
 
     def search_config(self, context: StrategyContext) -> SearchConfig:
-        jump = 0.35 if context.is_image and context.genome.get("kind") == "mlp" else 0.1
+        jump = 0.5 if context.is_image and context.genome.get("kind") == "mlp" else 0.1
         return SearchConfig(
             population_size=context.population_size, generations=context.generations,
             mutation_rate=context.mutation_rate, seed=context.seed, family_jump=jump,

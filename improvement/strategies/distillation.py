@@ -55,8 +55,10 @@ class DistillationStrategy:
         if metrics.score is not None and metrics.score >= teacher:
             return Applicability(False, f"already at the teacher's score ({metrics.score:.4f} ≥ {teacher:.4f})")
         gap = teacher - (metrics.score or 0.0)
+        # Less urgent than retraining a model under the training trigger: a student with too
+        # little capacity cannot absorb a teacher, so capacity problems go to training first.
         return Applicability(True, f"teacher scores {teacher:.4f}, this model {metrics.score or 0:.4f}",
-                             urgency=min(1.0, 0.3 + gap))
+                             urgency=min(0.6, 0.2 + 0.4 * gap))
 
     def build_candidates(self, context: StrategyContext, progress: ProgressFn) -> list[Candidate]:
         if context.teacher_fn is None:

@@ -5,10 +5,10 @@ the validation split and gradient clipping, on the training split plus system-ge
 data (image shifts; fresh algorithm-labelled samples for generator tasks; the best model's
 pseudo-labels otherwise):
 
-1. fine-tune the active weights with a lower learning rate;
-2. retrain the same genome from scratch with a cosine schedule;
-3. when the model under-fits (its validation score stays under the trigger), retrain a
-   widened copy of the genome — capacity is the usual reason a small model stalls.
+* fine-tune the active weights with a lower learning rate, then retrain the same genome from
+  scratch with a cosine schedule (a different basin can beat a stuck fine-tune);
+* when the model under-fits (validation score under 0.9), first retrain a widened copy of the
+  genome — capacity is the usual reason a small model stalls — then fine-tune.
 
 The candidate with the best validation score is returned; a non-finite loss propagates
 as ``NonFiniteLossError`` and fails the run without promotion.
@@ -60,52 +60,48 @@ class TrainingStrategy:
         if metrics.score < triggers.training_score_below:
             gap = (triggers.training_score_below - metrics.score) / max(triggers.training_score_below, 1e-9)
             return Applicability(
-                True, f"score {metrics.score:.4f} < {triggers.training_score_below:.2f}", urgency=min(1.0, 0.5 + gap)
+                True, f"score {metrics.score:.4f} < {triggers.training_score_below:.2f}", urgency=min(1.0, 0.7 + 0.3 * gap)
             )
         return Applicability(False, f"score {metrics.score:.4f} ≥ {triggers.training_score_below:.2f}")
 
     def build_candidates(self, context: StrategyContext, progress: ProgressFn) -> list[Candidate]:
         budget = Budget(context.time_budget_s)
-        candidates: list[Candidate] = []
         base_lr = context.train_config.lr
-
-        # 1. Fine-tune from the active weights.
-        progress(0.0, "fine-tuning the active weights", None)
-        tuned = clone_module(context.module)
-        result = train_module(
-            tuned, context.data, output_kind=context.output_kind,
-            config=train_config(context, lr=base_lr / 3, max_seconds=budget.share(0.3), seed=context.seed),
-            progress=epoch_progress(progress, start=0.0, span=0.3, label="fine-tune"),
-            augment=context.augment, extra_data=context.extra_data,
-        )
-        candidates.append(Candidate(genome=context.genome, module=tuned, val_score=result.best_val_score,
-                                    note="fine-tuned", details={"train": _summary(result)}))
-
-        # 2. Retrain from scratch (a different basin can beat a stuck fine-tune).
-        fresh = self._fresh(context, context.genome, seed=context.seed + 1)
-        result = train_module(
-            fresh, context.data, output_kind=context.output_kind,
-            config=train_config(context, lr_schedule="cosine", max_seconds=budget.share(0.45), seed=context.seed + 1),
-            progress=epoch_progress(progress, start=0.3, span=0.3, label="retrain"),
-            augment=context.augment, extra_data=context.extra_data,
-        )
-        candidates.append(Candidate(genome=context.genome, module=fresh, val_score=result.best_val_score,
-                                    note="retrained from scratch", details={"train": _summary(result)}))
-
-        # 3. Under-fitting: give it more capacity.
-        best_val = max(c.val_score or 0.0 for c in candidates)
-        if best_val < context.params.get("underfit_below", 0.9) and budget.left > 1.0:
-            wide_genome = widen_genome(context.genome)
-            wide = self._fresh(context, wide_genome, seed=context.seed + 2)
+        current = _val_score(context)
+        underfit = current < context.params.get("underfit_below", 0.9)
+        plan = [("fine-tune", 0.35), ("retrain", 1.0)]
+        if underfit:
+            # A model far below target with narrow layers is short of capacity first.
+            plan = [("widen", 0.6), ("fine-tune", 1.0)]
+        candidates: list[Candidate] = []
+        start = 0.0
+        span = 1.0 / len(plan)
+        for i, (kind, share) in enumerate(plan):
+            if i > 0 and budget.left < 1.0:
+                break
+            seconds = budget.share(share)
+            if kind == "fine-tune":
+                module, genome, config = clone_module(context.module), context.genome, train_config(
+                    context, lr=base_lr / 3, max_seconds=seconds, seed=context.seed)
+                note = "fine-tuned"
+            elif kind == "retrain":
+                module, genome = self._fresh(context, context.genome, seed=context.seed + 1), context.genome
+                config = train_config(context, lr_schedule="cosine", max_seconds=seconds, seed=context.seed + 1)
+                note = "retrained from scratch"
+            else:
+                genome = widen_genome(context.genome)
+                module = self._fresh(context, genome, seed=context.seed + 2)
+                config = train_config(context, lr_schedule="cosine", max_seconds=seconds, seed=context.seed + 2)
+                note = "retrained with wider layers"
+            progress(start, f"{note} (validation score now {current:.4f})", None)
             result = train_module(
-                wide, context.data, output_kind=context.output_kind,
-                config=train_config(context, lr_schedule="cosine", max_seconds=budget.share(0.95),
-                                    seed=context.seed + 2),
-                progress=epoch_progress(progress, start=0.6, span=0.4, label="retrain widened"),
+                module, context.data, output_kind=context.output_kind, config=config,
+                progress=epoch_progress(progress, start=start, span=span, label=kind),
                 augment=context.augment, extra_data=context.extra_data,
             )
-            candidates.append(Candidate(genome=wide_genome, module=wide, val_score=result.best_val_score,
-                                        note="retrained with wider layers", details={"train": _summary(result)}))
+            candidates.append(Candidate(genome=genome, module=module, val_score=result.best_val_score, note=note,
+                                        details={"train": _summary(result)}))
+            start += span
         best = max(candidates, key=lambda c: c.val_score or 0.0)
         progress(1.0, f"best candidate: {best.note} (val {best.val_score:.4f})", None)
         return [best]
@@ -116,6 +112,16 @@ class TrainingStrategy:
         module = build_module(genome)
         set_normalisation(module, context.data.X_train, context.data.y_train, context.output_kind)
         return module
+
+
+def _val_score(context: StrategyContext) -> float:
+    from models_registry.nn.evaluation import score_predictions, to_predictions, torch_predict_fn
+
+    X_val = context.data.X_val
+    raw = torch_predict_fn(context.module)(X_val)
+    y_val = context.data.y_val if context.output_kind != "reconstruction" else X_val
+    preds = to_predictions(context.output_kind, raw) if context.output_kind == "classes" else raw
+    return float(score_predictions(context.output_kind, y_val, preds))
 
 
 def _summary(result) -> dict:

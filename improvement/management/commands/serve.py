@@ -26,23 +26,29 @@ class Command(BaseCommand):
         self.stdout.write("self-improvement loop: " + ("started (auto_start)" if state else "not started"))
         env = dict(os.environ, Q_WORKERS=str(workers))
         python = sys.executable
+        # Each child leads its own process group, so stopping it also stops the worker
+        # processes qcluster forks.
         web = subprocess.Popen(
-            [python, "-m", "daphne", "-b", host, "-p", str(port), "project.asgi:application"], env=env
+            [python, "-m", "daphne", "-b", host, "-p", str(port), "project.asgi:application"], env=env,
+            start_new_session=True,
         )
-        worker = subprocess.Popen([python, "manage.py", "qcluster"], env=env)
+        worker = subprocess.Popen([python, "manage.py", "qcluster"], env=env, start_new_session=True)
         children = [web, worker]
         self.stdout.write(self.style.SUCCESS(f"Plasticity is running at http://{host}:{port}/  (Ctrl-C stops it)"))
 
         def stop(*_args) -> None:
+            # SIGTERM first: daphne closes connections, qcluster stops taking tasks. A run still
+            # training after the grace period is killed; its heartbeat stops and the reconciler
+            # requeues it at the next start.
             for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGINT)
-            deadline = time.monotonic() + 15
+                _signal_group(child, signal.SIGTERM)
+            deadline = time.monotonic() + 10
             for child in children:
                 try:
                     child.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    child.kill()
+                    pass
+                _signal_group(child, signal.SIGKILL)
 
         signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
         try:
@@ -55,3 +61,10 @@ class Command(BaseCommand):
             pass
         finally:
             stop()
+
+
+def _signal_group(child: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(child.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,90 @@
+"""Hormones: exact decay from timestamps, releases with causes, the priority mapping."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from hormones.models import Hormone, HormoneEvent, decayed_level
+from hormones.priority import (
+    exploration_share,
+    exploration_strategy,
+    interval_multiplier,
+    model_urgency_boost,
+    mutation_rate,
+    strategy_weights,
+)
+from hormones.selectors import hormone_levels_current
+from hormones.services import hormone_release, hormones_ensure
+
+BASE = {"dopamine": 0.3, "cortisol": 0.2, "adrenaline": 0.1, "serotonin": 0.5, "oxytocin": 0.2}
+
+
+@pytest.mark.parametrize("elapsed", [0.0, 1.0, 17.3, 600.0, 1800.0, 7200.5, 86400.0])
+def test_decay_matches_the_closed_form(elapsed):
+    expected = 0.3 + (0.9 - 0.3) * math.exp(-math.log(2) * elapsed / 1800.0)
+    assert decayed_level(level=0.9, baseline=0.3, half_life_s=1800.0, elapsed_s=elapsed) == pytest.approx(expected)
+
+
+def test_decay_is_the_same_however_often_it_is_evaluated():
+    # Evaluating in 10 small steps (re-basing each time) equals one evaluation over the whole span.
+    level = 0.9
+    for _ in range(10):
+        level = decayed_level(level=level, baseline=0.3, half_life_s=1800.0, elapsed_s=360.0)
+    assert level == pytest.approx(decayed_level(level=0.9, baseline=0.3, half_life_s=1800.0, elapsed_s=3600.0))
+
+
+@pytest.mark.django_db
+def test_level_at_arbitrary_timestamps():
+    hormones_ensure()
+    hormone = Hormone.objects.get(name="dopamine")
+    start = timezone.now()
+    Hormone.objects.filter(pk=hormone.pk).update(level=1.0, updated_at=start)
+    hormone.refresh_from_db()
+    for seconds in (0, 900, 1800, 5400):
+        assert hormone.level_at(start + timedelta(seconds=seconds)) == pytest.approx(
+            hormone.baseline + (1.0 - hormone.baseline) * 0.5 ** (seconds / hormone.half_life_s))
+
+
+@pytest.mark.django_db
+def test_release_moves_the_current_level_clamps_and_records_the_cause():
+    hormones_ensure()
+    event = hormone_release(name="cortisol", delta=0.5, cause="latency over budget")
+    assert event.level_before == pytest.approx(0.2, abs=1e-3)
+    assert event.level_after == pytest.approx(0.7, abs=1e-3)
+    event = hormone_release(name="cortisol", delta=5.0, cause="failed run")
+    assert event.level_after == 1.0 and event.delta == pytest.approx(1.0 - event.level_before)
+    assert list(HormoneEvent.objects.values_list("cause", flat=True)) == ["failed run", "latency over budget"]
+    assert hormone_levels_current()["cortisol"] == pytest.approx(1.0, abs=1e-3)
+
+
+def _order(levels):
+    weights = strategy_weights(levels)
+    return sorted(weights, key=weights.get, reverse=True)
+
+
+def test_each_hormone_moves_priorities_the_documented_way():
+    base = strategy_weights(BASE)
+    assert strategy_weights({**BASE, "adrenaline": 1.0})["training"] > base["training"]
+    assert strategy_weights({**BASE, "cortisol": 1.0})["optimization"] > base["optimization"]
+    assert strategy_weights({**BASE, "cortisol": 1.0})["architecture"] < base["architecture"]
+    assert strategy_weights({**BASE, "dopamine": 1.0})["architecture"] > base["architecture"]
+    assert strategy_weights({**BASE, "oxytocin": 1.0})["distillation"] > base["distillation"]
+    # Stress puts optimization ahead of architecture for the same urgency.
+    stressed = strategy_weights({**BASE, "cortisol": 0.9})
+    assert stressed["optimization"] > stressed["architecture"]
+    assert _order({**BASE, "adrenaline": 1.0})[0] == "training"
+    assert _order({**BASE, "oxytocin": 1.0})[0] == "distillation"
+
+
+def test_other_hormone_effects():
+    assert mutation_rate({"dopamine": 1.0}) > mutation_rate({"dopamine": 0.0})
+    assert exploration_share({"dopamine": 1.0}) > exploration_share({"dopamine": 0.0})
+    assert exploration_share({"cortisol": 1.0, "dopamine": 0.0}) == 0.1
+    assert interval_multiplier({"serotonin": 1.0}) == 2.0 and interval_multiplier({}) == 1.0
+    assert model_urgency_boost(1.0) == 4.0
+    assert exploration_strategy({"oxytocin": 0.8, "dopamine": 0.2}, has_better_teacher=True) == "distillation"
+    assert exploration_strategy({"oxytocin": 0.8, "dopamine": 0.2}, has_better_teacher=False) == "architecture"
