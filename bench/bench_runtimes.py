@@ -9,7 +9,8 @@ accuracy, size and warm p50/p95 latency at batch 1 and 256, with one thread
 
 Target (from the issue): the chosen runtime — the fastest at batch 256 whose
 accuracy is at most 0.5 points below torch fp32 — is at least 3x faster than
-torch eager fp32 at batch 256, with one thread.
+torch eager fp32 at batch 256, with one thread (reported on wall clock and on
+thread CPU time; see ``interleaved_latency``).
 """
 
 from __future__ import annotations
@@ -94,8 +95,14 @@ def _artifacts(module: torch.nn.Module) -> dict[str, dict[str, Any]]:
     return {
         "torch_fp32": {"make": lambda _t: torch_predict_fn(module), "size": _torch_size(module)},
         "torch_int8": {"make": lambda _t: torch_predict_fn(int8), "size": _torch_size(int8)},
-        "onnx_fp32": {"make": lambda t: onnx_predict_fn(onnx_fp32, intra_op_threads=t), "size": len(onnx_fp32)},
-        "onnx_int8": {"make": lambda t: onnx_predict_fn(onnx_int8, intra_op_threads=t), "size": len(onnx_int8)},
+        "onnx_fp32": {
+            "make": lambda t: onnx_predict_fn(onnx_fp32, intra_op_threads=t),
+            "size": len(onnx_fp32),
+        },
+        "onnx_int8": {
+            "make": lambda t: onnx_predict_fn(onnx_int8, intra_op_threads=t),
+            "size": len(onnx_int8),
+        },
     }
 
 
@@ -115,6 +122,13 @@ def interleaved_latency(
     Interleaving one call of each runtime per round spreads such bursts evenly,
     so the ratios (the speed-ups) stay meaningful. Each batch size gets at most
     ``max_seconds`` of rounds; the same batches are fed to every runtime.
+
+    Besides wall-clock time each call's CPU time on the calling thread
+    (``time.thread_time``) is recorded as ``cpu_p50_ms_b{B}``. With one thread
+    both torch and ONNX Runtime compute on the caller's thread, so this is the
+    call's cost without the time the OS gave the core to other processes: the
+    latency an otherwise idle single-thread worker would see. With more
+    threads it misses the helper threads' work and means nothing.
     """
     rng = np.random.default_rng(0)
     result: dict[str, dict[str, float]] = {name: {} for name in predict_fns}
@@ -124,18 +138,22 @@ def interleaved_latency(
             for i in range(warmup):
                 predict(batches[i % len(batches)])
         times: dict[str, list[float]] = {name: [] for name in predict_fns}
+        cpu_times: dict[str, list[float]] = {name: [] for name in predict_fns}
         deadline = time.perf_counter() + max_seconds
         for i in range(rounds):
             batch = batches[i % len(batches)]
             for name, predict in predict_fns.items():
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time(), time.perf_counter()
                 predict(batch)
-                times[name].append((time.perf_counter() - t0) * 1000.0)
+                t1, c1 = time.perf_counter(), time.thread_time()
+                times[name].append((t1 - t0) * 1000.0)
+                cpu_times[name].append((c1 - c0) * 1000.0)
             if time.perf_counter() >= deadline:
                 break
         for name, ts in times.items():
             result[name][f"p50_ms_b{b}"] = float(np.percentile(ts, 50))
             result[name][f"p95_ms_b{b}"] = float(np.percentile(ts, 95))
+            result[name][f"cpu_p50_ms_b{b}"] = float(np.percentile(cpu_times[name], 50))
             result[name][f"rounds_b{b}"] = len(ts)
     return result
 
@@ -147,7 +165,9 @@ def _rows_for(kind: str, module: torch.nn.Module, splits: Splits, threads: int) 
     latencies = interleaved_latency(predict_fns, splits.X_test, batch_sizes=BATCH_SIZES, **LATENCY)
     rows: list[dict[str, Any]] = []
     for runtime, predict in predict_fns.items():
-        accuracy = score_predictions("classes", splits.y_test, to_predictions("classes", predict(splits.X_test)))
+        accuracy = score_predictions(
+            "classes", splits.y_test, to_predictions("classes", predict(splits.X_test))
+        )
         latency = latencies[runtime]
         rows.append(
             {
@@ -160,6 +180,8 @@ def _rows_for(kind: str, module: torch.nn.Module, splits: Splits, threads: int) 
                 "p95_ms_b1": latency["p95_ms_b1"],
                 "p50_ms_b256": latency["p50_ms_b256"],
                 "p95_ms_b256": latency["p95_ms_b256"],
+                # Thread CPU time only measures a one-thread call (see interleaved_latency).
+                "cpu_p50_ms_b256": latency["cpu_p50_ms_b256"] if threads == 1 else None,
             }
         )
     base = rows[0]  # torch_fp32
@@ -167,13 +189,27 @@ def _rows_for(kind: str, module: torch.nn.Module, splits: Splits, threads: int) 
         row["acc_delta_pts"] = 100.0 * (row["accuracy"] - base["accuracy"])
         row["speedup_b1"] = base["p50_ms_b1"] / row["p50_ms_b1"]
         row["speedup_b256"] = base["p50_ms_b256"] / row["p50_ms_b256"]
+        row["cpu_speedup_b256"] = (
+            base["cpu_p50_ms_b256"] / row["cpu_p50_ms_b256"] if row["cpu_p50_ms_b256"] else None
+        )
     return rows
 
 
-def _chosen(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fastest runtime at batch 256 among those losing at most 0.5 accuracy points."""
+def _chosen(rows: list[dict[str, Any]], key: str = "p50_ms_b256") -> dict[str, Any]:
+    """The fastest runtime at batch 256 (by ``key``) among those losing at most 0.5 accuracy points."""
     eligible = [r for r in rows if r["acc_delta_pts"] >= -MAX_ACCURACY_LOSS_POINTS]
-    return min(eligible, key=lambda r: r["p50_ms_b256"])  # torch_fp32 itself is always eligible
+    return min(eligible, key=lambda r: r[key])  # torch_fp32 itself is always eligible
+
+
+def _speedup_target(kind: str, chosen: dict[str, Any], *, cpu: bool) -> dict[str, Any]:
+    value = chosen["cpu_speedup_b256" if cpu else "speedup_b256"]
+    clock = "thread CPU time, free of other processes' load" if cpu else "wall clock"
+    return target(
+        f"{kind}: chosen runtime ({chosen['runtime']}) speed-up vs torch fp32 at batch 256, 1 thread, {clock}",
+        f">= {SPEEDUP_TARGET:g}x with <= {MAX_ACCURACY_LOSS_POINTS:g} points accuracy lost",
+        round(value, 2),
+        value >= SPEEDUP_TARGET,
+    )
 
 
 def run() -> dict[str, Any]:
@@ -206,15 +242,8 @@ def run() -> dict[str, Any]:
                     }
                 )
                 if threads == 1:
-                    targets.append(
-                        target(
-                            f"{kind}: chosen runtime ({chosen['runtime']}) speed-up vs torch fp32 at batch 256, "
-                            "1 thread",
-                            f">= {SPEEDUP_TARGET:g}x with <= {MAX_ACCURACY_LOSS_POINTS:g} points accuracy lost",
-                            round(chosen["speedup_b256"], 2),
-                            chosen["speedup_b256"] >= SPEEDUP_TARGET,
-                        )
-                    )
+                    targets.append(_speedup_target(kind, chosen, cpu=False))
+                    targets.append(_speedup_target(kind, _chosen(rows, "cpu_p50_ms_b256"), cpu=True))
     finally:
         torch.set_num_threads(previous_threads)
     return {

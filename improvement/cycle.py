@@ -4,8 +4,12 @@ Split into small steps tests can call one by one:
 
 * ``proposals_collect``  — measure each model and ask every strategy whether it applies;
   add drift retraining and, when nothing fires for a model, an exploration proposal;
-* ``proposals_prioritise`` — priority = urgency × hormone weight × staleness
-  (or plain trigger order when ``hormone_driven`` is off);
+* ``proposals_predict``  — the learned improvement predictor (``improvement.predictor``)
+  predicts each proposal's gain; the neural one only while it beats the baseline "mean gain
+  per strategy" on held-out history, and the cycle's notes and every decision say which;
+* ``proposals_prioritise`` — priority = urgency × hormone weight × staleness × (1 + predicted
+  gain clipped to [−0.5, 1]) (or plain trigger order when ``hormone_driven`` is off: the
+  predictions are then recorded but do not reorder anything);
 * ``proposals_select``   — skip busy models and cooling-down pairs, take the free slots;
 * ``cycle_run``          — all of it under the loop-state lock, so two processes never hand
   out the same free slot, then records the cycle with every decision and its reason.
@@ -14,6 +18,7 @@ Split into small steps tests can call one by one:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from datetime import timedelta
@@ -32,15 +37,20 @@ from hormones.selectors import hormone_levels_current
 from improvement.choices import IN_FLIGHT, RunOrigin, RunStatus
 from improvement.genetic import genetic_trigger_detect, genetic_trigger_record
 from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, LoopState
+from improvement.neural_hormones import latency_severity, stress_release
+from improvement.predictor import gain_predictions, run_features
 from improvement.runs import run_create
 from improvement.strategies import all_strategies
 from improvement.strategies.base import TRIGGER_ORDER
 from improvement.triggers import config_triggers, model_metrics
-from models_registry.models import NeuralModel
+from models_registry.models import ModelVersion, NeuralModel
 from project.live.publisher import publish
+
+logger = logging.getLogger(__name__)
 
 EXPLORATION_URGENCY = 0.2
 EXHAUSTED_AFTER = 3  # consecutive rejected runs after which exploration of a model pauses
+PREDICTED_GAIN_RANGE = (-0.5, 1.0)  # a prediction can halve a priority or double it, no more
 
 
 @dataclasses.dataclass
@@ -55,10 +65,15 @@ class Proposal:
     chosen: bool = False
     why: str = ""
     genetic: tuple[str, dict] | None = None
+    predicted_gain: float | None = None
+    predictor: str = ""  # which predictor made predicted_gain
+    predictor_factor: float = 1.0  # what the prediction multiplied the priority by
+    features: dict | None = None  # run_features when predicted; stored on the run it becomes
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data.pop("genetic")
+        data.pop("features")
         if self.genetic:
             data["genetic_trigger"] = self.genetic[0]
         return data
@@ -119,14 +134,38 @@ def _staleness(model_id: int, now) -> float:
     return 1.0 + min(1.0, hours)
 
 
+def proposals_predict(proposals: list[Proposal], *, config: ImprovementConfig, levels: dict[str, float]) -> str:
+    """Annotate every proposal with its run's predicted gain; returns the note saying which predictor."""
+    if not proposals:
+        return ""
+    models = NeuralModel.objects.select_related("task").in_bulk({p.model_id for p in proposals})
+    try:
+        for proposal in proposals:
+            proposal.features = run_features(model=models[proposal.model_id], strategy=proposal.strategy,
+                                             levels=levels)
+        gains, label, note = gain_predictions([p.features for p in proposals], config=config)
+    except Exception as exc:  # noqa: BLE001 - a cycle never fails for want of a prediction
+        logger.exception("no gain predictions this cycle")
+        return f"predictor: unavailable ({type(exc).__name__}: {exc}); priorities without predictions"[:300]
+    for proposal, gain in zip(proposals, gains, strict=True):
+        proposal.predicted_gain, proposal.predictor = round(gain, 4), label
+    if not config.hormone_driven:
+        note += " (not applied: hormone_driven is off, plain trigger order)"
+    return note
+
+
 def proposals_prioritise(proposals: list[Proposal], *, hormone_driven: bool, weights: dict[str, float]) -> list[Proposal]:
-    """Sorted best first. With hormones: urgency × weight × staleness; without: trigger order."""
+    """Sorted best first. With hormones: urgency × weight × staleness × (1 + predicted gain); else trigger order."""
     now = timezone.now()
     order = {name: i for i, name in enumerate(TRIGGER_ORDER)}
     kind_rank = {"drift": 0, "trigger": 1, "genetic": 1, "exploration": 2}
     for proposal in proposals:
         weight = weights.get(proposal.strategy, 1.0) if hormone_driven else 1.0
-        proposal.priority = round(proposal.urgency * weight * _staleness(proposal.model_id, now), 6)
+        if hormone_driven and proposal.predicted_gain is not None:
+            proposal.predictor_factor = round(1.0 + min(PREDICTED_GAIN_RANGE[1],
+                                                        max(PREDICTED_GAIN_RANGE[0], proposal.predicted_gain)), 4)
+        proposal.priority = round(proposal.urgency * weight * _staleness(proposal.model_id, now)
+                                  * proposal.predictor_factor, 6)
     if hormone_driven:
         return sorted(proposals, key=lambda p: (-p.priority, kind_rank[p.kind], p.model_id))
     return sorted(proposals, key=lambda p: (kind_rank[p.kind], order.get(p.strategy, 99), p.model_id))
@@ -173,13 +212,24 @@ def proposals_select(proposals: list[Proposal], *, slots: int, config: Improveme
     return chosen
 
 
+def _worst_latency_severity(proposals: list[Proposal]) -> float:
+    ids = {p.model_id for p in proposals if p.strategy == "optimization" and p.kind in ("trigger", "genetic")}
+    versions = ModelVersion.objects.filter(model_id__in=ids, is_active=True).select_related("model__task")
+    return max((latency_severity(v.latency_p95_ms, v.model.task.latency_budget_ms) for v in versions), default=0.0)
+
+
 def cycle_signals(proposals: list[Proposal]) -> None:
-    """Hormone releases the cycle's measurements call for (small, so they accumulate)."""
+    """Hormone releases the cycle's measurements call for (small, so they accumulate).
+
+    Latency over budget is a stress event sized by the hormone-response model
+    (``improvement.neural_hormones``): the further over budget, the larger the release.
+    """
     from hormones.services import hormone_release
 
     strategies = {p.strategy for p in proposals if p.kind in ("trigger", "genetic")}
     if "optimization" in strategies:
-        hormone_release(name="cortisol", delta=0.05, cause="latency over budget seen by the cycle")
+        stress_release(event="latency_over_budget", severity=_worst_latency_severity(proposals), persistence=0.5,
+                       cause="latency over budget seen by the cycle")
     if "distillation" in strategies:
         hormone_release(name="oxytocin", delta=0.05, cause="a strong teacher exists for a weaker model")
     if not strategies:
@@ -195,8 +245,8 @@ def cycle_run(*, trigger: str) -> CycleRecord:
     levels = hormone_levels_current()
     weights = strategy_weights(levels) if config.hormone_driven else {name: 1.0 for name in TRIGGER_ORDER}
     proposals = proposals_collect(config, levels)
+    notes: list[str] = [note for note in [proposals_predict(proposals, config=config, levels=levels)] if note]
     ordered = proposals_prioritise(proposals, hormone_driven=config.hormone_driven, weights=weights)
-    notes: list[str] = []
     with transaction.atomic():
         state = LoopState.objects.select_for_update().get_or_create(pk=1)[0]
         in_flight = ImprovementRun.objects.filter(status__in=IN_FLIGHT).count()
@@ -208,7 +258,7 @@ def cycle_run(*, trigger: str) -> CycleRecord:
                 if proposal.strategy == "architecture" and config.hormone_driven else {}
             run = run_create(model=model, strategy=proposal.strategy, origin=RunOrigin.LOOP,
                              trigger_reason=f"[{proposal.kind}] {proposal.reason}", priority=proposal.priority,
-                             params=params)
+                             params=params, features=proposal.features)
             if proposal.genetic:
                 genetic_trigger_record(model=model, kind=proposal.genetic[0], evidence=proposal.genetic[1], run=run)
         now = timezone.now()

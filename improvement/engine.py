@@ -13,12 +13,12 @@ import traceback
 import numpy as np
 import torch
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 
 from improvement.choices import RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun
 from improvement.promotion import Decision, RunNoLongerRunning, decide, version_promote
-from improvement.runs import RunCancelled, RunReporter, run_claim, run_finish, worker_name
+from improvement.runs import Heartbeat, RunCancelled, RunReporter, run_claim, run_finish, worker_name
 from improvement.strategies import Candidate, StrategyContext, get_strategy
 from models_registry.choices import OutputKind, Runtime
 from models_registry.evaluation import candidate_evaluate
@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 # How long a worker waits for a free slot before handing a run back to the queue.
 CAPACITY_WAIT_S = 30.0
+# How often a running run proves its worker is alive (the reconciler's timeout is far longer).
+HEARTBEAT_INTERVAL_S = 10.0
+# run_execute's answer when the database went away under a run: the reconciler takes it over.
+INTERRUPTED = "interrupted"
 
 
 def torch_threads_configure() -> None:
@@ -136,7 +140,7 @@ def context_build(run: ImprovementRun, baseline: ModelVersion, config: Improveme
         sample_inputs=task_sampler(task), teacher_fn=teacher[0] if teacher else None,
         teacher_module=teacher[1] if teacher else None, teacher_label=teacher[2] if teacher else "",
         mutation_rate=float(run.params.get("mutation_rate", 0.3)),
-        population_size=int(run.params.get("population_size", 8)),
+        population_size=int(run.params.get("population_size", 6)),
         generations=int(run.params.get("generations", 3)), params=dict(run.params),
     )
 
@@ -172,7 +176,7 @@ def candidates_judge(
 
 
 def run_execute(*, run_id: int, worker: str | None = None, on_progress=None) -> str:
-    """Run one improvement end to end. Returns the final status (or 'skipped')."""
+    """Run one improvement end to end. Returns the final status (or 'skipped', 'deferred', 'interrupted')."""
     worker = worker or worker_name()
     claim = run_claim(run_id=run_id, worker=worker)
     deadline = time.monotonic() + CAPACITY_WAIT_S
@@ -194,7 +198,8 @@ def run_execute(*, run_id: int, worker: str | None = None, on_progress=None) -> 
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     status = RunStatus.FAILED
     try:
-        status = _run_body(run, reporter)
+        with Heartbeat(run.pk, worker, interval_s=HEARTBEAT_INTERVAL_S):
+            status = _run_body(run, reporter)
     except RunCancelled:
         status = _finish_cancelled(run)
     except NonFiniteLossError as exc:
@@ -204,16 +209,26 @@ def run_execute(*, run_id: int, worker: str | None = None, on_progress=None) -> 
     except RunNoLongerRunning as exc:
         logger.warning("%s", exc)
         status = ImprovementRun.objects.get(pk=run.pk).status
+    except (OperationalError, InterfaceError) as exc:
+        # The database went away under the run (longer than the reporter waits, or outside a
+        # report), so it cannot even be marked failed. Its heartbeat has stopped: once the
+        # database is back the reconciler requeues it (or ends it failed, attempts spent).
+        logger.error("run #%s interrupted, database unavailable: %s", run.pk, exc)
+        status = INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - any failure ends the run with its reason
         logger.exception("run #%s failed", run.pk)
         run_finish(run_id=run.pk, status=RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}\n"
                    + "".join(traceback.format_exc(limit=6))[-4000:], message="failed")
         status = RunStatus.FAILED
     finally:
-        ImprovementRun.objects.filter(pk=run.pk).update(
-            cpu_seconds=time.process_time() - cpu_start, peak_memory_mb=reporter.peak_rss_mb,
-        )
-        _after_run(run.pk, status, wall_s=time.perf_counter() - wall_start)
+        try:
+            ImprovementRun.objects.filter(pk=run.pk).update(
+                cpu_seconds=time.process_time() - cpu_start, peak_memory_mb=reporter.peak_rss_mb,
+            )
+        except (OperationalError, InterfaceError):
+            logger.warning("run #%s: resource usage not saved, database unavailable", run.pk)
+        if status != INTERRUPTED:
+            _after_run(run.pk, status, wall_s=time.perf_counter() - wall_start)
     return status
 
 

@@ -55,6 +55,16 @@ class ImprovementConfig(models.Model):
     run_time_budget_s = models.FloatField(
         default=240.0, validators=[MinValueValidator(5.0)], help_text="Wall-clock budget of one run's training."
     )
+    # The learned parts of the loop (improvement.predictor, improvement.neural_hormones).
+    predictor_min_history = models.PositiveIntegerField(
+        default=30, validators=[MinValueValidator(20)],
+        help_text="Finished runs needed before the learned improvement predictor is trained and may rank runs.",
+    )
+    neural_hormones = models.BooleanField(
+        default=True,
+        help_text="Hormone releases are sized by the hormone-response task's serving implementation "
+                  "(neural when serving says it beats the algorithm); off: always the algorithm.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -101,6 +111,10 @@ class ImprovementRun(models.Model):
     trigger_reason = models.CharField(max_length=300, blank=True)
     priority = models.FloatField(default=0.0)
     params = models.JSONField(default=dict, blank=True)
+    features = models.JSONField(
+        default=dict, blank=True,
+        help_text="The model, strategy, task and hormone state when the run was created (the predictor's inputs).",
+    )
     baseline_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -15,7 +15,7 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 CURVE_LIMIT = 2000
 LOG_LIMIT = 20_000
+# A run keeps training through a database outage this long (its reports wait); longer, it stops.
+DB_OUTAGE_GRACE_S = 60.0
 
 
 class RunCancelled(Exception):
@@ -47,17 +49,32 @@ def _payload(run: ImprovementRun, **extra) -> dict:
 def run_create(
     *, model: NeuralModel, strategy: str, origin: str = RunOrigin.LOOP, trigger_reason: str = "",
     priority: float = 0.0, params: dict | None = None, requested_by=None, enqueue: bool = True,
+    features: dict | None = None,
 ) -> ImprovementRun:
+    """Queue a run. ``features`` (the predictor's inputs) are taken now when the caller has none."""
     get_strategy(strategy)  # unknown names fail here with the list of valid ones
+    if features is None:
+        features = _features_now(model, strategy)
     with transaction.atomic():
         run = ImprovementRun.objects.create(
             model=model, strategy=strategy, origin=origin, trigger_reason=trigger_reason[:300],
-            priority=priority, params=params or {}, requested_by=requested_by,
+            priority=priority, params=params or {}, requested_by=requested_by, features=features,
         )
         publish("run.created", _payload(run, reason=run.trigger_reason))
         if enqueue:
             transaction.on_commit(lambda: run_enqueue(run_id=run.pk))
     return run
+
+
+def _features_now(model: NeuralModel, strategy: str) -> dict:
+    """The model, strategy, task and hormone state now, for the learned predictor; never blocks a run."""
+    try:
+        from improvement.predictor import run_features
+
+        return run_features(model=model, strategy=strategy)
+    except Exception:  # noqa: BLE001 - a run without features is only left out of the predictor's history
+        logger.exception("features of a new %s run on %s could not be taken", strategy, model)
+        return {}
 
 
 def run_enqueue(*, run_id: int) -> None:
@@ -90,6 +107,24 @@ def run_claim(*, run_id: int, worker: str) -> str:
         run = ImprovementRun.objects.select_related("model__task").get(pk=run_id)
         publish("run.progress", _payload(run, message="starting"))
     return "claimed"
+
+
+def run_pick(*, preferred: int) -> int:
+    """The queued run a worker should execute for a delivery of ``preferred``.
+
+    The broker delivers in FIFO order, but slots should go by priority: each delivery is a
+    token for "one queued run", and the worker takes the highest-priority queued run (oldest
+    first among equals). The preferred run keeps its own token-less turn: whichever delivery
+    comes next takes it. Every queued run is still executed exactly once (claims are conditional).
+    """
+    top = (ImprovementRun.objects.filter(status=RunStatus.QUEUED, cancel_requested=False)
+           .order_by("-priority", "created_at", "id").values_list("id", "priority").first())
+    if top is None:
+        return preferred
+    own = ImprovementRun.objects.filter(pk=preferred, status=RunStatus.QUEUED).values_list("priority", flat=True).first()
+    if own is not None and own >= top[1]:
+        return preferred
+    return top[0]
 
 
 def run_finish(
@@ -141,6 +176,7 @@ class RunReporter:
         self._last_write = 0.0
         self._points: list[dict] = []
         self._log: list[str] = []
+        self._db_down_since: float | None = None
         self.peak_rss_mb = 0.0
         self._sample_memory()
 
@@ -172,17 +208,71 @@ class RunReporter:
         if self._log:
             run.log = (run.log + "\n".join(self._log) + "\n")[-LOG_LIMIT:]
         points, self._points, self._log = self._points, [], []
-        with transaction.atomic():
-            updated = ImprovementRun.objects.filter(
-                pk=run.pk, status=RunStatus.RUNNING, worker=run.worker, cancel_requested=False
-            ).update(progress=run.progress, progress_message=run.progress_message, curve=run.curve, log=run.log,
-                     heartbeat_at=timezone.now())
-            if updated:
-                publish("run.progress", _payload(run, message=run.progress_message, points=points[-20:]))
+        try:
+            with transaction.atomic():
+                updated = ImprovementRun.objects.filter(
+                    pk=run.pk, status=RunStatus.RUNNING, worker=run.worker, cancel_requested=False
+                ).update(progress=run.progress, progress_message=run.progress_message, curve=run.curve,
+                         log=run.log, heartbeat_at=timezone.now())
+                if updated:
+                    publish("run.progress", _payload(run, message=run.progress_message, points=points[-20:]))
+        except (OperationalError, InterfaceError) as exc:
+            # A database restart must not end a training run: this report waits for the next one
+            # (curve and log are kept in memory); only an outage longer than the grace stops the run.
+            if self._db_down_since is None:
+                self._db_down_since = time.monotonic()
+                logger.warning("run #%s: progress not saved, database unavailable (%s)", run.pk, exc)
+            if not connection.in_atomic_block:
+                connection.close_if_unusable_or_obsolete()  # the next report reconnects
+            if time.monotonic() - self._db_down_since > DB_OUTAGE_GRACE_S:
+                raise
+            return
+        self._db_down_since = None
         if not updated:
             raise RunCancelled(f"run #{run.pk} was cancelled or is no longer held by this worker")
         if self.on_flush is not None:
             self.on_flush(run.progress, run.progress_message)
+
+
+class Heartbeat:
+    """A background thread that stamps ``heartbeat_at`` every ``interval_s`` while a run executes.
+
+    Progress reports also stamp it, but some phases (ONNX export, evaluating a candidate) report
+    nothing for a while; this keeps a live worker from looking dead to the reconciler. It only
+    touches the run while this worker still holds it in the running state.
+    """
+
+    def __init__(self, run_id: int, worker: str, *, interval_s: float = 10.0) -> None:
+        import threading
+
+        self.run_id, self.worker, self.interval_s = run_id, worker, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-run-{run_id}", daemon=True)
+
+    def _beat(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    ImprovementRun.objects.filter(pk=self.run_id, status=RunStatus.RUNNING,
+                                                  worker=self.worker).update(heartbeat_at=timezone.now())
+                except (OperationalError, InterfaceError) as exc:
+                    # The database is restarting: miss this beat, beat again on a fresh connection.
+                    logger.warning("heartbeat of run #%s missed: %s", self.run_id, exc)
+                    connection.close_if_unusable_or_obsolete()
+        except Exception:  # noqa: BLE001 - a missed beat is what the reconciler is for
+            logger.warning("heartbeat of run #%s stopped", self.run_id, exc_info=True)
+        finally:
+            connection.close()
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def runs_in_flight() -> int:
@@ -220,5 +310,16 @@ def runs_reconcile(*, timeout_s: float | None = None, max_attempts: int | None =
                 )
                 if moved:
                     run_announce_finished(run_id=run.pk)
+                    # Its worker died before cleaning up: drop the search candidates' weight files.
+                    transaction.on_commit(lambda run_id=run.pk: _search_files_delete(run_id))
                     lines.append(f"run #{run.pk} failed ({reason})")
     return lines
+
+
+def _search_files_delete(run_id: int) -> None:
+    from improvement.search import search_files_delete
+
+    try:
+        search_files_delete(run_id=run_id)
+    except Exception:  # noqa: BLE001 - a leftover file must not undo the reconciliation
+        logger.exception("removing search files of run #%s failed", run_id)

@@ -22,7 +22,11 @@ from improvement.choices import RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun, SearchCandidate
 from improvement.nn.genetics import Individual
 from improvement.runs import RunCancelled, worker_name
-from improvement.strategies.architecture import candidate_train_config, train_genome_candidate
+from improvement.strategies.architecture import (
+    PRESCREEN_FACTOR_PARAM,
+    candidate_train_config,
+    train_genome_candidate,
+)
 from improvement.strategies.base import StrategyContext
 from models_registry.nn.genome import build_module
 from models_registry.weights import blob_delete, weights_load, weights_save
@@ -94,6 +98,10 @@ def population_evaluator(run: ImprovementRun, context: StrategyContext, reporter
 
     search = ArchitectureStrategy().search_config(context)
     n_total = search.population_size * search.generations
+    # A requeued run (its worker vanished) searches again from the start: the previous attempt's
+    # candidates would collide with the new ones on (run, index).
+    search_files_delete(run_id=run.pk)
+    SearchCandidate.objects.filter(run=run).delete()
     ImprovementRun.objects.filter(pk=run.pk).update(params={**run.params, "n_candidates_total": n_total})
     state = {"generation": 0, "next_index": 0, "done": 0}
     worker = worker_name()
@@ -138,7 +146,31 @@ def population_evaluator(run: ImprovementRun, context: StrategyContext, reporter
                                           n_parameters=row.n_parameters, error=row.error or None, extra=extra))
         return individuals
 
-    return evaluate
+    return _prescreened(run, context, evaluate, keep=search.population_size, log=reporter.log)
+
+
+PRESCREEN_FACTOR = 2  # breed twice the candidates, train the better half by predicted score
+
+
+def _prescreened(run: ImprovementRun, context: StrategyContext, evaluate, *, keep: int, log):
+    """Wrap ``evaluate`` in the predictor's pre-screen, unless the run opts out (``params["prescreen"]: false``).
+
+    The genome scorer learns from the task's earlier searches and from this one as it goes;
+    while it does not rank held-out candidates better than chance, each generation trains the
+    first ``keep`` genomes in bred order, as an unscreened search would.
+    """
+    from improvement.nn.predictor import Prescreen
+    from improvement.predictor import genome_history
+
+    if run.params.get("prescreen", True) is False:
+        context.params[PRESCREEN_FACTOR_PARAM] = 1
+        return evaluate
+    history = genome_history(task=run.model.task, exclude_run_id=run.pk)
+    context.params[PRESCREEN_FACTOR_PARAM] = PRESCREEN_FACTOR
+    log(f"pre-screen: breeding {PRESCREEN_FACTOR}× per generation, training the best {keep} by predicted "
+        f"score; {len(history)} candidates of earlier searches to learn from")
+    return Prescreen(evaluate, parent=context.genome, keep=keep, history=history, seed=context.seed,
+                     individual_factory=Individual, log=log)
 
 
 def _enqueue(ids: list[int]) -> None:

@@ -42,6 +42,19 @@ def demo_seed(*, interval: float = 60.0, budget: float = 150.0) -> Iterator[str]
             yield f"model {model}: v{version.number} scores {version.score:.4f} (deliberately weak)"
         else:
             yield f"model {model}: exists ({model.versions.count()} versions)"
+    yield predictor_seed()
+
+
+def predictor_seed() -> str:
+    """Create (or refresh) the improvement-predictor task once the run history is long enough."""
+    from improvement.predictor import PREDICTOR_TASK_SLUG, gain_predictor, history_load
+
+    config = ImprovementConfig.load()
+    n = len(history_load())
+    if n < config.predictor_min_history:
+        return (f"task {PREDICTOR_TASK_SLUG}: not yet ({n} < {config.predictor_min_history} finished runs); "
+                "the loop creates it once the history is long enough")
+    return f"task {PREDICTOR_TASK_SLUG}: {gain_predictor(config=config).note}"
 
 
 def seed_weak_version(*, model: NeuralModel, genome: dict):

@@ -10,9 +10,17 @@ from django.db import close_old_connections
 
 
 def run_improvement(run_id: int) -> str:
+    """Execute the highest-priority queued run (``run_id`` unless a more urgent one waits)."""
     from improvement.engine import run_execute
+    from improvement.runs import run_pick
 
     close_old_connections()
+    for _ in range(5):
+        picked = run_pick(preferred=run_id)
+        result = run_execute(run_id=picked)
+        if result != "skipped" or picked == run_id:
+            return result
+        # Another worker took the picked run first: pick again.
     return run_execute(run_id=run_id)
 
 

@@ -171,3 +171,6 @@ class PerformanceSample(models.Model):
     def __str__(self) -> str:
         who = f"v{self.version.number}" if self.version_id else "algorithm"
         return f"{self.task.slug} {who} {self.source} score={self.score}"
+
+
+from models_registry.serving.models import ServingState, ServingSwitch  # noqa: E402,F401

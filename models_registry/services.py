@@ -2,6 +2,8 @@
 
 * ``task_create_*``   — the dataset file is written first, then the row; a failed row
   removes the file, so a rejected task leaves nothing behind.
+* ``task_dataset_replace`` — the same order for a task whose data grows: new file, then the
+  row; the old file goes after commit.
 * ``version_create``  — weights (and ONNX artifact) written first, then the version row and,
   optionally, the active switch in one transaction.
 * ``version_activate`` — the one place where the active version changes.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -174,6 +177,66 @@ def task_create_from_generator(
     )
 
 
+def _checked_splits(splits: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    missing = [name for name in ("train", "val", "test") if name not in splits]
+    if missing:
+        raise RegistryError(f"splits: missing {', '.join(missing)}")
+    checked = {name: np.sort(np.asarray(splits[name], dtype=np.int64).reshape(-1)) for name in ("train", "val", "test")}
+    empty = [name for name, index in checked.items() if not len(index)]
+    if empty:
+        raise RegistryError(f"splits: {', '.join(empty)} must not be empty")
+    every = np.concatenate(list(checked.values()))
+    if len(every) != n or not np.array_equal(np.sort(every), np.arange(n)):
+        raise RegistryError(f"splits: the three index arrays must be disjoint and cover the {n} rows exactly")
+    return checked
+
+
+def task_dataset_replace(*, task: Task, X: np.ndarray, y: np.ndarray, splits: dict[str, np.ndarray]) -> Task:
+    """Replace a task's dataset and its fixed splits (a task whose data grows, e.g. run history).
+
+    Written like task creation: the new file first, then the row in one transaction; a failed
+    row update removes the new file, and the old file is removed only after commit. The input
+    and output contract (input shape, output kind, outputs) must stay the same, so existing
+    versions still apply. Their stored scores were measured on the old split; promotion
+    re-evaluates the baseline on the current split, so comparisons stay fair.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y)
+    if list(X.shape[1:]) != list(task.input_shape):
+        raise RegistryError(f"X: rows have shape {list(X.shape[1:])}, the task's inputs {list(task.input_shape)}")
+    if len(y) != len(X):
+        raise RegistryError(f"y: {len(y)} rows for {len(X)} inputs")
+    if task.output_kind == OutputKind.VALUES:
+        y = y.astype(np.float32).reshape(len(y), -1)
+        if y.shape[1] != task.n_outputs:
+            raise RegistryError(f"y: {y.shape[1]} columns, the task has {task.n_outputs} outputs")
+    elif task.output_kind == OutputKind.CLASSES:
+        y = y.astype(np.int64).reshape(-1)
+        if len(y) and (y.min() < 0 or y.max() >= task.n_outputs):
+            raise RegistryError(f"y: class ids must lie in [0, {task.n_outputs})")
+    if not np.isfinite(X).all() or (y.dtype.kind == "f" and not np.isfinite(y).all()):
+        raise RegistryError("X, y: values must be finite")
+    checked = _checked_splits(splits, len(X))
+    old_file = task.dataset_file
+    dataset_file, dataset_sha = dataset_save(X, y, checked)
+    fields = {"dataset_file": dataset_file, "dataset_sha256": dataset_sha, "n_samples": len(X),
+              "n_train": len(checked["train"]), "n_val": len(checked["val"]), "n_test": len(checked["test"])}
+    try:
+        with transaction.atomic():
+            if not Task.objects.filter(pk=task.pk).update(**fields):
+                raise RegistryError(f"task {task.slug} no longer exists")
+            if old_file and old_file != dataset_file:
+                transaction.on_commit(lambda: blob_delete(old_file))
+    except BaseException:
+        blob_delete(dataset_file)
+        raise
+    for name, value in fields.items():
+        setattr(task, name, value)
+    logger.info("task %s: dataset replaced (%s rows: %s/%s/%s)", task.slug, len(X), fields["n_train"],
+                fields["n_val"], fields["n_test"])
+    return task
+
+
 # -------------------------------------------------------------------------------- models
 
 
@@ -250,7 +313,16 @@ def version_activate(*, version: ModelVersion, reason: str) -> ModelVersion:
             "reason": reason[:200], "score": version.score,
         },
     )
+    # Serving must consider the new active version; after commit, so a rollback changes nothing.
+    transaction.on_commit(partial(_serving_follow_activation, task_id=model.task_id), robust=True)
     return version
+
+
+def _serving_follow_activation(*, task_id: int) -> None:
+    # Imported here: serving's modules import this one.
+    from models_registry.serving.switching import serving_reevaluate_after_activation
+
+    serving_reevaluate_after_activation(task_id=task_id)
 
 
 def version_rollback(*, model: NeuralModel, to_version: ModelVersion | None = None, reason: str = "") -> ModelVersion:

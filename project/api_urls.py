@@ -7,4 +7,6 @@ urlpatterns = [
     path("", include("models_registry.api.serving_urls")),
     path("", include("improvement.api.urls")),
     path("", include("hormones.api.urls")),
+    # Token, schema and docs; keep last: it ends with the JSON 404 for unknown API paths.
+    path("", include("project.api.urls")),
 ]

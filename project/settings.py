@@ -66,6 +66,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "project.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -104,6 +105,9 @@ if _database_url:
         DATABASES["default"]["OPTIONS"] = dict(SQLITE_OPTIONS)
     else:
         DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+        # An unreachable server must fail a request fast (503), not hang it on TCP retries.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+            "connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5, minimum=1))
 else:
     DATABASES = {
         "default": {
@@ -122,11 +126,21 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 30},
+            "CONFIG": {
+                # redis-py 8 reads with a 5 s socket timeout by default, the same as channels_redis's
+                # BZPOPMIN wait: every idle WebSocket then died with "Timeout reading" (channels_redis
+                # issue 422). A longer read timeout keeps it alive and still notices a dead server.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 3}],
+                "capacity": 1500, "expiry": 30,
+            },
         }
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# The outbox relay (project/live/relay.py) carries events committed by other processes (workers)
+# to this web process's channel layer. Needed with the in-memory layer; with Redis workers push
+# on commit themselves, so it is off unless asked for.
+PLASTICITY_OUTBOX_RELAY = env_bool("PLASTICITY_OUTBOX_RELAY", not REDIS_URL)
 
 # --- task queue (django-q2, ORM broker: delivery receipts, at-least-once) ---------------------
 Q_TIMEOUT = env_int("Q_TIMEOUT", 3600, minimum=60)
@@ -151,7 +165,7 @@ if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:  # pragma: no cover - guarded by 
 MEDIA_ROOT = Path(env_str("PLASTICITY_MEDIA_ROOT", str(VAR_DIR / "media")))
 MEDIA_URL = "/media/"
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = VAR_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {
@@ -204,6 +218,9 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    # One error shape for every API error: {"error": {"code", "message", "details"?}}.
+    "EXCEPTION_HANDLER": "project.api.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["project.api.throttles.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "predict": env_str("THROTTLE_PREDICT", "6000/min"),
         "upload": env_str("THROTTLE_UPLOAD", "30/hour"),
@@ -219,6 +236,16 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Choice sets reused by several serializers get one component name each.
+    "ENUM_NAME_OVERRIDES": {
+        "ImplementationEnum": "models_registry.choices.Implementation",
+        "ImplementationOrAutoEnum": ["neural", "algorithmic", "auto"],
+    },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "project.api.schema.error_responses",
+    ],
 }
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

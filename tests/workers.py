@@ -1,12 +1,16 @@
-"""Real django-q2 worker processes (qcluster) against the test database, for end-to-end tests."""
+"""Real django-q2 worker processes (qcluster) and web servers (daphne) against the test database."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from django.conf import settings
@@ -24,6 +28,8 @@ def worker_env(*, workers: int = 1, **extra: str) -> dict[str, str]:
         env["DATABASE_URL"] = (f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST'] or '127.0.0.1'}:"
                                f"{db['PORT'] or 5432}/{db['NAME']}")
     env.update({
+        # The same key as this process: task packages are signed with it, sessions hashed with it.
+        "SECRET_KEY": settings.SECRET_KEY,
         "DJANGO_SETTINGS_MODULE": "project.settings", "PLASTICITY_MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "Q_WORKERS": str(workers), "Q_POLL": "0.1", "PYTHONUNBUFFERED": "1", "PLASTICITY_TORCH_THREADS": "1",
         **extra,
@@ -42,12 +48,60 @@ def qcluster(*, workers: int = 1, log_path: Path | None = None, **extra: str):
     try:
         yield process
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        _stop(process)
         if log_path:
             log.close()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def daphne(*, log_path: Path, start_timeout_s: float = 60.0, **extra: str):
+    """Start the ASGI web server (pages, API, WebSockets) on a free port; yield (base URL, process).
+
+    It sees what the tests see (``worker_env``); ``ALLOWED_HOSTS`` covers 127.0.0.1, so a
+    WebSocket client sends ``Origin: <base URL>``.
+    """
+    port = free_port()
+    env = worker_env(**{"ALLOWED_HOSTS": "127.0.0.1,localhost", **extra})
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, last = time.monotonic() + start_timeout_s, ""
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"daphne exited ({process.returncode}):\n"
+                                   f"{log_path.read_text(errors='replace')[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=2) as response:  # noqa: S310 - local server
+                    if response.status == 200:
+                        break
+            except urllib.error.HTTPError as exc:
+                last = f"{exc.code} {exc.read()[:200]!r}"
+            except OSError as exc:
+                last = str(exc)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"daphne did not answer within {start_timeout_s:g} s (last: {last}):\n"
+                                   f"{log_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        yield url, process
+    finally:
+        _stop(process)

@@ -9,6 +9,12 @@ workers share one search); otherwise candidates are trained here, one after anot
 
 Candidates are ranked on the *validation* split; the engine judges the winner on the
 held-out test split.
+
+Pre-screening hook: when the evaluator the engine provides pre-screens (see
+``improvement.search``), it sets ``context.params["prescreen_factor"]``; the search then breeds
+that many times more genomes per generation and the evaluator trains only the most promising
+``population_size`` of them (``improvement.nn.predictor.Prescreen``), so the number of
+candidates trained stays ``population_size × generations``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from improvement.strategies.base import (
 from models_registry.nn.evaluation import measure_latency, score_predictions, to_predictions, torch_predict_fn
 from models_registry.nn.genome import build_module, count_parameters, set_normalisation
 from models_registry.nn.training import TrainConfig, TrainData, train_module
+
+PRESCREEN_FACTOR_PARAM = "prescreen_factor"
 
 
 @dataclasses.dataclass
@@ -130,7 +138,11 @@ class ArchitectureStrategy:
             return individuals
 
         evaluate = context.evaluate_population or evaluate_locally
-        result = evolve(context.genome, evaluate, config)
+        factor = max(1, int(context.params.get(PRESCREEN_FACTOR_PARAM, 1))) if context.evaluate_population else 1
+        bred = dataclasses.replace(config, population_size=config.population_size * factor)
+        result = evolve(context.genome, evaluate, bred)
+        trained = [i for i in result.history if not i.extra.get("screened")]
+        screened = len(result.history) - len(trained)
         best = result.best
         module = best.extra.get("module")
         if module is None and "load_module" in best.extra:
@@ -138,7 +150,8 @@ class ArchitectureStrategy:
         if module is None:
             return []
         front = [{"score": i.score, "latency_ms": i.latency_ms, "n_parameters": i.n_parameters} for i in result.front]
-        progress(0.96, f"search done: best val {best.score:.4f} of {len(result.history)} candidates", None)
+        also = f" ({screened} more bred, screened out by the predictor)" if screened else ""
+        progress(0.96, f"search done: best val {best.score:.4f} of {len(trained)} candidates{also}", None)
         return [Candidate(genome=best.genome, module=module, val_score=best.score,
-                          note=f"architecture search: best of {len(result.history)}",
-                          details={"front": front, "evaluated": len(result.history)})]
+                          note=f"architecture search: best of {len(trained)}{also}"[:200],
+                          details={"front": front, "evaluated": len(trained), "screened": screened})]

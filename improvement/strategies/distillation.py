@@ -71,6 +71,14 @@ class DistillationStrategy:
         )
         teacher = context.teacher_module if both_cnn else context.teacher_fn
         progress(0.0, f"distilling from {context.teacher_label}", None)
+        if context.teacher_module is None and context.output_kind != "classes":
+            # An algorithmic teacher of values is exact but may be slow (a numerical model):
+            # asking it about every training batch would repeat the labels the split already has.
+            # It teaches through its labels of fresh system-generated inputs instead.
+            result = self._learn_from_labels(context, student, budget, progress)
+            return [Candidate(genome=context.genome, module=student, val_score=result.best_val_score,
+                              note=f"distilled from {context.teacher_label} (teacher-labelled inputs)",
+                              details={"teacher": context.teacher_label, "epochs": result.epochs_run})]
         result = distill(
             student, teacher, context.data, output_kind=context.output_kind,
             config=train_config(context, lr=context.train_config.lr / 2, max_seconds=budget.share(0.95)),
@@ -83,3 +91,21 @@ class DistillationStrategy:
                           note=f"distilled from {context.teacher_label}",
                           details={"teacher": context.teacher_label, "epochs": result.epochs_run,
                                    "feature_matching": both_cnn})]
+
+    @staticmethod
+    def _learn_from_labels(context: StrategyContext, student, budget: Budget, progress: ProgressFn):
+        from improvement.nn.distillation import pseudo_label
+        from models_registry.nn.training import train_module
+
+        inputs = extra_inputs_for(context, per_epoch=min(1024, len(context.data.X_train)))
+
+        def extra(epoch: int):
+            X = inputs(epoch)
+            return X, pseudo_label(context.teacher_fn, X, context.output_kind)
+
+        return train_module(
+            student, context.data, output_kind=context.output_kind,
+            config=train_config(context, lr=context.train_config.lr / 2, max_seconds=budget.share(0.95)),
+            progress=epoch_progress(progress, start=0.0, span=0.95, label="distill"),
+            augment=context.augment, extra_data=extra if context.output_kind != "reconstruction" else None,
+        )

@@ -34,7 +34,7 @@ from models_registry.nn.genome import build_module, set_normalisation, validate_
 from models_registry.nn.training import train_module
 
 
-def widen_genome(genome: dict, factor: float = 2.0, cap: int = 512, floor: int = 16) -> dict:
+def widen_genome(genome: dict, factor: float = 2.0, cap: int = 512, floor: int = 32) -> dict:
     """The same architecture with every hidden width (and CNN channel count) scaled up.
 
     Widths below ``floor`` jump to it: a 2-unit layer doubled is still a bottleneck.

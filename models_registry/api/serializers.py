@@ -8,7 +8,7 @@ from rest_framework import serializers
 from models_registry.choices import OutputKind
 from models_registry.models import ModelVersion, NeuralModel, Task
 from models_registry.nn.genome import GenomeError, validate_genome
-from project.api.fields import FiniteRepresentationMixin
+from project.api.fields import MAX_ID, FiniteRepresentationMixin
 
 # ----------------------------------------------------------------------------------- tasks
 
@@ -87,7 +87,7 @@ class NeuralModelSerializer(serializers.ModelSerializer):
 class NeuralModelCreateSerializer(serializers.Serializer):
     task = serializers.SlugRelatedField(slug_field="slug", queryset=Task.objects.all(),
                                         help_text="The task's slug.")
-    name = serializers.SlugField(max_length=80)
+    name = serializers.CharField(max_length=80, help_text="Slugified: 'Small Net' becomes small-net.")
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     genome = serializers.JSONField(
         help_text="Architecture of the initial version; its input_shape must be the task's, its output "
@@ -121,7 +121,7 @@ class NeuralModelCreateSerializer(serializers.Serializer):
 
 class RollbackSerializer(serializers.Serializer):
     to_version = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1,
+        required=False, allow_null=True, min_value=1, max_value=MAX_ID,
         help_text="Id of the version to re-activate; by default the active version's parent.",
     )
     reason = serializers.CharField(required=False, allow_blank=True, max_length=200)

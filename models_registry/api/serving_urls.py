@@ -1,3 +1,17 @@
-"""REST routes of serving: predictions, serving state and switches."""
+"""REST routes of serving: predictions, serving state and switches (no trailing slashes)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from models_registry.api.serving_views import (
+    PingView,
+    ServingSwitchListView,
+    TaskPredictView,
+    TaskServingView,
+)
+
+urlpatterns = [
+    path("tasks/<str:slug>/predict", TaskPredictView.as_view(), name="task-predict"),
+    path("tasks/<str:slug>/serving", TaskServingView.as_view(), name="task-serving"),
+    path("serving/switches", ServingSwitchListView.as_view(), name="serving-switches"),
+    path("ping", PingView.as_view(), name="api-ping"),
+]

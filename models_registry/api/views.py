@@ -21,10 +21,11 @@ from drf_spectacular.utils import (
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import JSONParser, MultiPartParser
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from improvement.services import seed_weak_version
 from models_registry.api.serializers import (
     ActivateSerializer,
     ModelVersionSerializer,
@@ -48,6 +49,7 @@ from models_registry.services import (
     version_rollback,
 )
 from models_registry.weights import blob_load, sha256_bytes
+from project.api.fields import IdFilter
 from project.api.pagination import Pagination
 from project.api.permissions import IsOperatorOrReadOnly
 from project.api.throttles import UploadRateThrottle, UserRateThrottle
@@ -74,7 +76,7 @@ class NeuralModelFilter(django_filters.FilterSet):
 
 
 class ModelVersionFilter(django_filters.FilterSet):
-    model = django_filters.NumberFilter(field_name="model_id", help_text="Model id.")
+    model = IdFilter(field_name="model_id", help_text="Model id.")
     task = django_filters.CharFilter(field_name="model__task__slug", help_text="Task slug.")
     runtime = django_filters.ChoiceFilter(choices=Runtime.choices)
     is_active = django_filters.BooleanFilter()
@@ -185,7 +187,7 @@ class NeuralModelViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixin
     ).order_by("task__slug", "name")
     serializer_class = NeuralModelSerializer
     filterset_class = NeuralModelFilter
-    lookup_value_regex = "[^/]+"
+    lookup_value_regex = "[0-9]{1,18}"  # ids; anything else is the JSON 404 of the catch-all
 
     @extend_schema(
         summary="Create a model and train its initial version",
@@ -200,8 +202,6 @@ class NeuralModelViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixin
         serializer = NeuralModelCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        from improvement.services import seed_weak_version
-
         model = model_create(task=data["task"], name=data["name"], description=data.get("description", ""))
         try:
             seed_weak_version(model=model, genome=data["genome"])
@@ -213,6 +213,7 @@ class NeuralModelViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixin
                         status=status.HTTP_201_CREATED)
 
     @extend_schema(
+        operation_id="models_rollback",
         summary="Roll back to an earlier version",
         tags=["models"],
         description="Re-activates `to_version`, or by default the active version's parent (the version "
@@ -239,20 +240,6 @@ class NeuralModelViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixin
 
 
 # --------------------------------------------------------------------------------- versions
-
-
-class OctetStreamRenderer(BaseRenderer):
-    """Lets clients ask for the binary downloads with ``Accept: application/octet-stream``."""
-
-    media_type = "application/octet-stream"
-    format = "bin"
-    charset = None
-    render_style = "binary"
-
-    def render(self, data, accepted_media_type=None, renderer_context=None):
-        if isinstance(data, bytes):
-            return data
-        return JSONRenderer().render(data)  # an error body
 
 
 def _download(data: bytes, filename: str, sha256: str) -> HttpResponse:
@@ -283,12 +270,19 @@ class ModelVersionViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixi
     )
     serializer_class = ModelVersionSerializer
     filterset_class = ModelVersionFilter
-    lookup_value_regex = "[^/]+"
+    lookup_value_regex = "[0-9]{1,18}"  # ids; anything else is the JSON 404 of the catch-all
+
+    def perform_content_negotiation(self, request, force=False):
+        if self.action in ("weights", "onnx"):
+            # The file itself is a plain HttpResponse whatever the Accept header; errors are JSON.
+            return JSONRenderer(), JSONRenderer.media_type
+        return super().perform_content_negotiation(request, force)
 
     def _filename(self, version: ModelVersion, suffix: str) -> str:
         return f"{version.model.task.slug}-{version.model.name}-v{version.number}{suffix}"
 
     @extend_schema(
+        operation_id="versions_weights",
         summary="Download the weights (safetensors)",
         tags=["versions"],
         description="The version's weights as a safetensors file, verified against the recorded sha256 "
@@ -298,14 +292,14 @@ class ModelVersionViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixi
         parameters=_DOWNLOAD_HEADERS,
         filters=False,
     )
-    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, OctetStreamRenderer],
-            pagination_class=None, filterset_class=None)
+    @action(detail=True, methods=["get"], pagination_class=None, filterset_class=None)
     def weights(self, request: Request, pk=None) -> HttpResponse:
         version = self.get_object()
         data = blob_load(version.weights_file, sha256=version.weights_sha256)
         return _download(data, self._filename(version, ".safetensors"), version.weights_sha256)
 
     @extend_schema(
+        operation_id="versions_onnx",
         summary="Download the model as ONNX",
         tags=["versions"],
         description="For ONNX runtimes, the stored (verified) artifact; otherwise the fp32 module exported "
@@ -315,8 +309,7 @@ class ModelVersionViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixi
         parameters=_DOWNLOAD_HEADERS,
         filters=False,
     )
-    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, OctetStreamRenderer],
-            pagination_class=None, filterset_class=None)
+    @action(detail=True, methods=["get"], pagination_class=None, filterset_class=None)
     def onnx(self, request: Request, pk=None) -> HttpResponse:
         version = self.get_object()
         if version.runtime in (Runtime.ONNX_FP32, Runtime.ONNX_INT8) and version.artifact_file:
@@ -326,6 +319,7 @@ class ModelVersionViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixi
         return _download(data, self._filename(version, ".onnx"), sha256_bytes(data))
 
     @extend_schema(
+        operation_id="versions_activate",
         summary="Activate this version",
         tags=["versions"],
         description="Makes this version the model's only active one (the previous one stays as a backup).",

@@ -18,8 +18,8 @@ SERVING_SETTINGS: dict[str, tuple[type, float | int | bool]] = {
     # Seconds between two reads of the serving state by a process (a switch anywhere is seen
     # by every process within about this long).
     "PLASTICITY_SERVING_REFRESH_S": (float, 0.25),
-    # Refresh the route table and flush the tracker from background threads (off the request
-    # path). Off: both happen inline, when due (tests, one-shot scripts).
+    # Load changed routes and flush the tracker on background threads (off the request path).
+    # Off: both happen inline, when due (tests, one-shot scripts).
     "PLASTICITY_SERVING_BACKGROUND": (bool, True),
     # The in-memory performance tracker (off only to measure its overhead).
     "PLASTICITY_SERVING_TRACKER": (bool, True),

@@ -75,7 +75,8 @@ def inputs_validate(inputs, *, input_shape: Sequence[int], max_batch: int) -> tu
         raise InputError(f"inputs: {expected}, got {list(array.shape)}", details=details)
     if array.shape[0] > max_batch:
         raise InputError(f"inputs: {expected}, got a batch of {array.shape[0]}", details=details)
-    array = array.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # beyond float32 becomes infinity, refused just below
+        array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         bad = np.argwhere(~np.isfinite(array))[0].tolist()
         raise InputError(

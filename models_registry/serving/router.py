@@ -1,33 +1,43 @@
 """The active implementation of every task as a predict function, cached in each process.
 
 Every serving process keeps a *route table*: for each task, the implementation that serves
-it (a neural version on its runtime, or the algorithm) with its predict function already
-loaded. The table is rebuilt from the database at most every ``PLASTICITY_SERVING_REFRESH_S``
-(0.25 s by default) — by a background thread in servers, inline in tests and scripts — so a
-promotion, rollback or serving switch committed by *any* process is served everywhere
-within about that long, without a restart. A request only looks its task up in the table:
-no database access and no file read on the hot path. Predict functions come from the
-per-process caches of ``implementations`` (keyed by version id + weights sha256, and by task
-id + dataset sha256), and a route whose key did not change keeps its function, so a
-rebuild loads only what changed.
+it (a neural version on its runtime, or the algorithm) with its predict function loaded.
+
+* Freshness: the table is re-read from the database (three small queries: tasks, serving
+  states, active versions) at most every ``PLASTICITY_SERVING_REFRESH_S`` (0.25 s by
+  default), by whichever request first finds it older than that — never per request. A
+  promotion, rollback or serving switch committed by *any* process is therefore served
+  everywhere within about that long, without a restart; this process's own switches
+  invalidate the table at once.
+* No file read on the hot path: a route whose key — (task, implementation, version id,
+  sha256, runtime) — did not change keeps its loaded function. A changed one is loaded by a
+  loader thread (``PLASTICITY_SERVING_BACKGROUND``; inline otherwise, as in tests) while the
+  previous route keeps answering; only a task's very first route in a process is loaded
+  inline, since nothing else could answer. While neural serves, the task's algorithm is
+  loaded ahead on the same thread (it is the stand-in, what shadow checks run, and where a
+  switch back goes). Loaded functions come from the per-process caches of
+  ``implementations`` (keyed by version id + weights sha256, and by task id + dataset sha256).
 
 Which version serves neural traffic: the one ``ServingState`` names while it is still active;
 otherwise (a promotion or rollback whose re-evaluation has not landed yet) the task's best
 active version, ordered like ``version_best_in_task``. A task without a ``ServingState`` is
-served by its algorithm, or by its best active version when it has no algorithm.
+served by its algorithm, or by its best active version when it has no algorithm. A neural
+version that fails to load is replaced by the algorithm until it loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
-from django.db import close_old_connections
+import torch
+from django.conf import settings
 
 from models_registry.choices import Implementation, OutputKind
 from models_registry.implementations import PredictFn, algorithm_predict_fn, version_predict_fn
@@ -36,6 +46,8 @@ from models_registry.serving.conf import serving_setting
 from models_registry.serving.models import ServingState
 
 logger = logging.getLogger(__name__)
+
+RETRY_FAILED_LOAD_S = 30.0
 
 
 class TaskNotFound(LookupError):
@@ -57,8 +69,8 @@ def outputs_finalise(task: Task, raw: np.ndarray) -> np.ndarray:
     if task.output_kind == OutputKind.CLASSES:
         labels = raw.argmax(axis=1) if raw.ndim == 2 else raw.reshape(n)
         return labels.astype(np.int64, copy=False)
-    if task.output_kind == OutputKind.RECONSTRUCTION:
-        out = raw.reshape((n, *task.input_shape)) if raw.size == n * math.prod(task.input_shape) else raw
+    if task.output_kind == OutputKind.RECONSTRUCTION and raw.size == n * math.prod(task.input_shape):
+        out = raw.reshape((n, *task.input_shape))
     else:
         out = raw.reshape(n, -1)
     if not np.isfinite(out).all():
@@ -66,7 +78,14 @@ def outputs_finalise(task: Task, raw: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
+def route_key(task: Task, implementation: str, version: ModelVersion | None) -> tuple:
+    """What makes a loaded predict function reusable."""
+    if version is not None:
+        return (task.pk, implementation, version.pk, version.weights_sha256, version.runtime)
+    return (task.pk, implementation, None, task.dataset_sha256, task.algorithm_path)
+
+
+@dataclasses.dataclass(frozen=True)
 class Route:
     """One task's serving implementation, ready to run."""
 
@@ -74,7 +93,7 @@ class Route:
     implementation: str
     version: ModelVersion | None
     shadow_fraction: float
-    predict_raw: PredictFn = field(repr=False)
+    predict_raw: PredictFn = dataclasses.field(repr=False)
 
     @property
     def key(self) -> tuple:
@@ -88,21 +107,20 @@ class Route:
         return outputs_finalise(self.task, self.predict_raw(X))
 
 
-def route_key(task: Task, implementation: str, version: ModelVersion | None) -> tuple:
-    """What makes a loaded predict function reusable: (task, implementation, version id, sha, ...)."""
-    if version is not None:
-        return (task.pk, implementation, version.pk, version.weights_sha256, version.runtime)
-    return (task.pk, implementation, None, task.dataset_sha256, task.algorithm_path)
-
-
 def algorithm_route(task: Task, *, shadow_fraction: float = 0.0) -> Route:
-    """The task's algorithm as a route (used as the fallback when a neural route fails)."""
+    """The task's algorithm as a route (the stand-in when a neural route fails)."""
     return Route(task=task, implementation=Implementation.ALGORITHMIC, version=None,
                  shadow_fraction=shadow_fraction, predict_raw=algorithm_predict_fn(task))
 
 
-def _score_order(version: ModelVersion) -> tuple:
-    # Same order as selectors.version_best_in_task: best score first, then the fastest.
+def _load(task: Task, implementation: str, version: ModelVersion | None) -> PredictFn:
+    if implementation == Implementation.NEURAL:
+        return version_predict_fn(version)
+    return algorithm_predict_fn(task)
+
+
+def _best_first(version: ModelVersion) -> tuple:
+    # The order of selectors.version_best_in_task: best score first, then the fastest.
     score = version.score if version.score is not None else -math.inf
     p95 = version.latency_p95_ms if version.latency_p95_ms is not None else math.inf
     return (-score, p95, -version.pk)
@@ -125,41 +143,48 @@ def route_resolve(
     return None, None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Table:
     loaded_at: float
     routes: dict[str, Route | None]  # slug -> route; None: the task exists but nothing can serve it
     problems: dict[str, str]
 
 
-_STALE = _Table(loaded_at=-math.inf, routes={}, problems={})
+_EMPTY = _Table(loaded_at=-math.inf, routes={}, problems={})
+
+Rows = tuple[list[Task], dict[int, ServingState], list[ModelVersion]]
+
+
+def _load_rows() -> Rows:
+    """Three small queries: every task, every serving state, every active version."""
+    tasks = list(Task.objects.all())
+    states = {s.task_id: s for s in ServingState.objects.all()}
+    actives = list(ModelVersion.objects.filter(is_active=True).select_related("model"))
+    return tasks, states, actives
 
 
 class ServingRouter:
-    """The per-process route table, refreshed from the database every ``refresh_s`` seconds."""
+    """The per-process route table, re-read from the database at most every ``refresh_s`` seconds."""
 
-    def __init__(self, *, refresh_s: float, background: bool,
-                 loader: Callable[[], tuple] | None = None) -> None:
-        self.refresh_s = max(0.01, float(refresh_s))
+    def __init__(self, *, refresh_s: float = 0.25, background: bool = True,
+                 rows: Callable[[], Rows] = _load_rows) -> None:
+        self.refresh_s = max(0.0, float(refresh_s))
         self.background = background
-        # A background table older than this means its thread is stuck: refresh inline then.
-        self._max_age = self.refresh_s if not background else max(1.0, 4 * self.refresh_s)
-        self._table = _STALE
+        self._rows = rows
+        self._table = _EMPTY
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._loader = loader or _load_rows
+        self._loaded: dict[tuple, PredictFn] = {}  # filled by the loader thread
+        self._failed: dict[tuple, tuple[str, float]] = {}
+        self._pending: set[tuple] = set()
+        self._warmed: set[tuple] = set()
+        self._jobs: queue.Queue = queue.Queue()
+        self._loader: threading.Thread | None = None
         self.refreshes = 0
 
-    # ------------------------------------------------------------------ hot path
+    # ------------------------------------------------------------------ lookups
 
     def route(self, slug: str) -> Route:
-        table = self._table
-        if time.monotonic() - table.loaded_at > self._max_age:
-            table = self._refresh_if_stale()
-        if self.background and (self._thread is None or not self._thread.is_alive()):
-            self._start_thread()
+        table = self._current()
         try:
             route = table.routes[slug]
         except KeyError:
@@ -170,39 +195,47 @@ class ServingRouter:
 
     def task(self, slug: str) -> Task:
         """The task row as of the last refresh (raises ``TaskNotFound``)."""
-        table = self._table
-        if time.monotonic() - table.loaded_at > self._max_age:
-            table = self._refresh_if_stale()
-        route = table.routes.get(slug)
+        route = self._current().routes.get(slug)
         if route is not None:
             return route.task
-        if slug in table.routes:  # exists but unservable: load the row (rare)
-            task = Task.objects.filter(slug=slug).first()
-            if task is not None:
-                return task
-        raise TaskNotFound(slug)
+        task = Task.objects.filter(slug=slug).first()  # rare: unknown or unservable
+        if task is None:
+            raise TaskNotFound(slug)
+        return task
+
+    def _current(self) -> _Table:
+        table = self._table
+        if time.monotonic() - table.loaded_at <= self.refresh_s:
+            return table
+        # Stale: one request re-reads the database; the others keep using the table they have,
+        # unless there is none yet.
+        if not self._lock.acquire(blocking=table is _EMPTY):
+            return table
+        try:
+            if time.monotonic() - self._table.loaded_at > self.refresh_s:
+                try:
+                    self._refresh_locked()
+                except Exception as exc:  # noqa: BLE001 - the database is away: serve what we know
+                    if self._table is _EMPTY:
+                        raise ServingUnavailable(f"the serving table cannot be read: {exc}") from exc
+                    logger.warning("serving: route table refresh failed (%s); serving the last table", exc)
+                    self._table = dataclasses.replace(self._table, loaded_at=time.monotonic())
+            return self._table
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------------ refresh
 
     def invalidate(self) -> None:
-        """Make the next lookup see the database (called after a local switch or activation commits)."""
-        if self.background and self._thread is not None and self._thread.is_alive():
-            self._wake.set()
-        else:
-            self._table = _STALE
+        """Make the next lookup re-read the database (after a local switch or activation commits)."""
+        self._table = dataclasses.replace(self._table, loaded_at=-math.inf)
 
     def refresh(self) -> None:
         with self._lock:
             self._refresh_locked()
 
-    def _refresh_if_stale(self) -> _Table:
-        with self._lock:
-            if time.monotonic() - self._table.loaded_at > self._max_age:
-                self._refresh_locked()
-            return self._table
-
     def _refresh_locked(self) -> None:
-        tasks, states, actives = self._loader()
+        tasks, states, actives = self._rows()
         previous = self._table.routes
         routes: dict[str, Route | None] = {}
         problems: dict[str, str] = {}
@@ -210,84 +243,98 @@ class ServingRouter:
         for version in actives:
             by_task.setdefault(version.model.task_id, []).append(version)
         for task in tasks:
-            versions = sorted(by_task.get(task.pk, []), key=_score_order)
             state = states.get(task.pk)
             implementation, version = route_resolve(
-                has_algorithm=bool(task.algorithm_path), state=state, active_versions=versions
+                has_algorithm=bool(task.algorithm_path), state=state,
+                active_versions=sorted(by_task.get(task.pk, []), key=_best_first),
             )
-            fraction = state.shadow_fraction if state is not None else 0.0
             if implementation is None:
                 routes[task.slug] = None
                 problems[task.slug] = f"{task.slug}: no algorithm and no active neural version to serve"
                 continue
-            try:
-                routes[task.slug] = self._build(task, implementation, version, fraction, previous.get(task.slug))
-            except Exception as exc:  # noqa: BLE001 - one broken version must not stop the others
-                logger.exception("serving: cannot load %s for %s", implementation, task.slug)
-                routes[task.slug] = self._fallback(task, fraction, problems, exc)
+            fraction = state.shadow_fraction if state is not None else 0.0
+            routes[task.slug] = self._route_for(task, implementation, version, fraction, previous.get(task.slug),
+                                                problems)
+            if implementation == Implementation.NEURAL and task.algorithm_path and self.background:
+                self._prewarm_algorithm(task)
+        wanted = {route.key for route in routes.values() if route is not None}
+        for key in [k for k in self._loaded if k not in wanted and k not in self._pending]:
+            self._loaded.pop(key, None)  # loaded for a route superseded before it served
         self._table = _Table(loaded_at=time.monotonic(), routes=routes, problems=problems)
         self.refreshes += 1
 
-    @staticmethod
-    def _build(task: Task, implementation: str, version: ModelVersion | None, fraction: float,
-               old: Route | None) -> Route:
-        if old is not None and old.key == route_key(task, implementation, version):
-            predict = old.predict_raw  # unchanged: keep the loaded function
-        elif version is not None:
-            predict = version_predict_fn(version)
+    def _route_for(self, task: Task, implementation: str, version: ModelVersion | None, fraction: float,
+                   old: Route | None, problems: dict[str, str]) -> Route | None:
+        key = route_key(task, implementation, version)
+        if old is not None and old.key == key:
+            predict = old.predict_raw
+        elif key in self._loaded:
+            predict = self._loaded.pop(key)
+        elif key in self._failed and time.monotonic() - self._failed[key][1] < RETRY_FAILED_LOAD_S:
+            return self._stand_in(task, fraction, problems, self._failed[key][0])
+        elif self.background and old is not None:
+            self._load_later(key, task, implementation, version)
+            return dataclasses.replace(old, task=task, shadow_fraction=fraction)  # the old one answers meanwhile
         else:
-            predict = algorithm_predict_fn(task)
+            try:
+                predict = _load(task, implementation, version)
+            except Exception as exc:  # noqa: BLE001 - one broken version must not stop the others
+                logger.exception("serving: cannot load %s for %s", implementation, task.slug)
+                self._failed[key] = (str(exc), time.monotonic())
+                return self._stand_in(task, fraction, problems, str(exc))
+        self._failed.pop(key, None)
         return Route(task=task, implementation=implementation, version=version, shadow_fraction=fraction,
                      predict_raw=predict)
 
-    @staticmethod
-    def _fallback(task: Task, fraction: float, problems: dict[str, str], exc: Exception) -> Route | None:
-        problems[task.slug] = f"{task.slug}: the serving implementation failed to load ({exc})"[:300]
+    def _stand_in(self, task: Task, fraction: float, problems: dict[str, str], error: str) -> Route | None:
+        problems[task.slug] = f"{task.slug}: the serving implementation failed to load ({error})"[:300]
         if not task.algorithm_path:
             return None
+        key = route_key(task, Implementation.ALGORITHMIC, None)
+        old = self._table.routes.get(task.slug)
+        if old is not None and old.key == key:
+            return old
         try:
             return algorithm_route(task)
         except Exception:  # noqa: BLE001
             logger.exception("serving: cannot load the algorithm of %s either", task.slug)
             return None
 
-    # ------------------------------------------------------------------ background thread
+    # ------------------------------------------------------------------ loader thread
 
-    def _start_thread(self) -> None:
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="serving-router", daemon=True)
-            self._thread.start()
+    def _load_later(self, key: tuple, task: Task, implementation: str, version: ModelVersion | None) -> None:
+        if key in self._pending:
+            return
+        self._pending.add(key)
+        self._jobs.put((key, task, implementation, version))
+        if self._loader is None or not self._loader.is_alive():
+            self._loader = threading.Thread(target=self._load_loop, name="serving-loader", daemon=True)
+            self._loader.start()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.refresh_s)
-            self._wake.clear()
-            if self._stop.is_set():
-                break
+    def _load_loop(self) -> None:
+        # Files only (weights, ONNX, dataset): this thread never touches the database.
+        while True:
+            key, task, implementation, version = self._jobs.get()
             try:
-                self.refresh()
-            except Exception:  # noqa: BLE001 - keep serving the last table; retry next tick
-                logger.exception("serving: route table refresh failed")
+                self._loaded[key] = _load(task, implementation, version)
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("serving: cannot load %s for %s", implementation, task.slug)
+                self._failed[key] = (str(exc), time.monotonic())
             finally:
-                close_old_connections()
+                self._pending.discard(key)
+                self.invalidate()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._thread = None
+    def _prewarm_algorithm(self, task: Task) -> None:
+        # The algorithm stands in when neural fails, is what shadow checks run and is where a
+        # switch back goes: have it fitted (and scikit-learn imported) before it is needed, so
+        # that a switch to it is served as fast as any other.
+        key = route_key(task, Implementation.ALGORITHMIC, None)
+        if key not in self._warmed:
+            self._warmed.add(key)
+            self._load_later(key, task, Implementation.ALGORITHMIC, None)
 
-
-def _load_rows() -> tuple[list[Task], dict[int, ServingState], list[ModelVersion]]:
-    """Three small queries: every task, every serving state, every active version."""
-    tasks = list(Task.objects.all())
-    states = {s.task_id: s for s in ServingState.objects.all()}
-    actives = list(ModelVersion.objects.filter(is_active=True).select_related("model"))
-    return tasks, states, actives
+    def loads_pending(self) -> int:
+        return len(self._pending)
 
 
 _router: ServingRouter | None = None
@@ -301,12 +348,19 @@ def serving_router() -> ServingRouter:
     if router is None:
         with _router_lock:
             if _router is None:
-                _router = ServingRouter(
-                    refresh_s=serving_setting("PLASTICITY_SERVING_REFRESH_S"),
-                    background=serving_setting("PLASTICITY_SERVING_BACKGROUND"),
-                )
+                _torch_threads_configure()
+                _router = ServingRouter(refresh_s=serving_setting("PLASTICITY_SERVING_REFRESH_S"),
+                                        background=serving_setting("PLASTICITY_SERVING_BACKGROUND"))
             router = _router
     return router
+
+
+def _torch_threads_configure() -> None:
+    # Requests run on many threads at once; each must not also fan out over every core
+    # (a batch of one gains nothing from intra-op threads, and they fight each other).
+    threads = getattr(settings, "PLASTICITY_TORCH_THREADS", 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def serving_router_invalidate() -> None:
@@ -315,9 +369,7 @@ def serving_router_invalidate() -> None:
 
 
 def serving_router_reset() -> None:
-    """Drop this process's router (tests; settings changes)."""
+    """Forget this process's router (tests; settings changes)."""
     global _router
     with _router_lock:
-        if _router is not None:
-            _router.stop()
         _router = None

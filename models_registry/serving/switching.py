@@ -262,6 +262,17 @@ def _switch_record(task: Task, from_implementation: str, from_version: ModelVers
     return switch
 
 
+def serving_pin_clear(*, task: Task) -> bool:
+    """Let automatic decisions switch ``task`` again (an operator's "auto"); True if it was pinned."""
+    with transaction.atomic():
+        state = _state_for_update(task)
+        if state is None or not state.pinned:
+            return False
+        state.pinned = False
+        state.save(update_fields=["pinned", "updated_at"])
+    return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Reevaluation:
     decision: ServingDecision

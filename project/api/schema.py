@@ -65,7 +65,7 @@ def _response(status: str) -> dict:
         "description": _DESCRIPTIONS[status],
         "content": {"application/json": {
             "schema": {"$ref": f"#/components/schemas/{ERROR_COMPONENT}"},
-            "examples": {summary.replace(" ", ""): {"value": value, "summary": summary}},
+            "examples": {value["error"]["code"]: {"value": value, "summary": summary}},
         }},
     }
 
@@ -101,4 +101,8 @@ def error_responses(result: dict, generator, request, public) -> dict:
             responses = operation.setdefault("responses", {})
             for status in _statuses(path, operation):
                 responses.setdefault(status, _response(status))
+            for status, response in responses.items():
+                # A view that documents an error status with only a description gets the shape too.
+                if status.startswith("4") and "content" not in response and status in _EXAMPLES:
+                    response["content"] = _response(status)["content"]
     return result

@@ -136,3 +136,14 @@ def test_reconciler_requeues_then_fails_a_run_whose_worker_vanished(weak_model):
     runs_reconcile(timeout_s=60, max_attempts=2)
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED and "no heartbeat" in run.error
+
+
+def test_a_delivery_executes_the_most_urgent_queued_run(weak_model):
+    from improvement.runs import run_pick
+
+    low = run_create(model=weak_model, strategy="training", priority=0.1, enqueue=False)
+    high = run_create(model=weak_model, strategy="training", priority=0.9, enqueue=False)
+    assert run_pick(preferred=low.pk) == high.pk
+    assert run_pick(preferred=high.pk) == high.pk
+    ImprovementRun.objects.filter(pk=high.pk).update(status=RunStatus.CANCELLED)
+    assert run_pick(preferred=low.pk) == low.pk

@@ -1,0 +1,160 @@
+"""Serializers of the improvement API: runs, strategies, configuration, loop answers."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from improvement.choices import StrategyName
+from improvement.models import ImprovementConfig, ImprovementRun
+from improvement.strategies import all_strategies
+from models_registry.models import NeuralModel
+from project.api.fields import FiniteRepresentationMixin, PrimaryKeyField
+
+# ------------------------------------------------------------------------------------- runs
+
+
+class RunSerializer(FiniteRepresentationMixin, serializers.ModelSerializer):
+    model_name = serializers.CharField(source="model.name", read_only=True)
+    task = serializers.CharField(source="model.task.slug", read_only=True)
+    baseline_version_number = serializers.IntegerField(source="baseline_version.number", read_only=True,
+                                                       allow_null=True, default=None)
+    result_version_number = serializers.IntegerField(source="result_version.number", read_only=True,
+                                                     allow_null=True, default=None)
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True, allow_null=True,
+                                         default=None)
+    duration_s = serializers.FloatField(read_only=True, allow_null=True)
+    params = serializers.JSONField(read_only=True)
+
+    class Meta:
+        model = ImprovementRun
+        fields = [
+            "id", "model", "model_name", "task", "strategy", "status", "origin", "trigger_reason", "priority",
+            "params", "objective", "gain", "decision", "progress", "progress_message", "cancel_requested",
+            "baseline_version", "baseline_version_number", "result_version", "result_version_number",
+            "attempts", "cpu_seconds", "peak_memory_mb", "duration_s", "requested_by", "error",
+            "created_at", "started_at", "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class RunDetailSerializer(RunSerializer):
+    baseline_metrics = serializers.JSONField(read_only=True)
+    candidate_metrics = serializers.JSONField(read_only=True)
+    curve = serializers.JSONField(read_only=True)
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "baseline_metrics", "candidate_metrics", "curve", "log", "worker",
+                  "heartbeat_at"]
+        read_only_fields = fields
+
+
+class RunParamsSerializer(serializers.Serializer):
+    """Optional knobs of one run; anything not given comes from the configuration and defaults."""
+
+    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
+    time_budget_s = serializers.FloatField(required=False, min_value=1, max_value=24 * 3600,
+                                           help_text="Wall-clock training budget (default: run_time_budget_s).")
+    epochs = serializers.IntegerField(required=False, min_value=1, max_value=100_000)
+    batch_size = serializers.IntegerField(required=False, min_value=1, max_value=65_536)
+    lr = serializers.FloatField(required=False, min_value=1e-8, max_value=10)
+    patience = serializers.IntegerField(required=False, min_value=1, max_value=100_000)
+    mutation_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
+    population_size = serializers.IntegerField(required=False, min_value=1, max_value=256)
+    generations = serializers.IntegerField(required=False, min_value=1, max_value=100)
+    n_candidates_total = serializers.IntegerField(required=False, min_value=1, max_value=10_000)
+    underfit_below = serializers.FloatField(required=False, min_value=0, max_value=1)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {key: [f"unknown parameter; allowed: {', '.join(self.fields)}"] for key in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+class RunCreateSerializer(serializers.Serializer):
+    model = PrimaryKeyField(queryset=NeuralModel.objects.all(), help_text="Model id.")
+    strategy = serializers.ChoiceField(choices=StrategyName.choices)
+    params = RunParamsSerializer(required=False)
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=300,
+                                   help_text="Why (shown in the history); defaults to who asked.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Every registered strategy, not only the four built in.
+        labels = dict(StrategyName.choices)
+        self.fields["strategy"].choices = [(name, labels.get(name, name)) for name in all_strategies()]
+
+    def validate_model(self, model: NeuralModel) -> NeuralModel:
+        if not model.versions.filter(is_active=True).exists():
+            raise serializers.ValidationError(f"model {model} has no active version to improve")
+        return model
+
+
+# ------------------------------------------------------------------------------- strategies
+
+
+class StrategySerializer(serializers.Serializer):
+    name = serializers.CharField()
+    objective = serializers.CharField(help_text="What a promotion must improve: score or latency.")
+    description = serializers.CharField()
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+class ConfigSerializer(serializers.ModelSerializer):
+    """The loop's configuration. Fields are checked with the model's validators here; the whole row
+    with ``full_clean()`` by ``config_update``, the one service that changes it."""
+
+    class Meta:
+        model = ImprovementConfig
+        exclude = ["id"]
+        read_only_fields = ["updated_at"]
+        # Upper bounds the model does not set: a 1e308-second interval overflows the scheduler.
+        extra_kwargs = {
+            "improvement_interval": {"max_value": 7 * 24 * 3600},
+            "max_concurrent_improvements": {"max_value": 256},
+            "improvement_history_size": {"max_value": 10_000_000},
+            "optimization_latency_ms": {"max_value": 3_600_000},
+            "rejection_cooldown_s": {"max_value": 30 * 24 * 3600},
+            "run_time_budget_s": {"max_value": 24 * 3600},
+            "predictor_min_history": {"max_value": 1_000_000},
+        }
+
+
+# ---------------------------------------------------------------------------------- export
+
+
+class ExportRunSerializer(serializers.Serializer):
+    """One element of the JSON export (the CSV has the same columns). Documentation only."""
+
+    id = serializers.IntegerField()
+    model_id = serializers.IntegerField()
+    model = serializers.CharField()
+    task = serializers.CharField()
+    strategy = serializers.CharField()
+    status = serializers.CharField()
+    origin = serializers.CharField()
+    trigger_reason = serializers.CharField()
+    priority = serializers.FloatField(allow_null=True)
+    objective = serializers.CharField()
+    gain = serializers.FloatField(allow_null=True)
+    decision = serializers.CharField()
+    baseline_version_id = serializers.IntegerField(allow_null=True)
+    baseline_version_number = serializers.IntegerField(allow_null=True)
+    result_version_id = serializers.IntegerField(allow_null=True)
+    result_version_number = serializers.IntegerField(allow_null=True)
+    attempts = serializers.IntegerField()
+    cpu_seconds = serializers.FloatField(allow_null=True)
+    peak_memory_mb = serializers.FloatField(allow_null=True)
+    error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    duration_s = serializers.FloatField(allow_null=True)
+    params = serializers.JSONField()
+    baseline_metrics = serializers.JSONField()
+    candidate_metrics = serializers.JSONField()

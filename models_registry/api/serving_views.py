@@ -1,0 +1,274 @@
+"""REST views of serving: predictions, the serving state of a task, the switch history, a ping.
+
+Thin: validate, call one service, serialize. ``POST /api/tasks/<slug>/predict`` is the hot
+path: the route comes from the process's route table (no database query beyond
+authentication), inputs are validated with numpy, and the answer is built directly.
+"""
+
+from __future__ import annotations
+
+import django_filters
+from django.db import transaction
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework import exceptions, generics, status
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from models_registry.api.serving_serializers import (
+    PredictRequestSerializer,
+    PredictResponseSerializer,
+    ServingForceSerializer,
+    ServingSerializer,
+    ServingSwitchSerializer,
+)
+from models_registry.choices import Implementation, OutputKind
+from models_registry.models import ModelVersion, Task
+from models_registry.selectors import version_best_in_task
+from models_registry.serving.choices import SwitchReason
+from models_registry.serving.conf import serving_setting
+from models_registry.serving.inputs import InputError, expected_text, inputs_validate
+from models_registry.serving.models import ServingSwitch
+from models_registry.serving.predict import PredictionFailed, serving_predict
+from models_registry.serving.router import ServingUnavailable, TaskNotFound, serving_router
+from models_registry.serving.selectors import serving_comparison, serving_state_get, serving_switch_list
+from models_registry.serving.switching import serving_pin_clear, serving_reevaluate, serving_switch
+from project.api.errors import api_exception_handler, error_body
+from project.api.pagination import Pagination
+from project.api.permissions import IsOperatorOrReadOnly
+from project.api.throttles import UserRateThrottle
+
+
+class PredictRateThrottle(ScopedRateThrottle):
+    """The ``predict`` scope, per user; the rate is read from the settings on each request."""
+
+    def get_rate(self) -> str | None:
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
+
+class _ServingAPIView(APIView):
+    def get_exception_handler(self):
+        return api_exception_handler  # the API's one error shape, whatever the settings say
+
+
+def _invalid_input(message: str, details: dict | None = None) -> Response:
+    return Response(error_body("invalid_input", message, details), status=status.HTTP_400_BAD_REQUEST)
+
+
+# ------------------------------------------------------------------------------ predict
+
+_PREDICT_EXAMPLES = [
+    OpenApiExample("One digit (pattern-recognition)", request_only=True,
+                   value={"inputs": [[[0.0, 0.3, 0.8, 0.8, 0.5, 0.0, 0.0, 0.0]] + [[0.0] * 8] * 7]}),
+    OpenApiExample("A batch of two (hormone-response)", request_only=True,
+                   value={"inputs": [[1.5, 8.0, 1.0, 1.2, 1.0, 4.0, 0.7, 0.3],
+                                     [3.0, 12.0, 2.5, 0.8, 1.4, 6.0, 1.0, 0.1]]}),
+    OpenApiExample("Answered by the neural version", response_only=True, status_codes=["200"],
+                   value={"task": "pattern-recognition", "implementation": "neural", "version": 4,
+                          "version_id": 17, "runtime": "onnx_int8", "outputs": [7], "labels": None,
+                          "batch_size": 1}),
+]
+_INVALID_INPUT = OpenApiResponse(
+    description="The inputs do not meet the task's contract; the message states what was expected.",
+    examples=[OpenApiExample("Wrong shape", value={"error": {
+        "code": "invalid_input",
+        "message": "inputs: expected shape [1, 8, 8] or [N, 1, 8, 8] with 1 ≤ N ≤ 1024, got [3, 8]",
+        "details": {"expected_shape": [1, 8, 8], "max_batch": 1024}}})],
+)
+
+
+class TaskPredictView(_ServingAPIView):
+    """Predict with whichever implementation serves the task now (neural or algorithmic)."""
+
+    permission_classes = [IsAuthenticated]
+    throttle_classes = [PredictRateThrottle]
+    throttle_scope = "predict"
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        operation_id="task_predict",
+        summary="Predict",
+        description=(
+            "Runs one input or a batch on the implementation currently serving the task and says which one "
+            "answered. Inputs must be numbers of the task's `input_shape` (one input) or `[N, *input_shape]` "
+            "(a batch, 1 ≤ N ≤ `PLASTICITY_MAX_BATCH`), all finite; anything else is a 400 stating the "
+            "expected shape. Throttled with the `predict` scope."
+        ),
+        tags=["serving"],
+        request=PredictRequestSerializer,
+        responses={200: PredictResponseSerializer, 400: _INVALID_INPUT,
+                   503: OpenApiResponse(description="Nothing can serve the task (no algorithm, no active version).")},
+        examples=_PREDICT_EXAMPLES,
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        try:
+            route = serving_router().route(slug)
+        except TaskNotFound:
+            raise exceptions.NotFound(f"No task {slug!r}.") from None
+        except ServingUnavailable as exc:
+            return Response(error_body("unavailable", str(exc)), status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        task = route.task
+        max_batch = serving_setting("PLASTICITY_MAX_BATCH")
+        data = request.data
+        if not isinstance(data, dict) or "inputs" not in data:
+            return _invalid_input(f'inputs: this field is required; send {{"inputs": ...}} with '
+                                  f"{expected_text(task.input_shape, max_batch)}",
+                                  {"expected_shape": list(task.input_shape), "max_batch": max_batch})
+        try:
+            X, _single = inputs_validate(data["inputs"], input_shape=task.input_shape, max_batch=max_batch)
+        except InputError as exc:
+            return _invalid_input(exc.message, exc.details)
+        try:
+            prediction = serving_predict(route=route, X=X)
+        except PredictionFailed as exc:
+            return Response(error_body("prediction_failed", str(exc)), status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+        served = prediction.route
+        version = served.version
+        outputs = prediction.outputs
+        labels = None
+        if task.output_kind == OutputKind.CLASSES and task.class_labels:
+            names = task.class_labels
+            labels = [names[i] if 0 <= i < len(names) else str(i) for i in outputs.tolist()]
+        return Response({
+            "task": task.slug, "implementation": served.implementation,
+            "version": version.number if version is not None else None,
+            "version_id": version.pk if version is not None else None,
+            "runtime": version.runtime if version is not None else None,
+            "outputs": outputs.tolist(), "labels": labels, "batch_size": prediction.batch_size,
+        })
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # A body that is not JSON: say what a valid one looks like.
+        if isinstance(exc, exceptions.ParseError):
+            try:
+                shape = serving_router().task(self.kwargs.get("slug", "")).input_shape
+                hint = f'; send {{"inputs": ...}} with {expected_text(shape, serving_setting("PLASTICITY_MAX_BATCH"))}'
+            except Exception:  # noqa: BLE001 - the hint is a courtesy
+                hint = ""
+            exc = exceptions.ParseError(f"body: not valid JSON ({exc.detail}){hint}")
+        return super().handle_exception(exc)
+
+
+# ------------------------------------------------------------------------------ serving state
+
+
+def _route_payload(slug: str) -> dict | None:
+    try:
+        route = serving_router().route(slug)
+    except (TaskNotFound, ServingUnavailable):
+        return None
+    version = route.version
+    return {"implementation": route.implementation, "version_id": route.version_id,
+            "version": version.number if version is not None else None,
+            "runtime": version.runtime if version is not None else None, "shadow_fraction": route.shadow_fraction}
+
+
+def _serving_payload(task: Task) -> dict:
+    state = serving_state_get(task=task)
+    return {
+        "task": task.slug,
+        "state": state,
+        "route": _route_payload(task.slug),
+        "comparison": serving_comparison(task=task),
+    }
+
+
+class TaskServingView(_ServingAPIView):
+    """The serving state of a task (anyone signed in) and the operator's override."""
+
+    permission_classes = [IsOperatorOrReadOnly]
+    throttle_classes = [UserRateThrottle]
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        operation_id="task_serving_retrieve",
+        summary="Serving state and neural-vs-algorithmic comparison",
+        tags=["serving"],
+        responses={200: ServingSerializer},
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        task = get_object_or_404(Task, slug=slug)
+        return Response(ServingSerializer(_serving_payload(task)).data)
+
+    @extend_schema(
+        operation_id="task_serving_force",
+        summary="Force an implementation (operators)",
+        description=(
+            "Switches serving at once (reason `operator`) and pins it: automatic decisions leave a pinned task "
+            "alone. `auto` removes the pin and re-evaluates from the latest measurements."
+        ),
+        tags=["serving"],
+        request=ServingForceSerializer,
+        responses={200: ServingSerializer},
+        examples=[OpenApiExample("Force the algorithm", request_only=True,
+                                 value={"implementation": "algorithmic", "detail": "investigating drift"}),
+                  OpenApiExample("Back to automatic", request_only=True, value={"implementation": "auto"})],
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        task = get_object_or_404(Task, slug=slug)
+        serializer = ServingForceSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        implementation = data["implementation"]
+        detail = data.get("detail") or f"forced by {request.user.get_username()}"
+        if implementation == "auto":
+            with transaction.atomic():
+                serving_pin_clear(task=task)
+                serving_reevaluate(task=task)
+        else:
+            version = None
+            if implementation == Implementation.NEURAL:
+                version_id = data.get("version_id")
+                version = (ModelVersion.objects.filter(pk=version_id, model__task=task).first()
+                           if version_id is not None else version_best_in_task(task=task))
+                if version is None:
+                    raise exceptions.ValidationError(
+                        {"version_id": [f"task {task.slug} has no such active version" if version_id is not None
+                                        else f"task {task.slug} has no active neural version"]})
+            serving_switch(task=task, implementation=implementation, version=version, reason=SwitchReason.OPERATOR,
+                           detail=detail, actor=request.user.get_username(), pinned=True,
+                           evidence={"forced_by": request.user.get_username()})
+        serving_router().invalidate()
+        return Response(ServingSerializer(_serving_payload(task)).data)
+
+
+class ServingSwitchFilter(django_filters.FilterSet):
+    task = django_filters.CharFilter(field_name="task__slug", help_text="Task slug.")
+    reason = django_filters.ChoiceFilter(choices=SwitchReason.choices)
+
+    class Meta:
+        model = ServingSwitch
+        fields = ["task", "reason"]
+
+
+@extend_schema(summary="Serving switches, newest first", tags=["serving"])
+class ServingSwitchListView(generics.ListAPIView):
+    """Every switch of a serving implementation or version, with its reason and evidence."""
+
+    serializer_class = ServingSwitchSerializer
+    pagination_class = Pagination
+    filterset_class = ServingSwitchFilter
+    throttle_classes = [UserRateThrottle]
+
+    def get_queryset(self):
+        return serving_switch_list()
+
+    def get_exception_handler(self):
+        return api_exception_handler
+
+
+class PingView(_ServingAPIView):
+    """The trivial authenticated JSON endpoint (a baseline for the serving benchmark)."""
+
+    permission_classes = [IsAuthenticated]
+    throttle_classes = [UserRateThrottle]
+
+    @extend_schema(operation_id="ping", summary="Ping", tags=["serving"],
+                   responses={200: OpenApiResponse(description="`{\"status\": \"ok\"}`")})
+    def get(self, request: Request) -> Response:
+        return Response({"status": "ok"})

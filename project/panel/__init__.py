@@ -1,0 +1,1 @@
+"""The control panel: server-rendered pages, Plotly charts and live updates over a WebSocket."""

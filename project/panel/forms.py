@@ -1,0 +1,66 @@
+"""Forms of the control panel. They validate input; the services do the work."""
+
+from __future__ import annotations
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from improvement.integration import config_update
+from improvement.models import ImprovementConfig
+from improvement.strategies import all_strategies
+from models_registry.models import NeuralModel
+
+CONFIG_FIELDS = (
+    "enabled", "auto_start", "improvement_interval", "max_concurrent_improvements", "performance_threshold",
+    "hormone_driven", "genetic_enhanced", "cross_model_distillation", "model_backup_enabled",
+    "improvement_history_size", "training_score_below", "architecture_score_low", "architecture_score_high",
+    "distillation_teacher_min_score", "optimization_latency_ms", "optimization_score_tolerance",
+    "rejection_cooldown_s", "run_time_budget_s",
+)
+LOOP_FIELDS = CONFIG_FIELDS[:10]
+
+
+class ConfigForm(forms.ModelForm):
+    """ImprovementConfig's fields with the model's validators; ``save`` goes through ``config_update``."""
+
+    class Meta:
+        model = ImprovementConfig
+        fields = CONFIG_FIELDS
+
+    def save(self, commit: bool = True) -> ImprovementConfig:
+        """Store through the one configuration service; its field errors land on the form."""
+        try:
+            return config_update(**{name: self.cleaned_data[name] for name in self.Meta.fields})
+        except ValidationError as exc:
+            if hasattr(exc, "error_dict"):
+                for field, errors in exc.error_dict.items():
+                    self.add_error(field if field in self.fields else None, errors)
+            else:
+                self.add_error(None, exc)
+            raise
+
+    def loop_fields(self):
+        return [self[name] for name in LOOP_FIELDS]
+
+    def trigger_fields(self):
+        return [self[name] for name in CONFIG_FIELDS[10:]]
+
+
+class RunNowForm(forms.Form):
+    """Run a chosen strategy on a chosen model now."""
+
+    model = forms.ModelChoiceField(queryset=NeuralModel.objects.none(), empty_label=None)
+    strategy = forms.ChoiceField(choices=())
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].queryset = NeuralModel.objects.select_related("task").order_by("task__slug", "name")
+        self.fields["strategy"].choices = [(name, name) for name in all_strategies()]
+
+
+class VersionChoiceForm(forms.Form):
+    version = forms.IntegerField(min_value=1)
+
+
+class LoopForm(forms.Form):
+    action = forms.ChoiceField(choices=[("start", "start"), ("stop", "stop")])

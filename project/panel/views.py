@@ -1,0 +1,213 @@
+"""The control panel's pages and controls. Thin: check access, validate, call one service, render.
+
+Every page needs a login. Controls (POST) need an operator (``is_staff``): templates hide
+them from viewers, and ``operator_required`` refuses a forged POST with 403. Every POST
+carries Django's CSRF token. A control answers JSON when the page's script sent it
+(``Accept: application/json``) and redirects back otherwise, so forms work without script.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from improvement.choices import RunOrigin
+from improvement.loop import cycle_force, loop_start, loop_stop
+from improvement.models import ImprovementConfig, ImprovementRun
+from improvement.runs import run_cancel, run_create
+from models_registry.models import ModelVersion, NeuralModel
+from models_registry.services import RegistryError, version_activate, version_rollback
+from project.live.publisher import latest_event_id
+from project.panel import selectors
+from project.panel.forms import ConfigForm, LoopForm, RunNowForm, VersionChoiceForm
+
+
+def operator_required(view: Callable) -> Callable:
+    """Logged in *and* staff; anyone else gets 403 (a viewer's forged POST included)."""
+
+    @login_required
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not request.user.is_staff:
+            raise PermissionDenied("operators only")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def page(request: HttpRequest, template: str, name: str, build: Callable[[], dict]) -> HttpResponse:
+    """Render a page with the id of the newest live event *read before the page's data*.
+
+    The browser's WebSocket asks for everything after that id, so an event committed while
+    the page was being built is replayed rather than lost (and applying it twice is harmless).
+    """
+    last_event_id = latest_event_id()
+    context = build()
+    context.update({"page": name, "last_event_id": last_event_id})
+    return render(request, template, context)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _done(request: HttpRequest, *, fallback: str, message: str, data: dict | None = None,
+          status: int = 200) -> HttpResponse:
+    """Answer a control: JSON for the page's script, else a message and a redirect back."""
+    if _wants_json(request):
+        return JsonResponse({"ok": status < 400, "message": message, **(data or {})}, status=status)
+    (messages.success if status < 400 else messages.error)(request, message)
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                           require_https=request.is_secure()):
+        target = fallback
+    return redirect(target)
+
+
+# --------------------------------------------------------------------------------- pages
+
+
+@login_required
+@require_GET
+def overview(request: HttpRequest) -> HttpResponse:
+    return page(request, "panel/overview.html", "overview", selectors.overview_page)
+
+
+@login_required
+@require_GET
+def tasks(request: HttpRequest) -> HttpResponse:
+    return page(request, "panel/tasks.html", "tasks", selectors.tasks_page)
+
+
+@login_required
+@require_GET
+def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    model = get_object_or_404(NeuralModel.objects.select_related("task"), pk=pk)
+    return page(request, "panel/model.html", "model", lambda: selectors.model_page(model))
+
+
+@login_required
+@require_GET
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(ImprovementRun.objects.select_related("model__task", "requested_by"), pk=pk)
+    return page(request, "panel/run.html", "run", lambda: selectors.run_page(run))
+
+
+@login_required
+@require_GET
+def hormones(request: HttpRequest) -> HttpResponse:
+    try:
+        hours = int(request.GET.get("hours", 24))
+    except ValueError:
+        hours = 24
+    hours = hours if hours in selectors.HORMONE_WINDOWS_H else 24
+    name = request.GET.get("hormone") or None
+    return page(request, "panel/hormones.html", "hormones", lambda: selectors.hormones_page(hours=hours, name=name))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def config(request: HttpRequest) -> HttpResponse:
+    form = ConfigForm(instance=ImprovementConfig.load())
+    if request.method == "POST":
+        if not request.user.is_staff:
+            raise PermissionDenied("operators only")
+        form = ConfigForm(request.POST, instance=ImprovementConfig.load())
+        if form.is_valid():
+            try:
+                form.save()
+            except ValidationError:
+                pass  # the service's field errors are on the form now
+            else:
+                messages.success(request, "Configuration saved.")
+                return redirect("panel:config")
+    return page(request, "panel/config.html", "config",
+                lambda: {**selectors.config_page(), "form": form, "run_form": RunNowForm()})
+
+
+# ------------------------------------------------------------------------------ controls
+
+
+@require_POST
+@operator_required
+def loop_control(request: HttpRequest) -> HttpResponse:
+    form = LoopForm(request.POST)
+    if not form.is_valid():
+        return _done(request, fallback=reverse("panel:config"), message="unknown loop action", status=400)
+    state = loop_start() if form.cleaned_data["action"] == "start" else loop_stop()
+    verb = "started" if state["running"] else "stopped"
+    return _done(request, fallback=reverse("panel:config"), message=f"Loop {verb}.", data={"loop": state})
+
+
+@require_POST
+@operator_required
+def cycle_control(request: HttpRequest) -> HttpResponse:
+    record = cycle_force()
+    return _done(request, fallback=reverse("panel:config"),
+                 message=f"Cycle forced: {record['enqueued']} run(s) enqueued.", data={"cycle": record})
+
+
+@require_POST
+@operator_required
+def run_now(request: HttpRequest) -> HttpResponse:
+    form = RunNowForm(request.POST)
+    if not form.is_valid():
+        return _done(request, fallback=reverse("panel:config"), message=f"Invalid request: {form.errors.as_text()}",
+                     status=400)
+    run = run_create(model=form.cleaned_data["model"], strategy=form.cleaned_data["strategy"],
+                     origin=RunOrigin.OPERATOR, requested_by=request.user,
+                     trigger_reason=f"requested by {request.user.get_username()}")
+    url = reverse("panel:run", args=[run.pk])
+    if _wants_json(request):
+        return JsonResponse({"ok": True, "message": f"Run #{run.pk} queued.", "run_id": run.pk, "url": url})
+    messages.success(request, f"Run #{run.pk} queued.")
+    return redirect(url)
+
+
+@require_POST
+@operator_required
+def run_cancel_control(request: HttpRequest, pk: int) -> HttpResponse:
+    run = run_cancel(run=get_object_or_404(ImprovementRun, pk=pk))
+    message = "Run cancelled." if run.status == "cancelled" else (
+        "Cancel requested; the worker stops at its next report." if run.cancel_requested
+        else f"Run already {run.status}.")
+    return _done(request, fallback=reverse("panel:run", args=[pk]), message=message, data={"status": run.status})
+
+
+@require_POST
+@operator_required
+def version_activate_control(request: HttpRequest, pk: int) -> HttpResponse:
+    model = get_object_or_404(NeuralModel, pk=pk)
+    back = reverse("panel:model", args=[pk])
+    form = VersionChoiceForm(request.POST)
+    if not form.is_valid():
+        return _done(request, fallback=back, message="Choose a version.", status=400)
+    version = ModelVersion.objects.filter(model=model, pk=form.cleaned_data["version"]).first()
+    if version is None:
+        return _done(request, fallback=back, message="That version is not one of this model's.", status=400)
+    version_activate(version=version, reason=f"activated by {request.user.get_username()} from the panel")
+    return _done(request, fallback=back, message=f"v{version.number} is active.", data={"version": version.number})
+
+
+@require_POST
+@operator_required
+def version_rollback_control(request: HttpRequest, pk: int) -> HttpResponse:
+    model = get_object_or_404(NeuralModel, pk=pk)
+    back = reverse("panel:model", args=[pk])
+    active = model.active_version
+    try:
+        version = version_rollback(
+            model=model, reason=f"rollback from v{active.number if active else '?'} by {request.user.get_username()}")
+    except RegistryError as exc:
+        return _done(request, fallback=back, message=str(exc), status=400)
+    return _done(request, fallback=back, message=f"Rolled back to v{version.number}.",
+                 data={"version": version.number})

@@ -1,0 +1,83 @@
+"""API test fixtures: token clients for the named actors, a weak model, a WSGI app for
+schema-driven clients, and fresh throttle counters for every test."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.cache import cache
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from improvement.models import ImprovementConfig
+from models_registry.services import model_create
+from tests.factories import csv_task, trained_version
+
+WEAK = {"kind": "mlp", "input_shape": [4], "output_dim": 3, "hidden": [2], "activation": "tanh",
+        "dropout": 0.0, "norm": "none"}
+FAST = {"time_budget_s": 6, "epochs": 40, "population_size": 3, "generations": 2}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    """Throttle counters live in the cache; one test's requests must not throttle the next."""
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def token_client(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    return client
+
+
+@pytest.fixture
+def anon() -> APIClient:
+    """Charlie: no credentials."""
+    return APIClient()
+
+
+@pytest.fixture
+def alice(operator) -> APIClient:
+    return token_client(operator)
+
+
+@pytest.fixture
+def bob(viewer) -> APIClient:
+    return token_client(viewer)
+
+
+@pytest.fixture
+def weak_model():
+    """A CSV task with a deliberately weak active version (training can improve it)."""
+    ImprovementConfig.objects.update_or_create(pk=1, defaults={"run_time_budget_s": 6})
+    task = csv_task(n=300, seed=3)
+    model = model_create(task=task, name="weak")
+    trained_version(model, genome=WEAK, epochs=1)
+    return model
+
+
+@pytest.fixture
+def wsgi_app():
+    """The project's WSGI application, for clients that speak plain HTTP (httpx, schemathesis).
+
+    Like Django's test client, requests must not close the test's database connection. The
+    test client reconnects the signal that would after each of its own requests, so it is
+    disconnected again at every call here, and reconnected when the test ends.
+    """
+    from django.core.signals import request_finished, request_started
+    from django.core.wsgi import get_wsgi_application
+    from django.db import close_old_connections
+
+    handler = get_wsgi_application()
+
+    def app(environ, start_response):
+        request_started.disconnect(close_old_connections)
+        request_finished.disconnect(close_old_connections)
+        return handler(environ, start_response)
+
+    try:
+        yield app
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
