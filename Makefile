@@ -33,11 +33,17 @@ run: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# The distributed suite runs against the real PostgreSQL and Redis (mandatory with CI=true;
+# skipped with a message elsewhere when they are absent).
+PG_URL ?= postgres://root@127.0.0.1:5432/test
+REDIS_TEST_URL ?= redis://127.0.0.1:6379/14
+
 test: install
 	$(VENV)/bin/ruff check .
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not distributed" $(PYTEST_ARGS)
+	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(PY) -m pytest -m distributed tests/distributed $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench $(if $(ONLY),--only $(ONLY),)

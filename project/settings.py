@@ -9,6 +9,7 @@ Two modes share one code path:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -115,7 +116,8 @@ else:
             "NAME": SQLITE_PATH,
             "OPTIONS": dict(SQLITE_OPTIONS),
             # Tests with real worker processes need a file every process can open.
-            "TEST": {"NAME": str(VAR_DIR / "test.sqlite3")},
+            # One file per test run, so two runs in one checkout never share (and delete) a database.
+            "TEST": {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -166,6 +168,8 @@ MEDIA_ROOT = Path(env_str("PLASTICITY_MEDIA_ROOT", str(VAR_DIR / "media")))
 MEDIA_URL = "/media/"
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"
+# collectstatic fills it for deployments; WhiteNoise serves from the finders meanwhile.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {

@@ -17,6 +17,7 @@ def _isolated_storage(settings, tmp_path):
     from django.utils.functional import empty
 
     from models_registry.implementations import caches_clear
+    from models_registry.serving.predict import serving_runtime_reset
 
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.STORAGES = {
@@ -28,8 +29,10 @@ def _isolated_storage(settings, tmp_path):
     default_storage._wrapped = empty
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     caches_clear()
+    serving_runtime_reset()
     yield
     caches_clear()
+    serving_runtime_reset()
     storages._storages = {}
     default_storage._wrapped = empty
 

@@ -41,6 +41,7 @@ from improvement.runs import run_cancel, run_create
 from improvement.selectors import improvement_status
 from improvement.strategies import all_strategies
 from project.api.errors import Conflict
+from project.api.fields import id_path_parameter
 from project.api.pagination import Pagination
 from project.api.permissions import IsOperator, IsOperatorOrReadOnly
 from project.api.schema import EXTRA_ERRORS
@@ -67,7 +68,8 @@ _RUN_EXAMPLE = OpenApiExample(
     list=extend_schema(summary="List improvement runs", tags=["runs"],
                        description="Newest first; filter by model, task, strategy, status, origin and "
                                    "creation/finish time."),
-    retrieve=extend_schema(summary="An improvement run (with metrics, curve and log)", tags=["runs"]),
+    retrieve=extend_schema(summary="An improvement run (with metrics, curve and log)", tags=["runs"],
+                           parameters=[id_path_parameter("Run id.")]),
 )
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Improvement runs: one strategy applied to one model."""
@@ -111,6 +113,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         description="A queued run is cancelled at once; a running one stops at its next progress report "
                     "(`cancel_requested` is true until then). A finished run answers 409.",
         request=None,
+        parameters=[id_path_parameter("Run id.")],
         responses={200: RunDetailSerializer},
         extensions={EXTRA_ERRORS: ["409"]},
     )

@@ -21,6 +21,8 @@ This module has no Django import.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 from collections.abc import Callable, Sequence
 
@@ -168,7 +170,13 @@ GENOME_FEATURES: tuple[str, ...] = (
 
 def genome_descriptor(genome: dict) -> np.ndarray:
     """float32 (len(GENOME_FEATURES),): kind, depth, widths, conv stack, size, activation, norm."""
-    g = validate_genome(genome)
+    return _descriptor(json.dumps(validate_genome(genome), sort_keys=True)).copy()
+
+
+@functools.lru_cache(maxsize=4096)
+def _descriptor(key: str) -> np.ndarray:
+    # Cached by canonical JSON: a search describes the same parent and children again every generation.
+    g = json.loads(key)
     widths = [math.log2(w) for w in g[_DENSE_KEY[g["kind"]]]] or [0.0]
     channels = [math.log2(c) for c in g.get("channels", [])] or [0.0]
     kernels = g.get("kernels", []) or [0]

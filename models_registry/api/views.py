@@ -49,7 +49,7 @@ from models_registry.services import (
     version_rollback,
 )
 from models_registry.weights import blob_load, sha256_bytes
-from project.api.fields import IdFilter
+from project.api.fields import IdFilter, id_path_parameter
 from project.api.pagination import Pagination
 from project.api.permissions import IsOperatorOrReadOnly
 from project.api.throttles import UploadRateThrottle, UserRateThrottle
@@ -177,7 +177,7 @@ _GENOME_EXAMPLE = OpenApiExample(
 
 @extend_schema_view(
     list=extend_schema(summary="List models", tags=["models"]),
-    retrieve=extend_schema(summary="A model", tags=["models"]),
+    retrieve=extend_schema(summary="A model", tags=["models"], parameters=[id_path_parameter("Model id.")]),
 )
 class NeuralModelViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Models: one lineage of versions for one task, exactly one of them active."""
@@ -219,6 +219,7 @@ class NeuralModelViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixin
         description="Re-activates `to_version`, or by default the active version's parent (the version "
                     "it was improved from). The rolled-back-from version stays as a backup.",
         request=RollbackSerializer,
+        parameters=[id_path_parameter("Model id.")],
         responses={200: ModelVersionSerializer},
         examples=[OpenApiExample("Back to the parent", value={"reason": "live accuracy dropped"},
                                  request_only=True)],
@@ -260,7 +261,8 @@ _DOWNLOAD_HEADERS = [
 
 @extend_schema_view(
     list=extend_schema(summary="List versions (metadata)", tags=["versions"]),
-    retrieve=extend_schema(summary="A version (metadata)", tags=["versions"]),
+    retrieve=extend_schema(summary="A version (metadata)", tags=["versions"],
+                           parameters=[id_path_parameter("Version id.")]),
 )
 class ModelVersionViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Versions: immutable genome + weights + runtime + metrics; filter by `model` or `task`."""
@@ -289,7 +291,7 @@ class ModelVersionViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixi
                     "before a byte is sent. Rebuild the module with the version's `genome`.",
         responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY,
                                                                       description="safetensors file")},
-        parameters=_DOWNLOAD_HEADERS,
+        parameters=[id_path_parameter("Version id."), *_DOWNLOAD_HEADERS],
         filters=False,
     )
     @action(detail=True, methods=["get"], pagination_class=None, filterset_class=None)
@@ -306,7 +308,7 @@ class ModelVersionViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixi
                     "from the verified weights. Input `input` (batch, *input_shape), output `output`.",
         responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY,
                                                                       description="ONNX model")},
-        parameters=_DOWNLOAD_HEADERS,
+        parameters=[id_path_parameter("Version id."), *_DOWNLOAD_HEADERS],
         filters=False,
     )
     @action(detail=True, methods=["get"], pagination_class=None, filterset_class=None)
@@ -324,6 +326,7 @@ class ModelVersionViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixi
         tags=["versions"],
         description="Makes this version the model's only active one (the previous one stays as a backup).",
         request=ActivateSerializer,
+        parameters=[id_path_parameter("Version id.")],
         responses={200: ModelVersionSerializer},
         examples=[OpenApiExample("Activate", value={"reason": "operator choice"}, request_only=True)],
         filters=False,

@@ -1,4 +1,4 @@
-"""Serializer helpers shared by the apps' APIs."""
+"""Serializer and filter helpers shared by the apps' APIs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from typing import Any
 
 import django_filters
 from django import forms
+from drf_spectacular.utils import OpenApiParameter, extend_schema_field
 from rest_framework import serializers
+
+# The largest id the API accepts: 18 digits, within what a 64-bit id column holds (2**63 - 1)
+# and what detail routes match ([0-9]{1,18}); a larger number cannot name a row.
+MAX_ID = 10**18 - 1
+#: An object id in the OpenAPI schema.
+ID_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 
 
 def finite(value: Any) -> Any:
@@ -28,10 +35,6 @@ class FiniteRepresentationMixin:
         return finite(super().to_representation(instance))
 
 
-# The largest id a database column holds (64-bit signed); bigger numbers cannot name a row.
-MAX_ID = 2**63 - 1
-
-
 class PrimaryKeyField(serializers.PrimaryKeyRelatedField):
     """A related object by id; an id too large for the database is "does not exist", not a 500."""
 
@@ -50,3 +53,9 @@ class IdFilter(django_filters.NumberFilter):
         kwargs.setdefault("min_value", 1)
         kwargs.setdefault("max_value", MAX_ID)
         super().__init__(*args, **kwargs)
+        extend_schema_field(ID_SCHEMA)(self)
+
+
+def id_path_parameter(description: str = "Id.") -> OpenApiParameter:
+    """The ``{id}`` of a detail route, documented as an integer (the route matches 1-18 digits)."""
+    return OpenApiParameter("id", ID_SCHEMA, OpenApiParameter.PATH, description=description)

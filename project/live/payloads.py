@@ -10,6 +10,7 @@ EventType = Literal[
     "run.finished",
     "version.activated",
     "serving.switched",
+    "serving.drift",
     "hormone.changed",
     "brain.state",
     "cycle.finished",
@@ -49,6 +50,18 @@ class ServingSwitchedPayload(TypedDict):
     implementation: str
     version_id: int | None
     reason: str
+
+
+class ServingDriftPayload(TypedDict):
+    task: str
+    task_id: int
+    agreement: float
+    floor: float
+    rows: int
+    version_id: int | None
+    version: int | None
+    switched: bool
+    switch_id: int | None
 
 
 class HormonePayload(TypedDict):

@@ -1,5 +1,5 @@
-"""API test fixtures: token clients for the named actors, a weak model, a WSGI app for
-schema-driven clients, and fresh throttle counters for every test."""
+"""API test fixtures: token clients for the named actors, a WSGI app for clients that speak
+plain HTTP, and fresh throttle counters for every test."""
 
 from __future__ import annotations
 
@@ -7,14 +7,6 @@ import pytest
 from django.core.cache import cache
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
-
-from improvement.models import ImprovementConfig
-from models_registry.services import model_create
-from tests.factories import csv_task, trained_version
-
-WEAK = {"kind": "mlp", "input_shape": [4], "output_dim": 3, "hidden": [2], "activation": "tanh",
-        "dropout": 0.0, "norm": "none"}
-FAST = {"time_budget_s": 6, "epochs": 40, "population_size": 3, "generations": 2}
 
 
 @pytest.fixture(autouse=True)
@@ -45,16 +37,6 @@ def alice(operator) -> APIClient:
 @pytest.fixture
 def bob(viewer) -> APIClient:
     return token_client(viewer)
-
-
-@pytest.fixture
-def weak_model():
-    """A CSV task with a deliberately weak active version (training can improve it)."""
-    ImprovementConfig.objects.update_or_create(pk=1, defaults={"run_time_budget_s": 6})
-    task = csv_task(n=300, seed=3)
-    model = model_create(task=task, name="weak")
-    trained_version(model, genome=WEAK, epochs=1)
-    return model
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def _csv(n: int = 300, seed: int = 3) -> tuple[bytes, np.ndarray, np.ndarray]:
     centers = rng.normal(0, 3, size=(3, 4))
     y = np.arange(n) % 3
     X = centers[y] + rng.normal(0, 1.0, size=(n, 4))
-    lines = ["f0,f1,f2,f3,kind"] + [",".join(f"{v:.5f}" for v in row) + f",k{label}" for row, label in zip(X, y)]
+    lines = ["f0,f1,f2,f3,kind"] + [",".join(f"{v:.5f}" for v in row) + f",k{label}" for row, label in zip(X, y, strict=True)]
     return ("\n".join(lines) + "\n").encode(), X.astype(np.float32), y
 
 

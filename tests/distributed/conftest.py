@@ -1,7 +1,7 @@
 """The distributed suite: real PostgreSQL, Redis, qcluster workers and daphne, with faults injected.
 
 It runs in its own pytest invocation whose database is PostgreSQL (pytest-django creates
-``test_<name>`` there) and whose channel layer is Redis::
+``test_<name>_<pid>`` there and drops it at the end) and whose channel layer is Redis::
 
     DATABASE_URL=postgres://root@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379/14 \\
         python -m pytest -m distributed tests/distributed
@@ -88,6 +88,15 @@ def pytest_collection_modifyitems(config, items) -> None:
         pytest.exit(f"{problem}: the distributed tests are mandatory with CI=true ({COMMAND})", returncode=1)
     for item in ours:
         item.add_marker(pytest.mark.skip(reason=f"{problem}; skipped because CI is not 'true'"))
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings() -> None:
+    """A test database per run (``test_<name>_<pid>``): two runs against one server never collide."""
+    db = settings.DATABASES["default"]
+    test = db.setdefault("TEST", {})
+    if not test.get("NAME"):
+        test["NAME"] = f"test_{db['NAME']}_{os.getpid()}"
 
 
 @pytest.fixture(autouse=True)
