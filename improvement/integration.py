@@ -175,5 +175,18 @@ def export_improvement_data() -> dict:
         "versions": versions,
         "hormone_events": events,
     }
-    # Round-trip through JSON so every value (datetimes included) is plain data.
-    return json.loads(json.dumps(data, default=_default))
+    # Round-trip through JSON so every value (datetimes included) is plain data; NaN and
+    # infinities become null so the result is valid JSON for any consumer.
+    return json.loads(json.dumps(_finite(data), default=_default, allow_nan=False))
+
+
+def _finite(value):
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

@@ -20,9 +20,12 @@ class ImprovementConfig(models.Model):
     enabled = models.BooleanField(default=True)
     auto_start = models.BooleanField(default=True)
     improvement_interval = models.FloatField(
-        default=300.0, validators=[MinValueValidator(1.0)], help_text="Seconds between cycles."
+        default=300.0, validators=[MinValueValidator(1.0), MaxValueValidator(7 * 86400.0)],
+        help_text="Seconds between cycles (at most a week)."
     )
-    max_concurrent_improvements = models.PositiveIntegerField(default=3, validators=[MinValueValidator(1)])
+    max_concurrent_improvements = models.PositiveIntegerField(
+        default=3, validators=[MinValueValidator(1), MaxValueValidator(64)]
+    )
     performance_threshold = models.FloatField(
         default=0.1, validators=[MinValueValidator(0.0), MaxValueValidator(10.0)],
         help_text="Relative gain required to promote (0.1 = 10% less error / latency / size).",
@@ -31,7 +34,9 @@ class ImprovementConfig(models.Model):
     genetic_enhanced = models.BooleanField(default=True)
     cross_model_distillation = models.BooleanField(default=True)
     model_backup_enabled = models.BooleanField(default=True)
-    improvement_history_size = models.PositiveIntegerField(default=1000, validators=[MinValueValidator(1)])
+    improvement_history_size = models.PositiveIntegerField(
+        default=1000, validators=[MinValueValidator(1), MaxValueValidator(10_000_000)]
+    )
 
     # Strategy triggers.
     training_score_below = models.FloatField(default=0.75, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
@@ -41,7 +46,7 @@ class ImprovementConfig(models.Model):
         default=0.85, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
     )
     optimization_latency_ms = models.FloatField(
-        null=True, blank=True, validators=[MinValueValidator(0.001)],
+        null=True, blank=True, validators=[MinValueValidator(0.001), MaxValueValidator(3_600_000.0)],
         help_text="p95 latency trigger; empty = each task's own latency budget (default 200 ms).",
     )
     optimization_score_tolerance = models.FloatField(
@@ -49,11 +54,12 @@ class ImprovementConfig(models.Model):
         help_text="Score an optimization may lose (absolute).",
     )
     rejection_cooldown_s = models.FloatField(
-        default=900.0, validators=[MinValueValidator(0.0)],
+        default=900.0, validators=[MinValueValidator(0.0), MaxValueValidator(30 * 86400.0)],
         help_text="After a rejection, the same strategy waits this long before it is tried on that model again.",
     )
     run_time_budget_s = models.FloatField(
-        default=240.0, validators=[MinValueValidator(5.0)], help_text="Wall-clock budget of one run's training."
+        default=240.0, validators=[MinValueValidator(5.0), MaxValueValidator(86400.0)],
+        help_text="Wall-clock budget of one run's training."
     )
     # The learned parts of the loop (improvement.predictor, improvement.neural_hormones).
     predictor_min_history = models.PositiveIntegerField(
