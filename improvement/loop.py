@@ -140,11 +140,10 @@ def cycle_after_run() -> CycleRecord | None:
 
 
 def _resource_signals(snapshot) -> None:
-    from hormones.services import hormone_release
+    """CPU or memory pressure is a stress event, sized by the hormone-response model."""
+    from improvement.signals import resource_pressure_signal
 
-    if snapshot.cpu_percent > 90 or snapshot.memory_percent > 90:
-        hormone_release(name="cortisol", delta=0.05,
-                        cause=f"resource pressure: cpu {snapshot.cpu_percent:.0f}%, memory {snapshot.memory_percent:.0f}%")
+    resource_pressure_signal(cpu_percent=snapshot.cpu_percent, memory_percent=snapshot.memory_percent)
 
 
 def next_cycle_in_s() -> float | None:

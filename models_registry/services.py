@@ -283,7 +283,7 @@ def version_create(
                 latency_p50_ms=latency.get("p50_ms_b1"), latency_p95_ms=latency.get("p95_ms_b1"),
                 latency_p95_ms_batch=latency.get("p95_ms_b256"),
                 n_parameters=evaluation.n_parameters, size_bytes=evaluation.size_bytes,
-                metrics=evaluation.as_dict(), note=note[:200],
+                metrics={**evaluation.as_dict(), "n_train_samples": model.task.n_train}, note=note[:200],
             )
             performance_sample_record(task=model.task, evaluation=evaluation, version=version)
             if activate:
