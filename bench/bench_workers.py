@@ -35,10 +35,10 @@ NAME = "workers"
 DESCRIPTION = "improvement runs completed per minute with 1 and 2 qcluster worker processes"
 
 REPO = Path(__file__).resolve().parent.parent
-RUNS = int(os.environ.get("BENCH_WORKERS_RUNS", "8"))
+RUNS = int(os.environ.get("BENCH_WORKERS_RUNS", "6"))
 # Rounds of (1 worker, 2 workers), alternating, so that a busy spell on a shared machine does not
 # land on one side only; the speedup compares the medians.
-ROUNDS = int(os.environ.get("BENCH_WORKERS_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_WORKERS_ROUNDS", "3"))
 WORKER_COUNTS = (1, 2)
 # Fixed work per run: the epoch count ends training (patience never does; no time budget cut).
 RUN_PARAMS = {"epochs": 60, "patience": 1000, "time_budget_s": 900, "seed": 0}
@@ -219,7 +219,10 @@ def _run_all(models: list, log_path: Path) -> tuple[list[int], int]:
 
     ids = [run_create(model=model, strategy="training", params=dict(RUN_PARAMS)).pk for model in models]
     deadline, max_running = time.monotonic() + PHASE_TIMEOUT_S, 0
-    while ImprovementRun.objects.filter(pk__in=ids, status__in=FINISHED).count() < len(ids):
+    # Finished, and its worker done with it (cpu_seconds is written last): stopping the cluster
+    # earlier would cut that write short.
+    done = ImprovementRun.objects.filter(pk__in=ids, status__in=FINISHED, cpu_seconds__isnull=False)
+    while done.count() < len(ids):
         if time.monotonic() > deadline:
             raise RuntimeError(f"runs not finished in {PHASE_TIMEOUT_S} s\n"
                                f"{log_path.read_text(errors='replace')[-3000:]}")

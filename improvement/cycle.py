@@ -108,18 +108,29 @@ def proposals_collect(config: ImprovementConfig, levels: dict[str, float]) -> li
             boost = model_urgency_boost(levels.get("adrenaline", 0.0))
             fired.append(Proposal(model.pk, str(model), "training", "drift seen by serving: retrain",
                                   min(1.0, 0.9) * boost, kind="drift"))
-        if not fired:
+        now = timezone.now()
+        available = [p for p in fired
+                     if _cooling_down(p.model_id, p.strategy, config.rejection_cooldown_s, now) is None]
+        if not available:
+            # Nothing fired, or everything that fired is cooling down: explore, so a model that is
+            # merely good keeps improving until its gains stop.
             has_teacher = metrics.teacher_score is not None and (metrics.score or 0.0) < metrics.teacher_score
             choice = exploration_strategy(levels, has_better_teacher=has_teacher and config.cross_model_distillation)
+            other = "distillation" if choice == "architecture" else "architecture"
+            if _cooling_down(model.pk, choice, config.rejection_cooldown_s, now) is not None and (
+                    other == "architecture" or has_teacher):
+                choice = other
             recent = _last_finished(model)
             exhausted = len(recent) >= EXHAUSTED_AFTER and all(r.status == RunStatus.REJECTED for r in recent)
+            why = "no trigger fired" if not fired else "what fired is cooling down"
             if exhausted:
+                proposals.extend(fired)
                 proposals.append(Proposal(model.pk, str(model), choice, "exploration paused: the last "
                                           f"{EXHAUSTED_AFTER} runs gained nothing", 0.0, kind="exploration",
                                           why="gains stopped"))
                 continue
             fired.append(Proposal(model.pk, str(model), choice,
-                                  f"no trigger fired (score {metrics.score or 0:.4f}); exploring", EXPLORATION_URGENCY,
+                                  f"{why} (score {metrics.score or 0:.4f}); exploring", EXPLORATION_URGENCY,
                                   kind="exploration"))
         proposals.extend(fired)
     return proposals

@@ -77,6 +77,7 @@ def test_a_rejected_strategy_cools_down(task):
     record = cycle_run(trigger="forced")
     decision = next(d for d in record.decisions if d["strategy"] == "training")
     assert not decision["chosen"] and "cooling down" in decision["why"]
+    ImprovementRun.objects.filter(status=RunStatus.QUEUED).delete()  # the exploration run it chose instead
     ImprovementRun.objects.update(finished_at=timezone.now() - timedelta(hours=2))
     assert _chosen(cycle_run(trigger="forced")) == {("weak", "training")}
 
@@ -151,3 +152,13 @@ def test_a_strong_model_teaches_the_weaker_one(task):
     _model(task, "student", 0.9)
     record = cycle_run(trigger="forced")
     assert ("student", "distillation") in _chosen(record)
+
+
+def test_exploration_steps_in_when_what_fired_is_cooling_down(task):
+    _model(task, "teacher", 0.97)
+    student = _model(task, "student", 0.9)  # distillation fires (teacher 0.97 ≥ 0.85)
+    ImprovementRun.objects.create(model=student, strategy="distillation", status=RunStatus.REJECTED,
+                                  finished_at=timezone.now() - timedelta(seconds=10))
+    record = cycle_run(trigger="forced")
+    chosen = [d for d in record.decisions if d["chosen"] and d["model"].endswith("/student")]
+    assert len(chosen) == 1 and chosen[0]["kind"] == "exploration" and chosen[0]["strategy"] == "architecture"
