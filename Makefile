@@ -42,7 +42,7 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
-	$(PY) -m pytest -m "not distributed" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not distributed" --ignore=tests/distributed $(PYTEST_ARGS)
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(PY) -m pytest -m distributed tests/distributed $(PYTEST_ARGS)
 
 bench: install

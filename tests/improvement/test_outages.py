@@ -94,3 +94,23 @@ def test_reconciling_a_dead_search_as_failed_removes_its_candidate_files(running
         lines = runs_reconcile(timeout_s=60, max_attempts=2)
     assert any("failed" in line for line in lines)
     assert not default_storage.exists(name)
+
+
+def test_a_requeued_search_starts_again_from_scratch(running_run):
+    """A search whose worker vanished left candidates behind; the retry must not trip over them."""
+    from improvement.engine import run_execute
+
+    run = run_create(model=running_run.model, strategy="architecture", enqueue=False,
+                     params={"time_budget_s": 6, "epochs": 20, "population_size": 2, "generations": 1,
+                             "prescreen": False})
+    name, sha = blob_save(b"weights", folder=f"search/run-{run.pk}", suffix=".safetensors")
+    SearchCandidate.objects.create(run=run, generation=0, index=0, genome=WEAK, weights_file=name,
+                                   weights_sha256=sha, status=SearchCandidate.Status.RUNNING, worker="gone:1")
+    ImprovementRun.objects.filter(pk=run.pk).update(attempts=1)  # as the reconciler leaves a requeued run
+
+    status = run_execute(run_id=run.pk, worker="host:3")
+    run.refresh_from_db()
+    assert status in (RunStatus.PROMOTED, RunStatus.REJECTED), run.error
+    assert run.attempts == 2 and run.search_candidates.count() == 2
+    assert not run.search_candidates.filter(worker="gone:1").exists()
+    assert not default_storage.exists(name)
