@@ -189,7 +189,7 @@ def serving_measurements(*, task: Task, version: ModelVersion | None,
 
 
 def _state_for_update(task: Task) -> ServingState | None:
-    return ServingState.objects.select_for_update().select_related("version").filter(task=task).first()
+    return ServingState.objects.select_for_update(of=("self",)).select_related("version").filter(task=task).first()
 
 
 def serving_switch(
