@@ -11,7 +11,10 @@
 
   const live = window.plasticityLive;
   const page = document.body.dataset.page;
-  const PLOT_CONFIG = { displaylogo: false, responsive: true, displayModeBar: false };
+  // No request may leave the machine: no logo link, and geo charts (unused) would look for
+  // topojson under /static/ rather than on a CDN. The https:// strings inside plotly.min.js
+  // are attribution links in map and logo text, not resources it loads.
+  const PLOT_CONFIG = { displaylogo: false, responsive: true, displayModeBar: false, topojsonURL: "/static/vendor/topojson/" };
   const MAX_CHART_POINTS = 5000;
 
   // ------------------------------------------------------------------ charts
