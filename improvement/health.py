@@ -18,6 +18,7 @@ Every metric is a small pure function over plain numbers (tested on hand-built h
 from __future__ import annotations
 
 import statistics
+from collections import defaultdict
 from collections.abc import Sequence
 
 from improvement.choices import FINISHED, RunStatus
@@ -89,28 +90,41 @@ def _runs_summary(runs: list[dict]) -> dict:
     }
 
 
-def _score_points(model: NeuralModel) -> list[tuple[float, float]]:
-    versions = list(ModelVersion.objects.filter(model=model, score__isnull=False).order_by("created_at")
-                    .values_list("created_at", "score"))
+RUN_FIELDS = ("status", "gain", "cpu_seconds", "peak_memory_mb")
+
+
+def _points(versions: Sequence[tuple]) -> list[tuple[float, float]]:
+    """(created_at, score) of scored versions, oldest first → (hours since the first, score)."""
     if not versions:
         return []
     t0 = versions[0][0]
     return [((t - t0).total_seconds() / 3600.0, s) for t, s in versions]
 
 
-def model_health(model: NeuralModel, *, pressure: float) -> dict:
-    runs = list(ImprovementRun.objects.filter(model=model, status__in=FINISHED).order_by("finished_at")
-                .values("status", "gain", "cpu_seconds", "peak_memory_mb"))
+def _score_points(model: NeuralModel) -> list[tuple[float, float]]:
+    return _points(list(ModelVersion.objects.filter(model=model, score__isnull=False).order_by("created_at")
+                        .values_list("created_at", "score")))
+
+
+def _model_entry(model: NeuralModel, *, runs: list[dict], score: float | None,
+                 points: list[tuple[float, float]], pressure: float) -> dict:
     summary = _runs_summary(runs)
-    active = model.versions.filter(is_active=True).first()
-    score = active.score if active and active.score is not None else 0.0
+    score = score if score is not None else 0.0
     summary.update({
         "model": str(model), "model_id": model.pk, "score": score,
-        "learning_rate_per_hour": round(learning_rate(_score_points(model)), 6),
+        "learning_rate_per_hour": round(learning_rate(points), 6),
         "overall_health": overall_health(mean_score=score, success=summary["success_rate"],
                                          stable=summary["system_stability"], pressure=pressure),
     })
     return summary
+
+
+def model_health(model: NeuralModel, *, pressure: float) -> dict:
+    runs = list(ImprovementRun.objects.filter(model=model, status__in=FINISHED).order_by("finished_at")
+                .values(*RUN_FIELDS))
+    active = model.versions.filter(is_active=True).first()
+    return _model_entry(model, runs=runs, score=active.score if active else None, points=_score_points(model),
+                        pressure=pressure)
 
 
 def resource_usage() -> dict:
@@ -123,11 +137,29 @@ def resource_usage() -> dict:
 
 
 def system_health_report() -> dict:
+    """The fleet's and every model's health from three queries, whatever the number of models.
+
+    The finished runs, the active versions' scores and the scored versions are each read once
+    for the whole fleet and grouped by model here (one query per model made the overview's
+    cost grow with the fleet).
+    """
     resources = resource_usage()
     pressure = max(resources["cpu_percent"], resources["memory_percent"]) / 100.0
-    models = [model_health(m, pressure=pressure) for m in NeuralModel.objects.select_related("task").order_by("pk")]
     runs = list(ImprovementRun.objects.filter(status__in=FINISHED).order_by("finished_at")
-                .values("status", "gain", "cpu_seconds", "peak_memory_mb"))
+                .values("model_id", *RUN_FIELDS))
+    runs_of: dict[int, list[dict]] = defaultdict(list)
+    for run in runs:
+        runs_of[run["model_id"]].append(run)
+    active_score = dict(ModelVersion.objects.filter(is_active=True).values_list("model_id", "score"))
+    scored: dict[int, list[tuple]] = defaultdict(list)
+    for model_id, created_at, score in (ModelVersion.objects.filter(score__isnull=False).order_by("created_at")
+                                        .values_list("model_id", "created_at", "score")):
+        scored[model_id].append((created_at, score))
+    models = [
+        _model_entry(m, runs=runs_of.get(m.pk, []), score=active_score.get(m.pk), points=_points(scored.get(m.pk, [])),
+                     pressure=pressure)
+        for m in NeuralModel.objects.select_related("task").order_by("pk")
+    ]
     fleet = _runs_summary(runs)
     mean_score = mean_gain([m["score"] for m in models])
     fleet.update({

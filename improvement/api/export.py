@@ -6,16 +6,22 @@ values; datetimes are rendered as ISO 8601 in UTC by the database too. Rows are 
 ``.values_list()`` over ``.iterator(chunk_size=...)`` — the cursor is read a chunk at a time
 and no model instance or per-row dict is built — and leave in batches of text. Memory stays
 flat whatever the size, and a large export costs little more than the database read.
+
+Under ASGI (daphne) the batches are handed to the server one at a time by ``ExportResponse``:
+Django's own ``StreamingHttpResponse`` reads a synchronous iterator whole into a list before
+sending any of it there.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
+from asgiref.sync import sync_to_async
 from django.db.models import F, FloatField, Func, JSONField, QuerySet, TextField
 from django.db.models.functions import Cast, JSONObject
+from django.http import StreamingHttpResponse
 
 CHUNK_SIZE = 2000  # rows fetched from the database cursor at a time
 BATCH_ROWS = 500  # rows per chunk of the response body
@@ -170,3 +176,27 @@ def csv_chunks(queryset: QuerySet) -> Iterator[bytes]:
         buffer.truncate(0)
     if buffer.tell():
         yield buffer.getvalue().encode()  # the header of an empty export
+
+
+_END = object()
+
+
+class ExportResponse(StreamingHttpResponse):
+    """A streaming response that an ASGI server also gets a chunk at a time.
+
+    ``StreamingHttpResponse.__aiter__`` consumes a synchronous iterator completely
+    (``sync_to_async(list)``) before yielding anything, so under daphne the whole export sat
+    in the server's memory, growing with the history. Here each chunk is pulled on its own,
+    in the request's thread (``thread_sensitive``: the database cursor was opened there), as
+    the server sends. Served synchronously (WSGI, the test client) nothing changes.
+    """
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.is_async:
+            async for part in super().__aiter__():
+                yield part
+            return
+        parts = self.streaming_content  # the synchronous iterator, chunks made bytes
+        pull = sync_to_async(next, thread_sensitive=True)
+        while (part := await pull(parts, _END)) is not _END:
+            yield part

@@ -5,7 +5,6 @@ Thin: validate, call one service or selector, serialize.
 
 from __future__ import annotations
 
-from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -22,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from improvement.api.export import csv_chunks, json_chunks
+from improvement.api.export import ExportResponse, csv_chunks, json_chunks
 from improvement.api.filters import HistoryFilter, RunFilter
 from improvement.api.serializers import (
     ConfigSerializer,
@@ -288,14 +287,14 @@ class ExportView(_FixedJSONNegotiation, generics.GenericAPIView):
         },
         filters=True,
     )
-    def get(self, request: Request) -> StreamingHttpResponse:
+    def get(self, request: Request) -> ExportResponse:
         choice = ExportFormatSerializer(data=request.query_params)
         choice.is_valid(raise_exception=True)
         fmt = choice.validated_data.get("format", "json")
         runs = self.filter_queryset(self.get_queryset())
         if fmt == "csv":
-            response = StreamingHttpResponse(csv_chunks(runs), content_type="text/csv; charset=utf-8")
+            response = ExportResponse(csv_chunks(runs), content_type="text/csv; charset=utf-8")
         else:
-            response = StreamingHttpResponse(json_chunks(runs), content_type="application/json")
+            response = ExportResponse(json_chunks(runs), content_type="application/json")
         response["Content-Disposition"] = f'attachment; filename="improvement-runs.{fmt}"'
         return response

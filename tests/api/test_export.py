@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gc
 import io
 import json
 import time
 import tracemalloc
+import warnings
 from datetime import datetime, timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
 
-from improvement.api.export import COLUMNS
+from improvement.api.export import COLUMNS, ExportResponse
 from improvement.choices import RunStatus
 from improvement.models import ImprovementRun
 from models_registry.services import model_create
@@ -135,3 +139,75 @@ def test_non_finite_floats_are_exported_as_null(bob):
                                   priority=1.5)
     (row,) = json.loads(_body(bob.get("/api/export")))
     assert row["gain"] is None and row["cpu_seconds"] is None and row["priority"] == 1.5
+
+
+# What Django warns when it reads a synchronous iterator whole before an ASGI server sends any of it.
+CONSUMES_WHOLE = "StreamingHttpResponse must consume synchronous iterators"
+
+
+def test_export_response_hands_an_asgi_server_one_chunk_at_a_time():
+    """Django's StreamingHttpResponse reads a sync iterator whole before an ASGI server sends any of it."""
+    pulled = []
+
+    def chunks():
+        for i in range(3):
+            pulled.append(i)
+            yield f"part {i};"
+
+    response = ExportResponse(chunks(), content_type="text/plain")
+
+    async def consume():
+        return [(part, len(pulled)) async for part in response]
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=CONSUMES_WHOLE)
+        seen = async_to_sync(consume)()
+    assert seen == [(b"part 0;", 1), (b"part 1;", 2), (b"part 2;", 3)]
+    assert b"".join(ExportResponse(iter([b"a", "b"])).streaming_content) == b"ab"  # WSGI: unchanged
+
+
+async def _asgi_get(path: str, query: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, list[bytes]]:
+    """GET ``path`` through Django's ASGI handler, as daphne serves it; (status, body messages)."""
+    from django.core.asgi import get_asgi_application
+
+    app, done, asked, status, parts = get_asgi_application(), asyncio.Event(), False, [0], []
+
+    async def receive():
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            status[0] = message["status"]
+        elif message["type"] == "http.response.body":
+            if message.get("body"):
+                parts.append(message["body"])
+            if not message.get("more_body"):
+                done.set()
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(),
+             "root_path": "", "headers": [(b"host", b"testserver"), *headers], "client": ("127.0.0.1", 5000),
+             "server": ("testserver", 80)}
+    await app(scope, receive, send)
+    return status[0], parts
+
+
+@pytest.mark.django_db(transaction=True)  # the ASGI handler reads in its own thread, with its own connection
+def test_export_streams_every_run_through_the_asgi_handler(viewer):
+    model, _ = model_with_versions(1)
+    _history(1200, model, distinct=600)
+    token = Token.objects.create(user=viewer).key
+    headers = [(b"authorization", f"Token {token}".encode())]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=CONSUMES_WHOLE)
+        status, parts = async_to_sync(_asgi_get)("/api/export", "format=json", headers)
+        csv_status, csv_parts = async_to_sync(_asgi_get)("/api/export", "format=csv", headers)
+    assert status == 200 and csv_status == 200 and len(parts) > 2  # sent in several chunks, not one
+    rows = json.loads(b"".join(parts))
+    assert [r["id"] for r in rows] == list(ImprovementRun.objects.order_by("id").values_list("id", flat=True))
+    assert len(list(csv.DictReader(io.StringIO(b"".join(csv_parts).decode())))) == 1200

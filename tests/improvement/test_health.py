@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from improvement.health import (
     gain_per_cpu_second,
     learning_rate,
     mean_gain,
+    model_health,
     overall_health,
     stability,
     success_rate,
     system_health_report,
 )
 from improvement.models import ImprovementRun
+from models_registry.models import NeuralModel
 from models_registry.services import model_create
 from tests.factories import csv_task, version_with_score
 
@@ -69,3 +73,32 @@ def test_report_has_fleet_and_model_sections():
     assert {"cpu_percent", "memory_percent"} <= set(fleet["resource_usage"])
     (entry,) = report["models"]
     assert entry["model"] == str(model) and entry["score"] == 0.6
+
+
+@pytest.mark.django_db
+def test_report_reads_the_fleet_in_a_fixed_number_of_queries():
+    """The overview renders this report: one query per model made it slow with 100 models."""
+    task = csv_task()
+
+    def add_model(name: str, scores: list[float], statuses: list[str]) -> None:
+        model = model_create(task=task, name=name)
+        for score in scores:
+            version_with_score(model, score)
+        for i, status in enumerate(statuses):
+            ImprovementRun.objects.create(model=model, strategy="training", status=status, gain=0.1 * i,
+                                          cpu_seconds=1.0 + i)
+
+    add_model("a", [0.5, 0.7], [P, R, F, P])
+    with CaptureQueriesContext(connection) as one:
+        system_health_report()
+    add_model("b", [0.6], [R, R])
+    add_model("c", [], [])
+    with CaptureQueriesContext(connection) as three:
+        report = system_health_report()
+    assert len(three) == len(one)
+    pressure = max(report["fleet"]["resource_usage"]["cpu_percent"],
+                   report["fleet"]["resource_usage"]["memory_percent"]) / 100.0
+    for entry, model in zip(report["models"], NeuralModel.objects.order_by("pk"), strict=True):
+        expected = model_health(model, pressure=pressure)
+        assert entry == expected, model.name
+    assert [m["finished_runs"] for m in report["models"]] == [4, 2, 0] and report["models"][2]["score"] == 0.0
