@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("BENCH_WORKERS_RUNS", "6"))
 # Rounds of (1 worker, 2 workers), alternating, so that a busy spell on a shared machine does not
 # land on one side only; the speedup compares the medians.
-ROUNDS = int(os.environ.get("BENCH_WORKERS_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_WORKERS_ROUNDS", "3"))
 WORKER_COUNTS = (1, 2)
 # Fixed work per run: the epoch count ends training (patience never does; no time budget cut).
 RUN_PARAMS = {"epochs": 60, "patience": 1000, "time_budget_s": 900, "seed": 0}

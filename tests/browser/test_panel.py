@@ -122,3 +122,24 @@ def test_websocket_refuses_anonymous_users_and_foreign_origins(live_url, operato
         connect(ws_url, additional_headers={"Origin": "http://evil.example", "Cookie": f"sessionid={session}"},
                 open_timeout=10)
     assert foreign.value.response.status_code == 403
+
+
+def test_every_asset_comes_from_the_server_itself(page, operator, live_url):
+    """No CDN, no font service, no telemetry: each request the pages make goes to our own host."""
+    from urllib.parse import urlsplit
+
+    history = panel_history()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    login(page, "alice", "alice-pass-123")
+    wait_charts(page)
+    wait_live(page)
+    for path in [f"/models/{history['model'].pk}/", "/tasks/", "/hormones/", "/config/", "/api/docs/"]:
+        page.goto(path)
+        page.wait_for_load_state("networkidle")
+    page.wait_for_function("() => document.querySelector('.swagger-ui .info') !== null")
+    own = urlsplit(live_url).netloc
+    foreign = sorted({url for url in requests if not url.startswith(("data:", "blob:")) and urlsplit(url).netloc != own})
+    assert foreign == []
+    assert any("/static/vendor/plotly" in url for url in requests)  # the charts' library came from us
+    assert page.errors == []
