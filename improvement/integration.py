@@ -35,7 +35,7 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from improvement.models import ImprovementConfig
+from improvement.models import ImprovementConfig, ImprovementRun
 
 SEED_FIELDS = (
     "enabled", "auto_start", "improvement_interval", "max_concurrent_improvements", "performance_threshold",
@@ -159,7 +159,7 @@ def export_improvement_data() -> dict:
     import json
 
     from hormones.models import HormoneEvent
-    from improvement.export import _default, export_rows
+    from improvement.export import json_rows
     from models_registry.models import ModelVersion
 
     versions = list(ModelVersion.objects.select_related("model__task").order_by("id").values(
@@ -171,13 +171,18 @@ def export_improvement_data() -> dict:
         "id", "hormone__name", "delta", "level_before", "level_after", "cause", "created_at"))
     data = {
         "config": dataclasses.asdict(SelfImprovementConfig.from_db()),
-        "runs": list(export_rows()),
+        # The same run rows as the REST export (GET /api/export), oldest first.
+        "runs": [json.loads(row) for row in json_rows(ImprovementRun.objects.all())],
         "versions": versions,
         "hormone_events": events,
     }
     # Round-trip through JSON so every value (datetimes included) is plain data; NaN and
     # infinities become null so the result is valid JSON for any consumer.
-    return json.loads(json.dumps(_finite(data), default=_default, allow_nan=False))
+    return json.loads(json.dumps(_finite(data), default=_iso, allow_nan=False))
+
+
+def _iso(value) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def _finite(value):

@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from improvement.api.export import ExportResponse, csv_chunks, json_chunks
+from improvement.api.export import ExportResponse
 from improvement.api.filters import HistoryFilter, RunFilter
 from improvement.api.serializers import (
     ConfigSerializer,
@@ -32,6 +32,7 @@ from improvement.api.serializers import (
     StrategySerializer,
 )
 from improvement.choices import IN_FLIGHT, RunOrigin
+from improvement.export import csv_chunks, json_chunks
 from improvement.health import system_health_report
 from improvement.integration import config_update
 from improvement.loop import cycle_force, loop_start, loop_stop

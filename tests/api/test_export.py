@@ -18,8 +18,9 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from improvement.api.export import COLUMNS, ExportResponse
+from improvement.api.export import ExportResponse
 from improvement.choices import RunStatus
+from improvement.export import COLUMNS
 from improvement.models import ImprovementRun
 from models_registry.services import model_create
 from tests.factories import csv_task, model_with_versions
@@ -77,6 +78,18 @@ def test_json_export_has_every_run_with_its_details(bob):
     assert second["result_version_number"] == 1 and second["duration_s"] == pytest.approx(30.0)
     run = ImprovementRun.objects.get(pk=second["id"])
     assert datetime.fromisoformat(second["created_at"]) == run.created_at and second["error"] == ""
+
+
+def test_the_seeds_export_carries_the_same_runs_as_the_rest_export(bob):
+    from improvement.integration import export_improvement_data
+
+    model, _ = model_with_versions(1)
+    _history(4, model)
+    ImprovementRun.objects.filter(pk=ImprovementRun.objects.order_by("id").last().pk).update(gain=float("nan"))
+    rows = json.loads(_body(bob.get("/api/export")))
+    data = export_improvement_data()
+    assert data["runs"] == rows and len(rows) == 4 and rows[-1]["gain"] is None
+    json.dumps(data, allow_nan=False)  # plain, valid JSON throughout
 
 
 def test_csv_export_and_filters(bob):
