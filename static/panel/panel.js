@@ -11,9 +11,8 @@
 
   const live = window.plasticityLive;
   const page = document.body.dataset.page;
-  // No request may leave the machine: no logo link, and geo charts (unused) would look for
-  // topojson under /static/ rather than on a CDN. The https:// strings inside plotly.min.js
-  // are attribution links in map and logo text, not resources it loads.
+  // No request may leave the machine: plotly-basic.min.js is vendored with every absolute URL
+  // removed (project/vendor.py); no logo link, and topojson would be looked for under /static/.
   const PLOT_CONFIG = { displaylogo: false, responsive: true, displayModeBar: false, topojsonURL: "/static/vendor/topojson/" };
   const MAX_CHART_POINTS = 5000;
 
