@@ -63,6 +63,11 @@ class RunParamsSerializer(serializers.Serializer):
     generations = serializers.IntegerField(required=False, min_value=1, max_value=100)
     n_candidates_total = serializers.IntegerField(required=False, min_value=1, max_value=10_000)
     underfit_below = serializers.FloatField(required=False, min_value=0, max_value=1)
+    temperature = serializers.FloatField(required=False, min_value=0.1, max_value=100,
+                                         help_text="Distillation: softmax temperature of the soft targets (default 4).")
+    alpha = serializers.FloatField(required=False, min_value=0, max_value=1,
+                                   help_text="Distillation: weight of the teacher term; 1 − alpha goes to the "
+                                             "labels (default 1: the teacher labels everything).")
 
     def to_internal_value(self, data):
         if isinstance(data, dict):

@@ -10,7 +10,10 @@ pieces build on ``models_registry.nn.training.train_module``:
 - ``FeatureMatchingLoss`` adds a parameter-free intermediate-feature term
   (attention transfer for conv maps, similarity preservation otherwise);
 - ``distill`` wires them into ``train_module`` and pseudo-labels
-  system-generated unlabeled inputs with the teacher.
+  system-generated unlabeled inputs with the teacher;
+- ``perturbed_inputs`` makes such inputs from the training split (shifted,
+  noisy and blended copies) so the student matches the teacher's function
+  around the data and not only on it.
 
 This module has no Django import.
 """
@@ -31,6 +34,7 @@ from models_registry.nn.training import (
     TrainConfig,
     TrainData,
     TrainResult,
+    shift_augment,
     train_module,
 )
 
@@ -309,6 +313,69 @@ def make_feature_matching_loss(
     return FeatureMatchingLoss(
         student, teacher, output_kind=output_kind, temperature=temperature, alpha=alpha, beta=beta
     )
+
+
+# --------------------------------------------------------------------------- inputs to teach on
+
+PERTURBATIONS = ("shift", "noise", "mix")
+NOISE_SCALE = 0.25  # pixel/feature noise, as a share of the training inputs' overall std
+MIX_MAX = 0.5  # an input blended with at most this share of another, so it stays the majority
+
+
+def perturbed_inputs(
+    X: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    count: int,
+    kinds: tuple[str, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` perturbed copies of rows of X, and the index of the row each copy was made from.
+
+    Each copy takes one perturbation, drawn uniformly from ``kinds``:
+    ``shift`` (±1 pixel, zero filled; image inputs (N, C, H, W) only),
+    ``noise`` (Gaussian, ``NOISE_SCALE`` × the overall std of X) and ``mix``
+    (blended with up to ``MIX_MAX`` of another row). ``kinds=None`` uses every
+    perturbation that fits the inputs. Source rows are drawn without
+    replacement while they last, so ``count = k · len(X)`` gives k copies of each.
+    The inputs are for a teacher to label (function matching): on a blend of
+    two digits the teacher's soft output says how much of each it sees.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    n = len(X)
+    if n == 0 or count <= 0:
+        return np.empty((0, *X.shape[1:]), dtype=np.float32), np.empty(0, dtype=np.int64)
+    image = X.ndim == 4
+    if kinds is None:
+        kinds = PERTURBATIONS if image else tuple(k for k in PERTURBATIONS if k != "shift")
+    unknown = [k for k in kinds if k not in PERTURBATIONS]
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {PERTURBATIONS}, got {kinds!r}")
+    if "shift" in kinds and not image:
+        raise ValueError(f"shift needs image inputs (N, C, H, W), got rows of shape {X.shape[1:]}")
+    source = np.concatenate(
+        [rng.permutation(n) for _ in range(count // n)] + [rng.choice(n, size=count % n, replace=False)]
+    ).astype(np.int64)  # (count,)
+    out = torch.as_tensor(X[source])  # (count, *X.shape[1:])
+    which = rng.integers(0, len(kinds), size=count)
+    noise_std = NOISE_SCALE * float(X.std())
+    for j, kind in enumerate(kinds):
+        sel = np.flatnonzero(which == j)
+        if len(sel) == 0:
+            continue
+        xs = out[sel]
+        if kind == "shift":
+            xs = shift_augment(1)(xs, rng)
+        elif kind == "noise":
+            xs = xs + torch.as_tensor(rng.normal(0.0, noise_std, xs.shape), dtype=torch.float32)
+        else:  # mix
+            lam = torch.as_tensor(rng.uniform(0.0, MIX_MAX, (len(sel),) + (1,) * (X.ndim - 1)),
+                                  dtype=torch.float32)
+            # Another row than the source (a blend with itself would be a plain copy).
+            other_rows = (source[sel] + rng.integers(1, max(2, n), len(sel))) % n
+            other = torch.as_tensor(X[other_rows])
+            xs = (1 - lam) * xs + lam * other
+        out[torch.as_tensor(sel)] = xs
+    return out.numpy(), source
 
 
 # --------------------------------------------------------------------------- training

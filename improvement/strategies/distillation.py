@@ -2,15 +2,17 @@
 
 Teacher: the best version of any other model of the task, or the algorithmic implementation
 when it scores higher. Student: the target model (its own genome and weights). Soft targets
-with a temperature plus the hard labels; attention/feature matching when both are CNNs;
-system-generated inputs pseudo-labelled by the teacher widen what the student learns from.
+with a temperature plus (when ``alpha`` < 1) the hard labels; attention/feature matching when both are CNNs;
+system-generated inputs labelled by the teacher (fresh samples for generator tasks, else shifted,
+noisy and blended copies of the training rows) let the student match the teacher's function
+around the data, not only on it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from improvement.nn.distillation import distill
+from improvement.nn.distillation import distill, perturbed_inputs
 from improvement.strategies.base import (
     Applicability,
     Candidate,
@@ -22,20 +24,28 @@ from improvement.strategies.base import (
 )
 from improvement.strategies.common import Budget, clone_module, epoch_progress, train_config
 
+# Perturbed copies of the training split per epoch for the teacher to label: three of each row
+# (as in bench/bench_distillation.py), fewer when that would pass EXTRA_INPUTS_CAP rows.
+EXTRA_COPIES = 3
+EXTRA_INPUTS_CAP = 4096
+# Fresh samples of a generator task: an algorithmic teacher (a numerical model) may be slow.
+FRESH_SAMPLES_CAP = 1024
+# Soft targets at temperature 4; the teacher term takes the whole loss by default (function
+# matching: the student copies the teacher on the split and on every perturbed copy; the labels
+# still choose the kept epoch and judge the promotion). Run params ``temperature``/``alpha``.
+TEMPERATURE = 4.0
+ALPHA = 1.0
 
-def extra_inputs_for(context: StrategyContext, *, per_epoch: int):
-    """Unlabelled inputs for the teacher to label: fresh samples, or jittered training rows."""
+
+def extra_inputs_for(context: StrategyContext):
+    """Unlabelled inputs for the teacher to label each epoch: fresh samples, or perturbed training rows."""
     rng = np.random.default_rng(context.seed + 17)
-    if context.sample_inputs is not None:
-        return lambda epoch: np.asarray(context.sample_inputs(per_epoch, rng), dtype=np.float32)
     X = np.asarray(context.data.X_train, dtype=np.float32)
-    scale = X.reshape(len(X), -1).std(axis=0).reshape(X.shape[1:]) * 0.05
-
-    def jittered(epoch: int) -> np.ndarray:
-        index = rng.integers(0, len(X), size=per_epoch)
-        return (X[index] + rng.normal(size=(per_epoch, *X.shape[1:])) * scale).astype(np.float32)
-
-    return jittered
+    if context.sample_inputs is not None:
+        fresh = min(FRESH_SAMPLES_CAP, len(X))
+        return lambda epoch: np.asarray(context.sample_inputs(fresh, rng), dtype=np.float32)
+    count = min(EXTRA_COPIES * len(X), max(len(X), EXTRA_INPUTS_CAP))
+    return lambda epoch: perturbed_inputs(X, rng, count=count)[0]
 
 
 @register
@@ -84,7 +94,9 @@ class DistillationStrategy:
             config=train_config(context, lr=context.train_config.lr / 2, max_seconds=budget.share(0.95)),
             progress=epoch_progress(progress, start=0.0, span=0.95, label="distill"),
             augment=context.augment,
-            extra_inputs=extra_inputs_for(context, per_epoch=min(1024, len(context.data.X_train))),
+            extra_inputs=extra_inputs_for(context),
+            temperature=float(context.params.get("temperature", TEMPERATURE)),
+            alpha=float(context.params.get("alpha", ALPHA)),
             feature_matching=0.5 if both_cnn else 0.0,
         )
         return [Candidate(genome=context.genome, module=student, val_score=result.best_val_score,
@@ -97,7 +109,7 @@ class DistillationStrategy:
         from improvement.nn.distillation import pseudo_label
         from models_registry.nn.training import train_module
 
-        inputs = extra_inputs_for(context, per_epoch=min(1024, len(context.data.X_train)))
+        inputs = extra_inputs_for(context)
 
         def extra(epoch: int):
             X = inputs(epoch)

@@ -49,6 +49,9 @@ class TrainConfig:
     lr_schedule: LRSchedule = "plateau"
     max_seconds: float | None = None
     label_smoothing: float = 0.0
+    # False keeps the final weights of a fixed schedule run to its end (e.g. a teacher whose
+    # validation accuracy saturates early); True restores the best-validation weights.
+    restore_best: bool = True
 
 
 @dataclasses.dataclass
@@ -75,7 +78,7 @@ class EpochEvent(TypedDict):
 
 @dataclasses.dataclass
 class TrainResult:
-    """Outcome of ``train_module``; the module already holds the best weights."""
+    """Outcome of ``train_module``; the module already holds the best weights (see ``restore_best``)."""
 
     best_val_score: float
     epochs_run: int
@@ -83,7 +86,8 @@ class TrainResult:
     history: list[EpochEvent]
     seconds: float
     initial_val_score: float = 0.0  # the score before the first step (inherited weights count)
-    best_epoch: int = 0  # 0 means no epoch beat the starting weights
+    best_epoch: int = 0  # the first epoch at the best score; 0 means no epoch beat the starting weights
+    kept_epoch: int = 0  # the epoch whose weights are kept: for classes, the last one at the best score
     stop_reason: str = "epochs"  # "epochs" | "patience" | "time_budget"
 
 
@@ -192,8 +196,10 @@ def train_module(
 
     - The validation score (``score_predictions`` on ``X_val``) drives early
       stopping and the plateau schedule; the best-scoring weights, including the
-      starting weights, are restored at the end, so training never makes a model
-      worse on validation.
+      starting weights, are restored at the end (of epochs tied at the best
+      accuracy, the last one's: further down the schedule), so training never makes a model
+      worse on validation (unless ``config.restore_best`` is False: then the
+      final weights stay, and ``history[-1]["val_score"]`` is their score).
     - ``augment(xb, rng)`` transforms each input batch (targets too for
       reconstruction, whose targets are the inputs).
     - ``extra_data(epoch)`` may return extra ``(X, y)`` samples for that epoch
@@ -249,7 +255,7 @@ def _train(
     drop_singleton = _has_batchnorm(module)
 
     initial = _validation_score(module, X_val_t, y_val, output_kind)
-    best_score, best_epoch = initial, 0
+    best_score, best_epoch, kept_epoch = initial, 0, 0
     best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
     history: list[EpochEvent] = []
     stop_reason, epochs_run, since_best = "epochs", 0, 0
@@ -303,10 +309,17 @@ def _train(
         if plateau is not None:
             plateau.step(score)
         if score > best_score + _MIN_DELTA:
-            best_score, best_epoch, since_best = score, epoch, 0
+            best_score, best_epoch, kept_epoch, since_best = score, epoch, epoch, 0
             best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         else:
             since_best += 1
+            if output_kind == "classes" and score >= best_score - _MIN_DELTA:
+                # A tie: accuracy on a small validation split plateaus while training goes on.
+                # The later weights (further down the schedule) are kept; patience still
+                # counts from the last improvement, so ties do not prolong training. (R²
+                # scores are continuous: they tie only when clipped at 0, which says nothing.)
+                kept_epoch = epoch
+                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         event: EpochEvent = {
             "epoch": epoch,
             "epochs": config.epochs,
@@ -326,7 +339,8 @@ def _train(
             stop_reason = "patience"
             break
 
-    module.load_state_dict(best_state)
+    if config.restore_best:
+        module.load_state_dict(best_state)
     module.eval()
     return TrainResult(
         best_val_score=best_score,
@@ -336,6 +350,7 @@ def _train(
         seconds=time.perf_counter() - start,
         initial_val_score=initial,
         best_epoch=best_epoch,
+        kept_epoch=kept_epoch if config.restore_best else epochs_run,
         stop_reason=stop_reason,
     )
 

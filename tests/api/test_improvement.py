@@ -47,6 +47,8 @@ def test_operator_runs_a_strategy_now(alice, operator, model):
         ({"strategy": "training", "params": {"epochs": 0}}, "params"),
         ({"strategy": "training", "params": {"timeout": 5}}, "params"),
         ({"strategy": "training", "params": "fast"}, "params"),
+        ({"strategy": "distillation", "params": {"alpha": 1.5}}, "params"),
+        ({"strategy": "distillation", "params": {"temperature": 0}}, "params"),
     ],
 )
 def test_run_requests_are_validated(alice, model, payload, field):

@@ -14,6 +14,7 @@ from improvement.nn.distillation import (
     make_distillation_loss,
     make_feature_matching_loss,
     module_teacher,
+    perturbed_inputs,
     pseudo_label,
     teacher_outputs,
 )
@@ -315,3 +316,50 @@ def test_distill_with_feature_matching_runs_and_cleans_up() -> None:
     assert not student.convs[0]._forward_hooks and not teacher.convs[1]._forward_hooks
     with pytest.raises(ValueError, match="module"):
         distill(student, module_teacher(teacher), data, output_kind="classes", feature_matching=1.0)
+
+
+# --------------------------------------------------------------------------- perturbed inputs
+
+
+def _random_images(n: int = 40, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 8, 8)).astype(np.float32)
+
+
+def test_perturbed_inputs_make_k_copies_of_every_row_reproducibly() -> None:
+    X = _random_images()
+    out, source = perturbed_inputs(X, np.random.default_rng(5), count=3 * len(X))
+    assert out.shape == (120, 1, 8, 8) and out.dtype == np.float32
+    assert np.bincount(source, minlength=len(X)).tolist() == [3] * len(X)
+    again, again_source = perturbed_inputs(X, np.random.default_rng(5), count=3 * len(X))
+    assert np.array_equal(out, again) and np.array_equal(source, again_source)
+    assert not np.array_equal(out, X[source])  # perturbed, not copied
+    part, part_source = perturbed_inputs(X, np.random.default_rng(5), count=50)
+    assert len(part) == 50 and len(np.unique(part_source[40:])) == 10  # no row twice in the remainder
+
+
+def test_each_perturbation_does_what_it_says() -> None:
+    X = _random_images()
+    shifted, source = perturbed_inputs(X, np.random.default_rng(1), count=len(X), kinds=("shift",))
+    for x, s in zip(shifted, source, strict=True):
+        # Some ±1 shift of the source image, zero filled, gives exactly this image.
+        padded = np.pad(X[s, 0], 1)
+        assert any(np.array_equal(x[0], padded[1 + dy : 9 + dy, 1 + dx : 9 + dx])
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    noisy, source = perturbed_inputs(X, np.random.default_rng(1), count=4 * len(X), kinds=("noise",))
+    assert float(np.std(noisy - X[source])) == pytest.approx(0.25 * float(X.std()), rel=0.05)
+    mixed, source = perturbed_inputs(X, np.random.default_rng(1), count=len(X), kinds=("mix",))
+    # A blend with at most half of another row stays nearer its source than the other row is.
+    spread = np.abs(X[:, None] - X[None]).reshape(len(X), len(X), -1).max(axis=2).max(axis=1)
+    assert np.all(np.abs(mixed - X[source]).reshape(len(X), -1).max(axis=1) <= 0.5 * spread[source] + 1e-6)
+
+
+def test_perturbed_inputs_for_rows_and_bad_kinds() -> None:
+    rows = _random_images().reshape(40, -1)
+    out, _ = perturbed_inputs(rows, np.random.default_rng(0), count=80)  # no shift for flat rows
+    assert out.shape == (80, 64)
+    with pytest.raises(ValueError, match="shift needs image inputs"):
+        perturbed_inputs(rows, np.random.default_rng(0), count=8, kinds=("shift",))
+    with pytest.raises(ValueError, match="kinds must be"):
+        perturbed_inputs(rows, np.random.default_rng(0), count=8, kinds=("rotate",))
+    empty, source = perturbed_inputs(rows[:0], np.random.default_rng(0), count=8)
+    assert empty.shape == (0, 64) and source.shape == (0,)

@@ -104,6 +104,30 @@ def test_distillation_uses_the_teacher():
     assert candidate.val_score >= 0.5
 
 
+def test_distillation_weighs_teacher_and_labels_by_the_runs_alpha():
+    # A teacher that is confidently wrong (every class shifted by one): with alpha = 1 the student
+    # copies it and gains nothing on validation; with alpha = 0 the training rows teach through their
+    # labels. (No generated inputs here: the teacher would label those either way.)
+    teacher_context = _context(epochs=30)
+    teacher = teacher_context.module
+    train_module(teacher, teacher_context.data, output_kind="classes", config=TrainConfig(epochs=30, seed=1))
+    teacher.eval()
+
+    def wrong_teacher(x):
+        with torch.no_grad():
+            return torch.roll(teacher(x), shifts=1, dims=1) * 5
+
+    scores = {}
+    for alpha in (0.0, 1.0):
+        context = _context()
+        context.train_config = TrainConfig(epochs=60, patience=60, lr=0.05, seed=0)
+        context.teacher_fn, context.teacher_label, context.params = wrong_teacher, "wrong", {"alpha": alpha}
+        context.sample_inputs = lambda n, rng: np.empty((0, 4))
+        (candidate,) = get_strategy("distillation").build_candidates(context, _noop)
+        scores[alpha] = candidate.val_score
+    assert scores[0.0] > scores[1.0] + 0.1, scores
+
+
 def test_optimization_keeps_the_score_within_tolerance():
     context = _context(epochs=5)
     (candidate,) = get_strategy("optimization").build_candidates(context, _noop)
@@ -112,3 +136,27 @@ def test_optimization_keeps_the_score_within_tolerance():
     assert candidate.runtime in {"torch_fp32", "torch_int8", "onnx_fp32", "onnx_int8"}
     labels = {row["variant"] for row in candidate.details["variants"]}
     assert {"current onnx_fp32", "current onnx_int8", "current torch_int8"} <= labels
+
+
+def test_distillation_teaches_on_perturbed_training_rows_or_fresh_samples():
+    from improvement.strategies.distillation import extra_inputs_for
+
+    context = _context()
+    X = context.data.X_train  # 200 rows of 4 features
+    batch = extra_inputs_for(context)(1)
+    assert batch.shape == (600, 4)  # three perturbed copies of each row, for the teacher to label
+    nearest = np.abs(batch[:, None] - X[None]).max(axis=2).min(axis=1)  # (600,)
+    assert np.all(nearest > 0)  # none is a training row verbatim
+    assert np.median(nearest) < np.median(np.abs(X[:, None] - X[None]).max(axis=2).mean(axis=1))
+    make = extra_inputs_for(context)
+    assert not np.array_equal(make(1), make(2))  # fresh perturbations every epoch
+
+    drawn = []
+
+    def sample_inputs(n, rng):
+        drawn.append(n)
+        return rng.normal(size=(n, 4))
+
+    context.sample_inputs = sample_inputs
+    fresh = extra_inputs_for(context)(1)
+    assert fresh.shape == (200, 4) and fresh.dtype == np.float32 and drawn == [200]

@@ -128,6 +128,67 @@ def test_early_stopping_stops_and_restores_best_weights():
     assert np.mean(preds == data.y_val) == pytest.approx(result.best_val_score)
 
 
+def test_of_epochs_tied_at_the_best_score_the_last_ones_weights_are_kept():
+    data = blobs()  # validation accuracy plateaus at its best for several epochs
+    module = classifier(data)
+    states = {}
+
+    def snapshot(event):
+        states[event["epoch"]] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    result = train_module(module, data, output_kind="classes", progress=snapshot,
+                          config=TrainConfig(epochs=20, patience=10**6, lr_schedule="cosine"))
+    scores = [e["val_score"] for e in result.history]
+    best = max(scores)
+    assert result.best_val_score == best and scores.count(best) > 1
+    assert result.best_epoch == scores.index(best) + 1  # the first epoch at the best score
+    assert result.kept_epoch == len(scores) - scores[::-1].index(best)  # the last one
+    assert result.kept_epoch > result.best_epoch
+    kept = states[result.kept_epoch]
+    assert all(torch.equal(v, kept[k]) for k, v in module.state_dict().items())
+    # Ties do not prolong training: patience counts from the first epoch at the best score.
+    stopped = train_module(classifier(data), data, output_kind="classes",
+                           config=TrainConfig(epochs=200, patience=4))
+    assert stopped.epochs_run - stopped.best_epoch == 4
+
+
+def test_scores_clipped_at_zero_are_not_ties_that_replace_the_starting_weights():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(120, 8)).astype(np.float32)
+    y = rng.normal(size=(120, 1)).astype(np.float32)  # noise: R² on validation clips to 0 every epoch
+    data = TrainData(X[:80], y[:80], X[80:], y[80:])
+    module = build_module({"kind": "mlp", "input_shape": [8], "output_dim": 1, "hidden": [64]}, seed=0)
+    set_normalisation(module, data.X_train, data.y_train, "values")
+    start = {k: v.clone() for k, v in module.state_dict().items()}
+    result = train_module(module, data, output_kind="values",
+                          config=TrainConfig(epochs=15, patience=10**6, lr=1e-2))
+    assert result.best_val_score == 0.0 and all(e["val_score"] == 0.0 for e in result.history)
+    assert result.kept_epoch == 0
+    assert all(torch.equal(v, start[k]) for k, v in module.state_dict().items())
+
+
+def test_restore_best_off_keeps_the_final_weights():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 8)).astype(np.float32)
+    y = rng.integers(0, 3, size=200)  # noise: the best validation epoch is not the last one
+    data = TrainData(X[:120], y[:120], X[120:], y[120:])
+    config = TrainConfig(epochs=30, patience=10**6, lr_schedule="cosine", restore_best=False)
+    module = classifier(data)
+    result = train_module(module, data, output_kind="classes", config=config)
+    assert result.epochs_run == 30 and result.kept_epoch == 30
+    assert result.best_epoch < 30
+    assert result.history[-1]["val_score"] < result.best_val_score
+    with torch.inference_mode():
+        preds = module(torch.from_numpy(data.X_val)).argmax(1).numpy()
+    assert np.mean(preds == data.y_val) == pytest.approx(result.history[-1]["val_score"])
+    # The same run restoring the best weights ends at the best score instead.
+    best = classifier(data)
+    train_module(best, data, output_kind="classes", config=TrainConfig(**{**config.__dict__, "restore_best": True}))
+    with torch.inference_mode():
+        preds = best(torch.from_numpy(data.X_val)).argmax(1).numpy()
+    assert np.mean(preds == data.y_val) == pytest.approx(result.best_val_score)
+
+
 def test_time_budget_stops_after_one_step():
     data = blobs()
     result = train_module(
