@@ -81,6 +81,7 @@ TEACHER_CONFIG = TrainConfig(epochs=80, patience=10**6, lr_schedule="cosine", se
 # other widths alongside (alone and distilled), for reference.
 STUDENT_HIDDEN = [256]
 REFERENCE_HIDDEN = [int(v) for v in os.environ.get("BENCH_DISTILLATION_REFERENCE", "").split(",") if v]
+STUDENTS = [STUDENT_HIDDEN, *([h] for h in REFERENCE_HIDDEN)]  # the reported student first
 SPLITS = tuple(
     int(v) for v in os.environ.get("BENCH_DISTILLATION_SPLITS", ",".join(str(s) for s in range(200, 210))).split(",")
 )
@@ -178,7 +179,7 @@ def run_split(split: int) -> dict[str, Any]:
     teacher_fn = onnx_predict_fn(export_onnx(teacher))
     teacher_info["onnx_test"] = _accuracy(teacher_fn, splits.X_test, splits.y_test)
     arms: dict[str, dict[str, float]] = {"teacher": teacher_info}
-    for hidden in [STUDENT_HIDDEN, *([h] for h in REFERENCE_HIDDEN)]:
+    for hidden in STUDENTS:
         width = hidden[0]
         arms[f"alone {width}"] = train_alone(hidden, splits, data)
         arms[f"distilled {width}"] = train_distilled(hidden, split, splits, data, teacher_fn)
@@ -217,7 +218,7 @@ def run() -> dict[str, Any]:
          "val_acc": mean("teacher", "val"), "test_acc": T, "gap_closed": None}
     ]
     fractions: dict[int, float | None] = {}
-    for hidden in [STUDENT_HIDDEN, *([h] for h in REFERENCE_HIDDEN)]:
+    for hidden in STUDENTS:
         width = hidden[0]
         genome = _student_genome(hidden)
         A = mean(f"alone {width}")
@@ -232,18 +233,17 @@ def run() -> dict[str, Any]:
                          "gap_closed": _gap_closed(T, A, value)})
         fractions[width] = _gap_closed(T, A, mean(f"distilled {width}"))
 
+    width = STUDENT_HIDDEN[0]
     per_split = []
     for r in results:
         a = r["arms"]
-        w = STUDENT_HIDDEN[0]
         per_split.append({
-            "split": r["split"], "teacher": a["teacher"]["test"], "alone": a[f"alone {w}"]["test"],
-            "distilled": a[f"distilled {w}"]["test"], "control": a[f"control {w}"]["test"],
-            "gap_closed": _gap_closed(a["teacher"]["test"], a[f"alone {w}"]["test"], a[f"distilled {w}"]["test"]),
+            "split": r["split"], "teacher": a["teacher"]["test"], "alone": a[f"alone {width}"]["test"],
+            "distilled": a[f"distilled {width}"]["test"], "control": a[f"control {width}"]["test"],
+            "gap_closed": _gap_closed(a["teacher"]["test"], a[f"alone {width}"]["test"],
+                                      a[f"distilled {width}"]["test"]),
             "seconds": r["seconds"],
         })
-
-    width = STUDENT_HIDDEN[0]
     value = fractions[width]
     student_desc = genome_summary(_student_genome(STUDENT_HIDDEN))
     return {

@@ -19,6 +19,7 @@ NAMESPACES = (
     "http://www.w3.org/2000/xmlns/", "http://www.w3.org/XML/1998/namespace",
 )
 _NAMESPACE = re.compile("|".join(re.escape(ns) for ns in NAMESPACES))
+_NAMESPACE_OR_SCHEME = re.compile(f"({_NAMESPACE.pattern})|https?://")
 
 
 def absolute_urls(text: str) -> list[str]:
@@ -29,12 +30,5 @@ def absolute_urls(text: str) -> list[str]:
 
 def offline_bundle(text: str) -> str:
     """``text`` with every absolute URL made host-relative text (namespace identifiers kept)."""
-    kept: list[str] = []
-
-    def hold(match: re.Match) -> str:
-        kept.append(match.group(0))
-        return f"\x00{len(kept) - 1}\x00"
-
-    held = _NAMESPACE.sub(hold, text)
-    held = re.sub(r"https?://", "", held)
-    return re.sub("\x00(\\d+)\x00", lambda m: kept[int(m.group(1))], held)
+    # At each position a namespace identifier, if one starts there, wins over a bare scheme.
+    return _NAMESPACE_OR_SCHEME.sub(lambda m: m.group(1) or "", text)

@@ -136,6 +136,10 @@ def default_loss(
     raise ValueError(f"unknown output_kind {output_kind!r}")
 
 
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
 def _validation_score(module: nn.Module, X_val: torch.Tensor, y_val: np.ndarray, output_kind: str) -> float:
     module.eval()
     with torch.inference_mode():
@@ -256,7 +260,7 @@ def _train(
 
     initial = _validation_score(module, X_val_t, y_val, output_kind)
     best_score, best_epoch, kept_epoch = initial, 0, 0
-    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    best_state = _snapshot(module)
     history: list[EpochEvent] = []
     stop_reason, epochs_run, since_best = "epochs", 0, 0
 
@@ -308,18 +312,18 @@ def _train(
         score = _validation_score(module, X_val_t, y_val, output_kind)
         if plateau is not None:
             plateau.step(score)
-        if score > best_score + _MIN_DELTA:
-            best_score, best_epoch, kept_epoch, since_best = score, epoch, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        improved = score > best_score + _MIN_DELTA
+        # A tie: accuracy on a small validation split plateaus while training goes on. The later
+        # weights (further down the schedule) are kept; patience still counts from the last
+        # improvement, so ties do not prolong training. (R² scores are continuous: they tie only
+        # when clipped at 0, which says nothing.)
+        tied = not improved and output_kind == "classes" and score >= best_score - _MIN_DELTA
+        if improved:
+            best_score, best_epoch, since_best = score, epoch, 0
         else:
             since_best += 1
-            if output_kind == "classes" and score >= best_score - _MIN_DELTA:
-                # A tie: accuracy on a small validation split plateaus while training goes on.
-                # The later weights (further down the schedule) are kept; patience still
-                # counts from the last improvement, so ties do not prolong training. (R²
-                # scores are continuous: they tie only when clipped at 0, which says nothing.)
-                kept_epoch = epoch
-                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        if improved or tied:
+            kept_epoch, best_state = epoch, _snapshot(module)
         event: EpochEvent = {
             "epoch": epoch,
             "epochs": config.epochs,

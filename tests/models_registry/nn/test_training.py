@@ -36,6 +36,13 @@ def classifier(data: TrainData, **genome):
     return module
 
 
+def val_accuracy(module, data: TrainData) -> float:
+    module.eval()
+    with torch.inference_mode():
+        preds = module(torch.from_numpy(data.X_val)).argmax(1).numpy()
+    return float(np.mean(preds == data.y_val))
+
+
 def test_classifier_learns():
     data = blobs()
     module = classifier(data)
@@ -123,9 +130,7 @@ def test_early_stopping_stops_and_restores_best_weights():
     assert result.epochs_run < 200
     assert result.epochs_run - result.best_epoch == 3
     module.eval()
-    with torch.inference_mode():
-        preds = module(torch.from_numpy(data.X_val)).argmax(1).numpy()
-    assert np.mean(preds == data.y_val) == pytest.approx(result.best_val_score)
+    assert val_accuracy(module, data) == pytest.approx(result.best_val_score)
 
 
 def test_of_epochs_tied_at_the_best_score_the_last_ones_weights_are_kept():
@@ -178,15 +183,11 @@ def test_restore_best_off_keeps_the_final_weights():
     assert result.epochs_run == 30 and result.kept_epoch == 30
     assert result.best_epoch < 30
     assert result.history[-1]["val_score"] < result.best_val_score
-    with torch.inference_mode():
-        preds = module(torch.from_numpy(data.X_val)).argmax(1).numpy()
-    assert np.mean(preds == data.y_val) == pytest.approx(result.history[-1]["val_score"])
+    assert val_accuracy(module, data) == pytest.approx(result.history[-1]["val_score"])
     # The same run restoring the best weights ends at the best score instead.
     best = classifier(data)
     train_module(best, data, output_kind="classes", config=TrainConfig(**{**config.__dict__, "restore_best": True}))
-    with torch.inference_mode():
-        preds = best(torch.from_numpy(data.X_val)).argmax(1).numpy()
-    assert np.mean(preds == data.y_val) == pytest.approx(result.best_val_score)
+    assert val_accuracy(best, data) == pytest.approx(result.best_val_score)
 
 
 def test_time_budget_stops_after_one_step():
