@@ -279,14 +279,14 @@ def _optuna_search(task, data, *, sampler: str, budget_s: float) -> tuple[list[d
 
 
 def _loop(task, weak_genome: dict, *, budget_s: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from improvement.loop import cycle_force, loop_start, loop_stop
     from improvement.models import ImprovementRun
-    from improvement.services import seed_weak_version
+    from improvement.scheduler.loop import cycle_force, loop_start, loop_stop
     from models_registry.models import ModelVersion
     from models_registry.services import model_create
+    from models_registry.training import version_seed
 
     model = model_create(task=task, name="baseline", description="Seeded weak model; the loop improves it.")
-    seed_weak_version(model=model, genome=weak_genome)
+    version_seed(model=model, genome=weak_genome)
     log_path = Path(os.environ["PLASTICITY_VAR_DIR"]) / "qcluster.log"
     with open(log_path, "wb") as log:
         t0 = time.time()

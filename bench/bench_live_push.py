@@ -231,7 +231,7 @@ def role_publish(count: int, interval: float, tag: str) -> None:
     _django()
     from django.db import transaction
 
-    from project.live.publisher import publish
+    from events.publisher import publish
 
     for seq in range(count):
         with transaction.atomic():

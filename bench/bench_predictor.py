@@ -1,13 +1,13 @@
 """Architecture search on the digits with and without the predictor's pre-screening.
 
-Both arms run the same genetic search (``improvement.nn.genetics.evolve``) from the demo's
+Both arms run the same genetic search (``improvement.nn.evolution.evolve``) from the demo's
 seeded weak pattern-recognition model (an MLP with 2 hidden units, briefly trained; children
 inherit its weights) and train exactly the same number of candidates: ``KEEP`` per generation
 for ``GENERATIONS`` generations, each with the same budget (``train_genome_candidate``,
 ``CANDIDATE_TRAIN`` epochs, validation accuracy).
 
 * **plain**: ``population_size = KEEP`` — every bred genome is trained.
-* **pre-screened**: ``population_size = 2 × KEEP`` bred; ``improvement.nn.predictor.Prescreen``
+* **pre-screened**: ``population_size = 2 × KEEP`` bred; ``improvement.nn.gain_model.Prescreen``
   trains only the ``KEEP`` with the best predicted score. Its genome scorer learns from an
   earlier search's candidates (what ``SearchCandidate`` history gives the loop) and from this
   search's own as they finish, and screens only while its cross-validated ranking beats
@@ -39,8 +39,8 @@ from typing import Any
 import torch
 
 from bench.common import digits_splits, target
-from improvement.nn.genetics import Individual, SearchConfig, evolve
-from improvement.nn.predictor import GenomeObservation, Prescreen
+from improvement.nn.evolution import Individual, SearchConfig, evolve
+from improvement.nn.gain_model import GenomeObservation, Prescreen
 from improvement.strategies.architecture import train_genome_candidate
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.nn.evaluation import score_predictions, to_predictions, torch_predict_fn

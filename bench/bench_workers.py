@@ -215,7 +215,7 @@ def _run_all(models: list, log_path: Path) -> tuple[list[int], int]:
     """Queue one training run per model and wait for all; (run ids, most running at once)."""
     from improvement.choices import FINISHED, RunStatus
     from improvement.models import ImprovementRun
-    from improvement.runs import run_create
+    from improvement.runs.lifecycle import run_create
 
     ids = [run_create(model=model, strategy="training", params=dict(RUN_PARAMS)).pk for model in models]
     deadline, max_running = time.monotonic() + PHASE_TIMEOUT_S, 0

@@ -1,19 +1,19 @@
+"""Django choices for hormones, built from the one vocabulary in ``hormones.names``."""
+
 from django.db import models
+
+from hormones import names
 
 
 class HormoneName(models.TextChoices):
-    DOPAMINE = "dopamine", "Dopamine (reward)"
-    CORTISOL = "cortisol", "Cortisol (stress)"
-    ADRENALINE = "adrenaline", "Adrenaline (urgency)"
-    SEROTONIN = "serotonin", "Serotonin (stability)"
-    OXYTOCIN = "oxytocin", "Oxytocin (bonding)"
+    DOPAMINE = names.DOPAMINE, names.HORMONE_SPECS[names.DOPAMINE][0]
+    CORTISOL = names.CORTISOL, names.HORMONE_SPECS[names.CORTISOL][0]
+    ADRENALINE = names.ADRENALINE, names.HORMONE_SPECS[names.ADRENALINE][0]
+    SEROTONIN = names.SEROTONIN, names.HORMONE_SPECS[names.SEROTONIN][0]
+    OXYTOCIN = names.OXYTOCIN, names.HORMONE_SPECS[names.OXYTOCIN][0]
 
 
 # name -> (baseline, half-life in seconds, minimum, maximum)
 HORMONE_DEFAULTS: dict[str, tuple[float, float, float, float]] = {
-    HormoneName.DOPAMINE: (0.3, 1800.0, 0.0, 1.0),
-    HormoneName.CORTISOL: (0.2, 1200.0, 0.0, 1.0),
-    HormoneName.ADRENALINE: (0.1, 300.0, 0.0, 1.0),
-    HormoneName.SEROTONIN: (0.5, 3600.0, 0.0, 1.0),
-    HormoneName.OXYTOCIN: (0.2, 2400.0, 0.0, 1.0),
+    name: spec[1:] for name, spec in names.HORMONE_SPECS.items()
 }

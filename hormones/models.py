@@ -5,6 +5,7 @@ from datetime import datetime
 
 from django.db import models
 
+from events.payloads import BrainStatePayload
 from hormones.choices import HormoneName
 
 
@@ -93,10 +94,12 @@ class BrainStateSnapshot(models.Model):
     def __str__(self) -> str:
         return f"brain state {self.created_at:%Y-%m-%d %H:%M:%S}"
 
-    def as_dict(self) -> dict:
-        return {
-            "created_at": self.created_at.isoformat(), "hormones": self.hormones, "cpu_percent": self.cpu_percent,
-            "memory_percent": self.memory_percent, "memory_used_mb": self.memory_used_mb,
-            "queue_length": self.queue_length, "runs_in_flight": self.runs_in_flight,
-            "fleet_health": self.fleet_health, **({"extra": self.extra} if self.extra else {}),
-        }
+    def as_dict(self) -> BrainStatePayload:
+        payload = BrainStatePayload(
+            created_at=self.created_at.isoformat(), hormones=self.hormones, cpu_percent=self.cpu_percent,
+            memory_percent=self.memory_percent, memory_used_mb=self.memory_used_mb,
+            queue_length=self.queue_length, runs_in_flight=self.runs_in_flight, fleet_health=self.fleet_health,
+        )
+        if self.extra:
+            payload["extra"] = self.extra
+        return payload

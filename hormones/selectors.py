@@ -7,7 +7,7 @@ from datetime import datetime
 from django.utils import timezone
 
 from hormones.choices import HORMONE_DEFAULTS
-from hormones.models import Hormone
+from hormones.models import BrainStateSnapshot, Hormone
 
 
 def hormone_levels_current(*, at: datetime | None = None) -> dict[str, float]:
@@ -20,14 +20,10 @@ def hormone_levels_current(*, at: datetime | None = None) -> dict[str, float]:
 
 
 def brain_state_latest() -> dict | None:
-    from hormones.models import BrainStateSnapshot
-
     snapshot = BrainStateSnapshot.objects.order_by("-created_at", "-id").first()
     return snapshot.as_dict() if snapshot else None
 
 
 def brain_state_history(*, limit: int = 500) -> list[dict]:
-    from hormones.models import BrainStateSnapshot
-
     rows = BrainStateSnapshot.objects.order_by("-created_at", "-id")[:limit]
     return [row.as_dict() for row in reversed(list(rows))]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import psutil
 from django.db import transaction
 from django.utils import timezone
 
+from events.payloads import HormonePayload
+from events.publisher import publish
 from hormones.choices import HORMONE_DEFAULTS
-from hormones.models import Hormone, HormoneEvent
-from project.live.publisher import publish
+from hormones.models import BrainStateSnapshot, Hormone, HormoneEvent
+from hormones.selectors import hormone_levels_current
 
 
 def hormones_ensure() -> list[Hormone]:
@@ -40,20 +43,15 @@ def hormone_release(*, name: str, delta: float, cause: str, context: dict | None
         hormone=hormone, delta=after - before, level_before=before, level_after=after,
         cause=cause[:200], context=context or {},
     )
-    publish("hormone.changed", {"name": name, "level": after, "delta": after - before, "cause": cause[:200]})
+    publish("hormone.changed", HormonePayload(name=name, level=after, delta=after - before, cause=cause[:200]))
     return event
 
 
 def brain_state_snapshot(
     *, queue_length: int, runs_in_flight: int, fleet_health: float | None, extra: dict | None = None,
     keep: int = 2000,
-):
+) -> BrainStateSnapshot:
     """Record a brain-state snapshot and trim the series to ``keep`` rows."""
-    import psutil
-
-    from hormones.models import BrainStateSnapshot
-    from hormones.selectors import hormone_levels_current
-
     memory = psutil.virtual_memory()
     snapshot = BrainStateSnapshot.objects.create(
         hormones=hormone_levels_current(), cpu_percent=psutil.cpu_percent(interval=None),

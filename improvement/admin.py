@@ -1,6 +1,10 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
+from improvement.choices import IN_FLIGHT
 from improvement.models import ImprovementConfig, ImprovementRun
+from improvement.runs.lifecycle import run_cancel
+from improvement.services import config_update
 
 
 @admin.register(ImprovementConfig)
@@ -24,6 +28,16 @@ class ImprovementConfigAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
+    def save_model(self, request, obj: ImprovementConfig, form, change: bool) -> None:
+        """Save through ``config_update``, the one service for configuration edits (it announces them)."""
+        names = list(form.changed_data) or [f for f in form.cleaned_data if hasattr(obj, f)]
+        try:
+            saved = config_update(**{name: getattr(obj, name) for name in names})
+        except ValidationError as exc:  # the form validated already; a race with another edit lands here
+            self.message_user(request, f"not saved: {exc}", level=messages.ERROR)
+            return
+        obj.pk, obj.updated_at = saved.pk, saved.updated_at
+
 
 @admin.register(ImprovementRun)
 class ImprovementRunAdmin(admin.ModelAdmin):
@@ -33,6 +47,16 @@ class ImprovementRunAdmin(admin.ModelAdmin):
     list_select_related = ("model__task",)
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in ImprovementRun._meta.fields]
+    actions = ["cancel_selected"]
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    @admin.action(description="Cancel the selected queued or running runs")
+    def cancel_selected(self, request, queryset) -> None:
+        cancelled = 0
+        for run in queryset.filter(status__in=IN_FLIGHT):
+            run_cancel(run=run)
+            cancelled += 1
+        self.message_user(request, f"{cancelled} run(s) cancelled or asked to stop; "
+                                   f"{queryset.count() - cancelled} had already finished")

@@ -1,4 +1,7 @@
 from django.apps import AppConfig
+from django.conf import settings
+
+from improvement.strategies import registry
 
 
 class ImprovementConfigApp(AppConfig):
@@ -7,3 +10,7 @@ class ImprovementConfigApp(AppConfig):
     name = "improvement"
     verbose_name = "Self-improvement"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Strategy plugins outside improvement/strategies/ are named by the deployment.
+        registry.EXTRA_MODULES[:] = list(getattr(settings, "PLASTICITY_STRATEGY_MODULES", []))

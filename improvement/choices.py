@@ -1,11 +1,7 @@
+"""Django choices of the improvement app. Strategy names are not here: they come from the
+strategy registry (``improvement.strategies.registry.strategy_choices``)."""
+
 from django.db import models
-
-
-class StrategyName(models.TextChoices):
-    TRAINING = "training", "Training"
-    OPTIMIZATION = "optimization", "Optimization"
-    ARCHITECTURE = "architecture", "Architecture search"
-    DISTILLATION = "distillation", "Knowledge distillation"
 
 
 class RunStatus(models.TextChoices):

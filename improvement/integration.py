@@ -21,7 +21,7 @@ The same services back the REST API and the control panel::
 
 Arguments of the specification that name parts of another system are optional and map onto
 Plasticity's own parts: ``hormone_integration`` / ``hormone_system`` → the ``hormones`` app,
-``genetic_system`` → genetic triggers (``improvement.genetic``), ``brain_state`` → brain-state
+``genetic_system`` → genetic triggers (``improvement.scheduler.genetic_triggers``), ``brain_state`` → brain-state
 snapshots, ``enhanced_mcp`` → this Django project. Passing objects there is accepted and
 kept on the instance for callers that want them back; Plasticity does not call into them.
 """
@@ -29,13 +29,21 @@ kept on the instance for callers that want them back; Plasticity does not call i
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.core.exceptions import ValidationError
-from django.db import transaction
 
+from hormones.models import HormoneEvent
+from hormones.services import hormones_ensure
+from improvement.export import json_rows
+from improvement.health import system_health_report
 from improvement.models import ImprovementConfig, ImprovementRun
+from improvement.scheduler.loop import cycle_force, loop_start, loop_stop, schedule_ensure
+from improvement.selectors import improvement_history, improvement_status
+from improvement.services import config_update
+from models_registry.models import ModelVersion
 
 SEED_FIELDS = (
     "enabled", "auto_start", "improvement_interval", "max_concurrent_improvements", "performance_threshold",
@@ -69,23 +77,6 @@ class SelfImprovementConfig:
         return config_update(**dataclasses.asdict(self))
 
 
-def config_update(**fields: Any) -> ImprovementConfig:
-    """The one service that changes the configuration (admin, API and panel go through it)."""
-    from project.live.publisher import publish
-
-    with transaction.atomic():
-        row = ImprovementConfig.load()
-        unknown = [name for name in fields if not hasattr(row, name) or name in ("id", "pk", "updated_at")]
-        if unknown:
-            raise ValidationError({name: "unknown configuration field" for name in unknown})
-        for name, value in fields.items():
-            setattr(row, name, value)
-        row.full_clean()
-        row.save()
-        publish("config.changed", {name: getattr(row, name) for name in fields})
-    return row
-
-
 class SelfImprovingNeuralSystem:
     """Start, stop and force the self-improvement loop."""
 
@@ -98,20 +89,14 @@ class SelfImprovingNeuralSystem:
         self.config = config
 
     async def start_self_improvement_loop(self) -> dict:
-        from improvement.loop import loop_start
-
         if self.config is not None:
             await sync_to_async(self.config.apply)()
         return await sync_to_async(loop_start)()
 
     async def stop_self_improvement_loop(self) -> dict:
-        from improvement.loop import loop_stop
-
         return await sync_to_async(loop_stop)()
 
     async def force_improvement_cycle(self) -> dict:
-        from improvement.loop import cycle_force
-
         return await sync_to_async(cycle_force)()
 
 
@@ -120,34 +105,32 @@ class SelfImprovementIntegration:
 
     def __init__(self, enhanced_mcp: Any = None, config: SelfImprovementConfig | None = None) -> None:
         self.enhanced_mcp = enhanced_mcp
-        self.config = config or SelfImprovementConfig()
+        # None: use the configuration saved in the database (an operator's edits are kept).
+        self.config = config
         self.system = SelfImprovingNeuralSystem(config=None)
 
     async def initialize(self) -> dict:
-        """Store the configuration, create the hormones, and start the loop when ``auto_start``."""
-        from hormones.services import hormones_ensure
-        from improvement.loop import loop_start, schedule_ensure
+        """Store the given configuration (if any), create the hormones, and start the loop when ``auto_start``.
 
-        await sync_to_async(self.config.apply)()
+        Without a configuration the saved one is used as it is: initializing never resets an
+        operator's settings to the defaults.
+        """
+        if self.config is not None:
+            await sync_to_async(self.config.apply)()
+        config = await sync_to_async(SelfImprovementConfig.from_db)()
         await sync_to_async(hormones_ensure)()
-        if self.config.enabled and self.config.auto_start:
+        if config.enabled and config.auto_start:
             return await sync_to_async(loop_start)()
         await sync_to_async(schedule_ensure)()
-        return {"running": False, "enabled": self.config.enabled}
+        return {"running": False, "enabled": config.enabled}
 
     async def get_improvement_status(self) -> dict:
-        from improvement.selectors import improvement_status
-
         return await sync_to_async(improvement_status)()
 
     async def get_improvement_history(self, limit: int = 50) -> list[dict]:
-        from improvement.selectors import improvement_history
-
         return await sync_to_async(improvement_history)(limit=limit)
 
     async def get_system_health_report(self) -> dict:
-        from improvement.health import system_health_report
-
         return await sync_to_async(system_health_report)()
 
     async def export_improvement_data(self) -> dict:
@@ -156,12 +139,6 @@ class SelfImprovementIntegration:
 
 def export_improvement_data() -> dict:
     """Everything needed to analyse the loop offline, as JSON-serialisable data."""
-    import json
-
-    from hormones.models import HormoneEvent
-    from improvement.export import json_rows
-    from models_registry.models import ModelVersion
-
     versions = list(ModelVersion.objects.select_related("model__task").order_by("id").values(
         "id", "model_id", "model__name", "model__task__slug", "number", "runtime", "is_active", "score", "metric",
         "latency_p50_ms", "latency_p95_ms", "latency_p95_ms_batch", "n_parameters", "size_bytes", "parent_id",
@@ -186,8 +163,6 @@ def _iso(value) -> str:
 
 
 def _finite(value):
-    import math
-
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

@@ -5,7 +5,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from improvement.choices import RunOrigin, RunStatus, StrategyName
+from improvement.choices import RunOrigin, RunStatus
+from improvement.strategies.registry import strategy_choices
 from models_registry.models import ModelVersion, NeuralModel
 
 
@@ -111,7 +112,7 @@ class ImprovementRun(models.Model):
     """
 
     model = models.ForeignKey(NeuralModel, on_delete=models.CASCADE, related_name="improvement_runs")
-    strategy = models.CharField(max_length=20, choices=StrategyName.choices)
+    strategy = models.CharField(max_length=40, choices=strategy_choices)
     status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
     origin = models.CharField(max_length=12, choices=RunOrigin.choices, default=RunOrigin.LOOP)
     trigger_reason = models.CharField(max_length=300, blank=True)

@@ -47,7 +47,9 @@ import numpy as np
 from hormones.choices import HormoneName
 from hormones.models import HormoneEvent
 from hormones.services import hormone_release
+from improvement.models import ImprovementConfig
 from models_registry.data.hormone_model import N_INPUTS, N_OUTPUTS, simulate_hormone_response
+from models_registry.serving.router import serving_router
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +92,10 @@ def hormone_response(X: np.ndarray, *, neural: bool | None = None) -> HormoneCom
     """
     X = np.asarray(X, dtype=np.float32).reshape(-1, N_INPUTS)
     if neural is None:
-        from improvement.models import ImprovementConfig
-
         neural = ImprovementConfig.load().neural_hormones
     if not neural:
         return _algorithm(X, "neural_hormones is off")
     try:
-        from models_registry.serving.router import serving_router
-
         route = serving_router().route(HORMONE_TASK_SLUG)
         outputs = np.asarray(route.predict(X), dtype=np.float64).reshape(len(X), -1)
         if outputs.shape[1] != N_OUTPUTS or not np.isfinite(outputs).all():
@@ -158,15 +156,5 @@ def stress_release(*, event: str, severity: float, persistence: float, cause: st
                            context={**(context or {}), "hormone_model": model})
 
 
-def latency_severity(p95_ms: float | None, budget_ms: float) -> float:
-    if not p95_ms or budget_ms <= 0:
-        return 0.0
-    return min(1.0, max(0.0, (p95_ms / budget_ms - 1.0) / 3.0))
-
-
-def resource_severity(cpu_percent: float, memory_percent: float) -> float:
-    return min(1.0, max(0.0, (max(cpu_percent, memory_percent) - 90.0) / 10.0))
-
-
-__all__ = ["HormoneComputation", "hormone_response", "latency_severity", "resource_severity", "stress_release",
+__all__ = ["HormoneComputation", "hormone_response", "stress_release",
            "stress_response", "stress_stimulus"]

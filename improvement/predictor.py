@@ -5,7 +5,7 @@ Design
 * **Features at creation.** ``run_create`` stores ``run_features`` on every run: the model
   (score, log parameters, latency, teacher gap, genome kind), the strategy, the task's output
   kind, the five hormone levels and the recent gains of that strategy on that model — what
-  was known when the run was chosen (``improvement.nn.predictor.RUN_FEATURES``).
+  was known when the run was chosen (``improvement.nn.gain_model.run_feature_names``).
 * **A task of its own.** Finished runs with a measured gain (promoted or rejected) form the
   dataset of the ``improvement-predictor`` task (output ``values``: the gain clipped to
   [−1, 1]). Its splits are chronological by finish time: the newest 15 % of runs are the
@@ -23,7 +23,7 @@ Design
   the serving comparison, on the same test split. Otherwise the baseline ranks them and the
   cycle's notes say why (too little history, the scores, a failure).
 
-The ranking itself is in ``improvement.cycle``: priority × (1 + predicted gain clipped to
+The ranking itself is in ``improvement.scheduler.cycle``: priority × (1 + predicted gain clipped to
 [−0.5, 1]).
 """
 
@@ -37,49 +37,55 @@ from collections.abc import Callable
 import numpy as np
 from django.db.models import Q
 
+from hormones.names import HORMONE_NAMES
 from hormones.selectors import hormone_levels_current
 from improvement.choices import RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun, SearchCandidate
-from improvement.nn.predictor import (
+from improvement.nn.gain_model import (
     FEATURES_VERSION,
     GAIN_RANGE,
-    HORMONES,
-    N_RUN_FEATURES,
-    OUTPUT_KINDS,
-    RUN_FEATURES,
-    STRATEGIES,
     GenomeObservation,
     MeanGainPerStrategy,
     chronological_splits,
     clip_gain,
+    n_run_features,
     run_feature_matrix,
+    run_feature_names,
     run_predictor_genome,
     splits_are_chronological,
 )
-from improvement.triggers import teacher_score
+from improvement.strategies.registry import strategy_names
 from models_registry.choices import Implementation, SampleSource
+from models_registry.errors import RegistryError
 from models_registry.evaluation import candidate_evaluate, version_evaluate
 from models_registry.implementations import algorithm_for_task, task_dataset, version_predict_fn
 from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
 from models_registry.nn.evaluation import evaluate
 from models_registry.nn.genome import KINDS
+from models_registry.nn.kinds import OUTPUT_KINDS
 from models_registry.nn.training import TrainConfig
-from models_registry.selectors import algorithm_latest_sample, version_best_in_task, version_latest_sample
+from models_registry.selectors import (
+    algorithm_latest_sample,
+    teacher_score,
+    version_active,
+    version_best_in_task,
+    version_latest_sample,
+)
 from models_registry.services import (
-    RegistryError,
     model_create,
     performance_sample_record,
     task_create_from_upload,
     task_dataset_replace,
     version_create,
 )
+from models_registry.serving.switching import serving_reevaluate
 from models_registry.training import neural_fit
 
 logger = logging.getLogger(__name__)
 
 PREDICTOR_TASK_SLUG = "improvement-predictor"
 PREDICTOR_MODEL_NAME = "gain-mlp"
-BASELINE_PATH = "improvement.nn.predictor.MeanGainPerStrategy"
+BASELINE_PATH = "improvement.nn.gain_model.MeanGainPerStrategy"
 BASELINE_LABEL = "mean gain per strategy"
 REFRESH_MIN_NEW_RUNS = 5
 REFRESH_GROWTH = 0.1
@@ -92,14 +98,14 @@ RECENT_GAINS = 3
 
 
 def run_features(*, model: NeuralModel, strategy: str, levels: dict[str, float] | None = None) -> dict:
-    """What the predictor may know about a run when it is created (named ``RUN_FEATURES``)."""
+    """What the predictor may know about a run when it is created (named as ``run_feature_names()``)."""
     levels = hormone_levels_current() if levels is None else levels
-    active = model.versions.filter(is_active=True).first()
+    active = version_active(model=model)
     score = float(active.score) if active is not None and active.score is not None else 0.0
     params = active.n_parameters if active is not None and active.n_parameters else 0
     p95 = active.latency_p95_ms if active is not None and active.latency_p95_ms else None
     budget = model.task.latency_budget_ms or 200.0
-    teacher = teacher_score(model)
+    teacher = teacher_score(model=model)
     kind = (active.genome or {}).get("kind") if active is not None else None
     finished = ImprovementRun.objects.filter(model=model, strategy=strategy, finished_at__isnull=False)
     gains = [clip_gain(g) for g in finished.filter(status__in=(RunStatus.PROMOTED, RunStatus.REJECTED),
@@ -113,9 +119,9 @@ def run_features(*, model: NeuralModel, strategy: str, levels: dict[str, float] 
         "latency_over_budget": min(10.0, p95 / budget) if p95 else 0.0,
         "teacher_gap": min(1.0, max(-1.0, teacher - score)) if teacher is not None else 0.0,
         **{f"kind_{k}": float(kind == k) for k in KINDS},
-        **{f"strategy_{s}": float(strategy == s) for s in STRATEGIES},
+        **{f"strategy_{s}": float(strategy == s) for s in strategy_names()},
         **{f"output_{k}": float(model.task.output_kind == k) for k in OUTPUT_KINDS},
-        **{h: float(min(1.0, max(0.0, levels.get(h, 0.0)))) for h in HORMONES},
+        **{h: float(min(1.0, max(0.0, levels.get(h, 0.0)))) for h in HORMONE_NAMES},
         "prev_gain_mean": float(np.mean(gains)) if gains else 0.0,
         "prev_gain_last": gains[0] if gains else 0.0,
         "prev_runs": math.log1p(finished.count()),
@@ -131,7 +137,7 @@ class History:
     """Finished runs with a measured gain and features of the current layout, oldest finish first."""
 
     run_ids: list[int]
-    X: np.ndarray  # (N, N_RUN_FEATURES)
+    X: np.ndarray  # (N, n_run_features())
     y: np.ndarray  # (N, 1), clipped gains
     newest_finished_at: str | None
 
@@ -150,7 +156,7 @@ def history_load() -> History:
 
 
 def _history_csv(history: History) -> bytes:
-    lines = [",".join([*RUN_FEATURES, "gain"])]
+    lines = [",".join([*run_feature_names(), "gain"])]
     lines += [",".join(f"{v:.9g}" for v in [*x, y[0]]) for x, y in zip(history.X, history.y, strict=True)]
     return ("\n".join(lines) + "\n").encode()
 
@@ -180,8 +186,6 @@ def _evaluate_on_current_split(task: Task, history: History) -> None:
 
 def _serving_follow(task: Task) -> None:
     try:
-        from models_registry.serving.switching import serving_reevaluate
-
         serving_reevaluate(task=task)
     except Exception:  # noqa: BLE001 - serving re-decides on its own at the next activation
         logger.exception("serving re-evaluation of %s after a dataset refresh failed", task.slug)
@@ -233,8 +237,9 @@ def predictor_refresh(history: History) -> tuple[Task, str]:
     if task is None:
         task = predictor_task_create(history)
         return task, f"created from {len(history)} runs"
-    if list(task.input_shape) != [N_RUN_FEATURES]:
-        raise RegistryError(f"the task's inputs {task.input_shape} do not match the {N_RUN_FEATURES} run features")
+    if list(task.input_shape) != [n_run_features()]:
+        raise RegistryError(f"the task's inputs {task.input_shape} do not match the {n_run_features()} run features "
+                            "(the registered strategies changed)")
     seeded = predictor_neural_seed(task)  # a creation interrupted before its first version
     marker = _marker_sample(task)
     through = (marker.extra or {}).get(HISTORY_MARKER) if marker is not None else None

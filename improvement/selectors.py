@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.db.models import Count, QuerySet
+from django.utils import timezone
 
 from improvement.choices import RunStatus
 from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, LoopState
+from improvement.scheduler.cycle import effective_interval_s
 
 
 def run_dict(run: ImprovementRun, *, full: bool = False) -> dict:
@@ -58,8 +60,6 @@ def improvement_history(*, limit: int = 50, **filters) -> list[dict]:
 
 def improvement_status() -> dict:
     """What is running (with progress), what is queued, when the next cycle is, the last cycle's decisions."""
-    from improvement.loop import effective_interval_s, next_cycle_in_s
-
     config = ImprovementConfig.load()
     state = LoopState.load()
     running = [run_dict(r) for r in runs_query(status=RunStatus.RUNNING)]
@@ -72,7 +72,7 @@ def improvement_status() -> dict:
             "started_at": state.started_at.isoformat() if state.started_at else None,
             "last_cycle_at": state.last_cycle_at.isoformat() if state.last_cycle_at else None,
             "next_cycle_at": state.next_cycle_at.isoformat() if state.running and state.next_cycle_at else None,
-            "next_cycle_in_s": next_cycle_in_s(), "cycles": state.cycles,
+            "next_cycle_in_s": next_cycle_in_s(state), "cycles": state.cycles,
             "improvement_interval": config.improvement_interval,
             "effective_interval_s": effective_interval_s(config),
             "max_concurrent_improvements": config.max_concurrent_improvements,
@@ -87,3 +87,11 @@ def improvement_status() -> dict:
             "decisions": last_cycle.decisions, "notes": last_cycle.notes,
         },
     }
+
+
+def next_cycle_in_s(state: LoopState | None = None) -> float | None:
+    """Seconds until the next scheduled cycle is due (None while the loop is stopped)."""
+    state = state or LoopState.load()
+    if not state.running or state.next_cycle_at is None:
+        return None
+    return max(0.0, (state.next_cycle_at - timezone.now()).total_seconds())

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from django.db import close_old_connections
 
+from improvement.models import CycleRecord
+from improvement.runs.execution import run_execute
+from improvement.runs.lifecycle import run_pick
+from improvement.runs.search import search_candidate_execute
+from improvement.scheduler import loop
+
 
 def run_improvement(run_id: int) -> str:
     """Execute the highest-priority queued run (``run_id`` unless a more urgent one waits)."""
-    from improvement.engine import run_execute
-    from improvement.runs import run_pick
-
     close_old_connections()
     for _ in range(5):
         picked = run_pick(preferred=run_id)
@@ -25,14 +28,17 @@ def run_improvement(run_id: int) -> str:
 
 
 def evaluate_search_candidate(candidate_id: int) -> str:
-    from improvement.search import search_candidate_execute
-
     close_old_connections()
     return search_candidate_execute(candidate_id=candidate_id)
 
 
 def loop_tick() -> dict:
-    from improvement.loop import loop_tick as tick
-
     close_old_connections()
-    return tick()
+    return loop.loop_tick()
+
+
+def cycle_after_run() -> int | None:
+    """A run ended: fill its freed slot now (enqueued on commit by the run's worker). Returns the cycle id."""
+    close_old_connections()
+    record: CycleRecord | None = loop.cycle_after_run()
+    return record.pk if record is not None else None

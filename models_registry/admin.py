@@ -1,8 +1,9 @@
 from django.contrib import admin, messages
 from django.db.models import Count
 
+from models_registry.errors import RegistryError
 from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
-from models_registry.services import RegistryError, version_activate, version_rollback
+from models_registry.services import version_activate, version_rollback
 from models_registry.serving import admin as _serving_admin  # noqa: F401  (registers the serving admin)
 
 

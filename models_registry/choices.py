@@ -1,10 +1,14 @@
+"""Django choices of the registry; output kinds come from the one vocabulary in ``models_registry.nn.kinds``."""
+
 from django.db import models
+
+from models_registry.nn import kinds
 
 
 class OutputKind(models.TextChoices):
-    CLASSES = "classes", "Classes (accuracy)"
-    VALUES = "values", "Values (R², clipped to [0, 1])"
-    RECONSTRUCTION = "reconstruction", "Reconstruction (R² of the reconstruction)"
+    CLASSES = kinds.CLASSES, kinds.LABELS[kinds.CLASSES]
+    VALUES = kinds.VALUES, kinds.LABELS[kinds.VALUES]
+    RECONSTRUCTION = kinds.RECONSTRUCTION, kinds.LABELS[kinds.RECONSTRUCTION]
 
 
 class DataSource(models.TextChoices):

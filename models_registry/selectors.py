@@ -29,6 +29,18 @@ def version_best_in_task(*, task: Task, exclude_model: NeuralModel | None = None
     return qs.order_by("-score", "latency_p95_ms").first()
 
 
+def teacher_score(*, model: NeuralModel) -> float | None:
+    """Best score of another implementation of the model's task (another model or the algorithm)."""
+    scores = []
+    other = version_best_in_task(task=model.task, exclude_model=model)
+    if other is not None and other.score is not None:
+        scores.append(other.score)
+    algo = algorithm_latest_sample(task=model.task)
+    if algo is not None and algo.score is not None:
+        scores.append(algo.score)
+    return max(scores) if scores else None
+
+
 def algorithm_latest_sample(*, task: Task) -> PerformanceSample | None:
     return (
         PerformanceSample.objects.filter(

@@ -22,6 +22,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils.text import slugify
 
+from events.payloads import TaskCreatedPayload, VersionActivatedPayload
+from events.publisher import publish
 from models_registry.algorithms import load_callable, load_implementation
 from models_registry.choices import DataSource, Implementation, OutputKind, Runtime, SampleSource
 from models_registry.data.builtin import BUILTIN_DATASETS
@@ -35,17 +37,14 @@ from models_registry.data.upload import (
     parse_sampler_spec,
 )
 from models_registry.datasets import dataset_save
+from models_registry.errors import RegistryError
 from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
 from models_registry.nn.evaluation import EvaluationResult
 from models_registry.nn.genome import validate_genome
+from models_registry.serving.switching import serving_reevaluate_after_activation
 from models_registry.weights import blob_delete, blob_save, weights_save
-from project.live.publisher import publish
 
 logger = logging.getLogger(__name__)
-
-
-class RegistryError(ValueError):
-    """A request the registry refuses, with a message fit for a 400 response."""
 
 
 # --------------------------------------------------------------------------------- tasks
@@ -99,7 +98,7 @@ def _task_create(
                 n_train=len(splits["train"]), n_val=len(splits["val"]), n_test=len(splits["test"]),
                 split_seed=seed, latency_budget_ms=latency_budget_ms,
             )
-            publish("task.created", {"task": task.slug, "task_id": task.pk})
+            publish("task.created", TaskCreatedPayload(task=task.slug, task_id=task.pk))
     except IntegrityError:
         blob_delete(dataset_file)
         raise RegistryError(f"slug: a task named {slug!r} already exists") from None
@@ -305,24 +304,13 @@ def version_activate(*, version: ModelVersion, reason: str) -> ModelVersion:
     model.versions.filter(is_active=True).update(is_active=False)
     ModelVersion.objects.filter(pk=version.pk).update(is_active=True)
     version.is_active = True
-    publish(
-        "version.activated",
-        {
-            "model_id": model.pk, "model": str(model), "task": model.task.slug, "version_id": version.pk,
-            "number": version.number, "previous_version_id": previous.pk if previous else None,
-            "reason": reason[:200], "score": version.score,
-        },
-    )
+    publish("version.activated", VersionActivatedPayload(
+        model_id=model.pk, model=str(model), task=model.task.slug, version_id=version.pk, number=version.number,
+        previous_version_id=previous.pk if previous else None, reason=reason[:200], score=version.score,
+    ))
     # Serving must consider the new active version; after commit, so a rollback changes nothing.
-    transaction.on_commit(partial(_serving_follow_activation, task_id=model.task_id), robust=True)
+    transaction.on_commit(partial(serving_reevaluate_after_activation, task_id=model.task_id), robust=True)
     return version
-
-
-def _serving_follow_activation(*, task_id: int) -> None:
-    # Imported here: serving's modules import this one.
-    from models_registry.serving.switching import serving_reevaluate_after_activation
-
-    serving_reevaluate_after_activation(task_id=task_id)
 
 
 def version_rollback(*, model: NeuralModel, to_version: ModelVersion | None = None, reason: str = "") -> ModelVersion:

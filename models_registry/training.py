@@ -14,10 +14,12 @@ import torch
 from models_registry.choices import OutputKind
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.data.upload import parse_sampler_spec
-from models_registry.implementations import task_dataset
-from models_registry.models import Task
+from models_registry.evaluation import candidate_evaluate
+from models_registry.implementations import algorithm_for_task, task_dataset
+from models_registry.models import ModelVersion, NeuralModel, Task
 from models_registry.nn.genome import build_module, set_normalisation
 from models_registry.nn.training import TrainConfig, TrainData, TrainResult, shift_augment, train_module
+from models_registry.services import version_create
 
 ExtraData = Callable[[int], tuple[np.ndarray, np.ndarray] | None]
 
@@ -53,8 +55,6 @@ def task_labeller(task: Task) -> Callable[[np.ndarray], np.ndarray] | None:
     """The algorithm as labeller of fresh inputs, for tasks whose data it generated."""
     if task_sampler(task) is None:
         return None
-    from models_registry.implementations import algorithm_for_task
-
     return algorithm_for_task(task).predict
 
 
@@ -94,4 +94,17 @@ def neural_fit(
     return module, result
 
 
-__all__ = ["neural_fit", "generated_data", "task_train_data", "task_sampler", "task_labeller"]
+# A short, fixed training budget for a model's first version: deliberately weak, but not random.
+FIRST_VERSION_TRAIN = TrainConfig(epochs=3, batch_size=64, lr=3e-3, patience=3, seed=0)
+
+
+def version_seed(*, model: NeuralModel, genome: dict, config: TrainConfig = FIRST_VERSION_TRAIN,
+                 note: str = "seeded weak model") -> ModelVersion:
+    """Train ``genome`` briefly on the model's task and make it the model's first, active version."""
+    module, _ = neural_fit(model.task, genome, config=config)
+    evaluation = candidate_evaluate(task=model.task, module=module)
+    return version_create(model=model, genome=genome, state_dict=module.state_dict(), evaluation=evaluation,
+                          activate=True, note=note, reason="initial version")
+
+
+__all__ = ["neural_fit", "generated_data", "task_train_data", "task_sampler", "task_labeller", "version_seed"]

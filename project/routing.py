@@ -5,7 +5,7 @@ from channels.routing import URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import path
 
-from project.live.consumers import LiveEventsConsumer
+from events.consumers import LiveEventsConsumer
 
 websocket_urlpatterns = [path("ws/live/", LiveEventsConsumer.as_asgi())]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from project.env import env_bool, env_float, env_int, env_list, env_str, persistent_secret_key
+from events.env import env_bool, env_float, env_int, env_list, env_str, persistent_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("PLASTICITY_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -52,7 +52,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "django_q",
-    "project.live",
+    "events",
     "hormones",
     "models_registry",
     "improvement",
@@ -139,7 +139,7 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-# The outbox relay (project/live/relay.py) carries events committed by other processes (workers)
+# The outbox relay (events/relay.py) carries events committed by other processes (workers)
 # to this web process's channel layer. Needed with the in-memory layer; with Redis workers push
 # on commit themselves, so it is off unless asked for.
 PLASTICITY_OUTBOX_RELAY = env_bool("PLASTICITY_OUTBOX_RELAY", not REDIS_URL)
@@ -273,3 +273,7 @@ LOGGING = {
 PLASTICITY_TORCH_THREADS = env_int("PLASTICITY_TORCH_THREADS", 1, minimum=1)
 # Seconds a run may go without a heartbeat before the reconciler considers its worker gone.
 PLASTICITY_HEARTBEAT_TIMEOUT = env_int("PLASTICITY_HEARTBEAT_TIMEOUT", 120, minimum=10)
+# Extra strategy modules to register (dotted paths; every module in improvement/strategies/ is found on its own).
+PLASTICITY_STRATEGY_MODULES = env_list("PLASTICITY_STRATEGY_MODULES", [])
+# Check every live event's payload against its declared TypedDict (events/payloads.py) before publishing.
+PLASTICITY_CHECK_EVENT_PAYLOADS = env_bool("PLASTICITY_CHECK_EVENT_PAYLOADS", DEBUG)

@@ -28,6 +28,8 @@ def _isolated_storage(settings, tmp_path):
     storages._storages = {}
     default_storage._wrapped = empty
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Every event a test makes publish must match its declared payload type (events/payloads.py).
+    settings.PLASTICITY_CHECK_EVENT_PAYLOADS = True
     caches_clear()
     serving_runtime_reset()
     yield

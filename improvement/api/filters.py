@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import django_filters
 
-from improvement.choices import RunOrigin, RunStatus, StrategyName
+from improvement.choices import RunOrigin, RunStatus
 from improvement.models import ImprovementRun
+from improvement.strategies.registry import strategy_choices
 from project.api.fields import IdFilter
 
 
 class RunFilter(django_filters.FilterSet):
     model = IdFilter(field_name="model_id", help_text="Model id.")
     task = django_filters.CharFilter(field_name="model__task__slug", help_text="Task slug.")
-    strategy = django_filters.ChoiceFilter(choices=StrategyName.choices)
+    strategy = django_filters.ChoiceFilter(choices=strategy_choices)
     status = django_filters.ChoiceFilter(choices=RunStatus.choices)
     origin = django_filters.ChoiceFilter(choices=RunOrigin.choices)
     created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from improvement.choices import StrategyName
 from improvement.models import ImprovementConfig, ImprovementRun
-from improvement.strategies import all_strategies
+from improvement.strategies.registry import strategy_choices
 from models_registry.models import NeuralModel
+from models_registry.selectors import version_active
 from project.api.fields import FiniteRepresentationMixin, PrimaryKeyField
 
 # ------------------------------------------------------------------------------------- runs
@@ -81,19 +81,18 @@ class RunParamsSerializer(serializers.Serializer):
 
 class RunCreateSerializer(serializers.Serializer):
     model = PrimaryKeyField(queryset=NeuralModel.objects.all(), help_text="Model id.")
-    strategy = serializers.ChoiceField(choices=StrategyName.choices)
+    strategy = serializers.ChoiceField(choices=strategy_choices())
     params = RunParamsSerializer(required=False)
     reason = serializers.CharField(required=False, allow_blank=True, max_length=300,
                                    help_text="Why (shown in the history); defaults to who asked.")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Every registered strategy, not only the four built in.
-        labels = dict(StrategyName.choices)
-        self.fields["strategy"].choices = [(name, labels.get(name, name)) for name in all_strategies()]
+        # Every strategy registered now (a plugin registered after start-up included).
+        self.fields["strategy"].choices = strategy_choices()
 
     def validate_model(self, model: NeuralModel) -> NeuralModel:
-        if not model.versions.filter(is_active=True).exists():
+        if version_active(model=model) is None:
             raise serializers.ValidationError(f"model {model} has no active version to improve")
         return model
 

@@ -34,12 +34,12 @@ from improvement.api.serializers import (
 from improvement.choices import IN_FLIGHT, RunOrigin
 from improvement.export import csv_chunks, json_chunks
 from improvement.health import system_health_report
-from improvement.integration import config_update
-from improvement.loop import cycle_force, loop_start, loop_stop
 from improvement.models import ImprovementConfig, ImprovementRun
-from improvement.runs import run_cancel, run_create
+from improvement.runs.lifecycle import run_cancel, run_create
+from improvement.scheduler.loop import cycle_force, loop_start, loop_stop
 from improvement.selectors import improvement_status
-from improvement.strategies import all_strategies
+from improvement.services import config_update
+from improvement.strategies.registry import all_strategies
 from project.api.errors import Conflict
 from project.api.fields import id_path_parameter
 from project.api.pagination import Pagination

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models_registry.nn.kinds import check_output_kind
 from models_registry.nn.training import (
     AugmentFn,
     EpochEvent,
@@ -41,7 +42,6 @@ from models_registry.nn.training import (
 TeacherFn = Callable[[torch.Tensor], torch.Tensor | np.ndarray]
 ExtraInputsFn = Callable[[int], np.ndarray | None]
 
-OUTPUT_KINDS = ("classes", "values", "reconstruction")
 # Teachers label unlabeled inputs in chunks so a large generated set needs no huge activation.
 _LABEL_CHUNK = 4096
 
@@ -80,8 +80,7 @@ def teacher_outputs(teacher_fn: TeacherFn, inputs: torch.Tensor) -> torch.Tensor
 
 
 def _check_kind(output_kind: str) -> None:
-    if output_kind not in OUTPUT_KINDS:
-        raise ValueError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
+    check_output_kind(output_kind)
 
 
 def distillation_loss(

@@ -1,17 +1,5 @@
-"""Improvement strategies: one module each, one shared interface (see base.py)."""
+"""Improvement strategies: one module each, found and registered by ``improvement.strategies.registry``.
 
-from improvement.strategies.base import (
-    Applicability,
-    Candidate,
-    ModelMetrics,
-    Strategy,
-    StrategyContext,
-    Triggers,
-    all_strategies,
-    get_strategy,
-)
-
-__all__ = [
-    "Applicability", "Candidate", "ModelMetrics", "Strategy", "StrategyContext", "Triggers",
-    "all_strategies", "get_strategy",
-]
+Import what you need from ``registry`` (the interface) or from a strategy's own module; this
+package itself exports nothing, so a strategy module never imports its own package.
+"""

@@ -11,9 +11,9 @@ Candidates are ranked on the *validation* split; the engine judges the winner on
 held-out test split.
 
 Pre-screening hook: when the evaluator the engine provides pre-screens (see
-``improvement.search``), it sets ``context.params["prescreen_factor"]``; the search then breeds
+``improvement.runs.search``), it sets ``context.params["prescreen_factor"]``; the search then breeds
 that many times more genomes per generation and the evaluator trains only the most promising
-``population_size`` of them (``improvement.nn.predictor.Prescreen``), so the number of
+``population_size`` of them (``improvement.nn.gain_model.Prescreen``), so the number of
 candidates trained stays ``population_size × generations``.
 """
 
@@ -21,16 +21,22 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from improvement.nn.genetics import Individual, SearchConfig, evolve, inherit_weights
-from improvement.strategies.base import (
+from hormones.names import CORTISOL, DOPAMINE
+from hormones.priority import HormoneWeighting, mutation_rate
+from improvement.nn.evolution import Individual, SearchConfig, evolve, inherit_weights
+from improvement.strategies.registry import (
+    NEED_SHARED_SEARCH,
+    ROLE_EVOLVE,
     Applicability,
     Candidate,
     ModelMetrics,
     ProgressFn,
+    StrategyBase,
     StrategyContext,
     Triggers,
     register,
@@ -89,10 +95,20 @@ def candidate_train_config(context: StrategyContext, *, n_candidates: int, index
 
 
 @register
-class ArchitectureStrategy:
+class ArchitectureStrategy(StrategyBase):
     name = "architecture"
+    label = "Architecture search"
+    order = 30
     objective = "score"
     description = "Genetic architecture search (mutation, crossover, Pareto ranking, weight inheritance)."
+    # Reward (dopamine) widens exploration; stress (cortisol) defers expensive search.
+    hormones = HormoneWeighting(raised_by={DOPAMINE: 1.0}, damped_by={CORTISOL: 0.6})
+    needs = frozenset({NEED_SHARED_SEARCH})
+    roles = frozenset({ROLE_EVOLVE})
+    explore_drive = DOPAMINE
+
+    def run_params(self, levels: Mapping[str, float]) -> dict:
+        return {"mutation_rate": round(mutation_rate(levels), 4)}
 
     def applies(self, metrics: ModelMetrics, triggers: Triggers) -> Applicability:
         if triggers.genetic_enhanced and metrics.genetic_trigger:

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from improvement.strategies.base import ProgressFn, StrategyContext
+from improvement.strategies.registry import ProgressFn, StrategyContext
 from models_registry.nn.training import EpochEvent, TrainConfig
 
 

@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from improvement.nn.distillation import distill, perturbed_inputs
-from improvement.strategies.base import (
+from hormones.names import OXYTOCIN
+from hormones.priority import HormoneWeighting
+from improvement.nn.distillation import distill, perturbed_inputs, pseudo_label
+from improvement.strategies.common import Budget, clone_module, epoch_progress, train_config
+from improvement.strategies.registry import (
+    NEED_TEACHER,
     Applicability,
     Candidate,
     ModelMetrics,
     ProgressFn,
+    StrategyBase,
     StrategyContext,
+    TriggerRelease,
     Triggers,
     register,
 )
-from improvement.strategies.common import Budget, clone_module, epoch_progress, train_config
+from models_registry.nn.training import train_module
 
 # Perturbed copies of the training split per epoch for the teacher to label: three of each row
 # (as in bench/bench_distillation.py), fewer when that would pass EXTRA_INPUTS_CAP rows.
@@ -49,10 +55,19 @@ def extra_inputs_for(context: StrategyContext):
 
 
 @register
-class DistillationStrategy:
+class DistillationStrategy(StrategyBase):
     name = "distillation"
+    label = "Knowledge distillation"
+    order = 40
     objective = "score"
     description = "Teacher-student learning from the best implementation in the task."
+    # Bonding (oxytocin): learn from the strong.
+    hormones = HormoneWeighting(raised_by={OXYTOCIN: 1.5})
+    needs = frozenset({NEED_TEACHER})
+    explore_drive = OXYTOCIN
+
+    def fired_release(self, fired: list[ModelMetrics]) -> TriggerRelease | None:
+        return TriggerRelease(cause="a strong teacher exists for a weaker model", hormone=OXYTOCIN, delta=0.05)
 
     def applies(self, metrics: ModelMetrics, triggers: Triggers) -> Applicability:
         if not triggers.cross_model_distillation:
@@ -106,9 +121,6 @@ class DistillationStrategy:
 
     @staticmethod
     def _learn_from_labels(context: StrategyContext, student, budget: Budget, progress: ProgressFn):
-        from improvement.nn.distillation import pseudo_label
-        from models_registry.nn.training import train_module
-
         inputs = extra_inputs_for(context)
 
         def extra(epoch: int):

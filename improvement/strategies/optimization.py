@@ -22,18 +22,22 @@ import math
 import numpy as np
 import torch
 
+from hormones.names import CORTISOL
+from hormones.priority import HormoneWeighting, latency_severity
 from improvement.nn.distillation import distill
 from improvement.nn.pruning import prune_genome_and_module
-from improvement.strategies.base import (
+from improvement.strategies.common import Budget, clone_module, epoch_progress, train_config
+from improvement.strategies.registry import (
     Applicability,
     Candidate,
     ModelMetrics,
     ProgressFn,
+    StrategyBase,
     StrategyContext,
+    TriggerRelease,
     Triggers,
     register,
 )
-from improvement.strategies.common import Budget, clone_module, epoch_progress, train_config
 from models_registry.nn.evaluation import measure_latency, score_predictions, to_predictions
 from models_registry.nn.genome import GenomeError, build_module, set_normalisation, validate_genome
 from models_registry.nn.runtimes import export_onnx, make_predict_fn, quantize_onnx_dynamic
@@ -99,10 +103,20 @@ def runtime_variants(genome: dict, module: torch.nn.Module, context: StrategyCon
 
 
 @register
-class OptimizationStrategy:
+class OptimizationStrategy(StrategyBase):
     name = "optimization"
+    label = "Optimization"
+    order = 20
     objective = "latency"
     description = "ONNX Runtime / int8 / structured pruning / distilled student; fastest within tolerance."
+    # Stress (cortisol) makes things cheaper first.
+    hormones = HormoneWeighting(raised_by={CORTISOL: 1.5})
+
+    def fired_release(self, fired: list[ModelMetrics]) -> TriggerRelease | None:
+        """Latency over budget is a stress event: the further over, the larger the release."""
+        severity = max((latency_severity(m.latency_p95_ms, m.latency_budget_ms) for m in fired), default=0.0)
+        return TriggerRelease(cause="latency over budget seen by the cycle", stress_event="latency_over_budget",
+                              severity=severity, persistence=0.5)
 
     def applies(self, metrics: ModelMetrics, triggers: Triggers) -> Applicability:
         limit = triggers.optimization_latency_ms or metrics.latency_budget_ms

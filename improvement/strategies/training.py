@@ -20,16 +20,21 @@ import copy
 
 import torch
 
-from improvement.strategies.base import (
+from hormones.names import ADRENALINE
+from hormones.priority import HormoneWeighting
+from improvement.strategies.common import Budget, clone_module, epoch_progress, train_config
+from improvement.strategies.registry import (
+    ROLE_RETRAIN,
     Applicability,
     Candidate,
     ModelMetrics,
     ProgressFn,
+    StrategyBase,
     StrategyContext,
     Triggers,
     register,
 )
-from improvement.strategies.common import Budget, clone_module, epoch_progress, train_config
+from models_registry.nn.evaluation import score_predictions, to_predictions, torch_predict_fn
 from models_registry.nn.genome import build_module, set_normalisation, validate_genome
 from models_registry.nn.training import train_module
 
@@ -49,10 +54,15 @@ def widen_genome(genome: dict, factor: float = 2.0, cap: int = 512, floor: int =
 
 
 @register
-class TrainingStrategy:
+class TrainingStrategy(StrategyBase):
     name = "training"
+    label = "Training"
+    order = 10
     objective = "score"
     description = "Fine-tune or retrain with AdamW, adaptive LR, early stopping, clipping and generated data."
+    # Urgency (adrenaline) puts retraining first.
+    hormones = HormoneWeighting(raised_by={ADRENALINE: 1.5})
+    roles = frozenset({ROLE_RETRAIN})
 
     def applies(self, metrics: ModelMetrics, triggers: Triggers) -> Applicability:
         if metrics.score is None:
@@ -115,8 +125,6 @@ class TrainingStrategy:
 
 
 def _val_score(context: StrategyContext) -> float:
-    from models_registry.nn.evaluation import score_predictions, to_predictions, torch_predict_fn
-
     X_val = context.data.X_val
     raw = torch_predict_fn(context.module)(X_val)
     y_val = context.data.y_val if context.output_kind != "reconstruction" else X_val

@@ -25,7 +25,6 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from improvement.services import seed_weak_version
 from models_registry.api.serializers import (
     ActivateSerializer,
     ModelVersionSerializer,
@@ -37,17 +36,18 @@ from models_registry.api.serializers import (
     TaskUploadSerializer,
 )
 from models_registry.choices import DataSource, OutputKind, Runtime
+from models_registry.errors import RegistryError
 from models_registry.implementations import version_module
 from models_registry.models import ModelVersion, NeuralModel, Task
 from models_registry.nn.runtimes import export_onnx
 from models_registry.services import (
-    RegistryError,
     model_create,
     task_create_from_generator,
     task_create_from_upload,
     version_activate,
     version_rollback,
 )
+from models_registry.training import version_seed
 from models_registry.weights import blob_load, sha256_bytes
 from project.api.fields import IdFilter, id_path_parameter
 from project.api.pagination import Pagination
@@ -204,7 +204,7 @@ class NeuralModelViewSet(_Base, mixins.ListModelMixin, mixins.RetrieveModelMixin
         data = serializer.validated_data
         model = model_create(task=data["task"], name=data["name"], description=data.get("description", ""))
         try:
-            seed_weak_version(model=model, genome=data["genome"])
+            version_seed(model=model, genome=data["genome"])
         except BaseException:
             with transaction.atomic():
                 model.delete()  # no model without a version is left behind

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from models_registry.algorithms import as_implementation
 from models_registry.data.errors import DatasetError
 from models_registry.data.splits import MIN_ROWS
+from models_registry.nn.kinds import OUTPUT_KINDS
 
-OUTPUT_KINDS = ("classes", "values", "reconstruction")
 #: An integer-valued numeric target with at most this many distinct values is taken as class labels.
 MAX_INFERRED_CLASSES = 50
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -665,8 +666,6 @@ def generate_dataset(fn: Any, spec: SamplerSpec, seed: int) -> tuple[np.ndarray,
     given: the algorithm's answers must stay comparable with the model's);
     anything else numeric is "values", float32 (N, k). Returns ``(X, y, output_kind)``.
     """
-    # Imported here: models_registry.algorithms imports this package, so a top-level import is circular.
-    from models_registry.algorithms import as_implementation
 
     try:
         impl = as_implementation(fn)

@@ -39,10 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from models_registry.nn.kinds import check_output_kind
+
 KINDS = ("mlp", "cnn", "autoencoder")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "leaky_relu", "elu")
 NORMS = ("none", "batch", "layer")
-OUTPUT_KINDS = ("classes", "values", "reconstruction")
 
 MAX_WIDTH = 4096
 MAX_DEPTH = 8
@@ -459,8 +460,7 @@ def set_normalisation(
     scale at every pixel. Output statistics (per output column) are only set
     when ``output_kind == "values"``; otherwise they are reset to the identity.
     """
-    if output_kind not in OUTPUT_KINDS:
-        raise ValueError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
+    check_output_kind(output_kind)
     X64 = np.asarray(X, dtype=np.float64)
     n_features = math.prod(module.input_shape)
     if X64.ndim < 1 or X64.shape[0] == 0 or X64.size != X64.shape[0] * n_features:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
-from models_registry.services import RegistryError
+from models_registry.errors import RegistryError
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.models import ServingState, ServingSwitch
 from models_registry.serving.switching import (

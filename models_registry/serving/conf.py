@@ -1,7 +1,7 @@
 """Serving settings: a Django setting when defined, else the environment variable, else a default.
 
 The environment fallback lets an operator (or a benchmark) tune a server without a settings
-change; a value that does not parse fails loudly through the ``project.env`` helpers.
+change; a value that does not parse fails loudly through the ``events.env`` helpers.
 Values are read when used (cheap ``getattr``), so tests may override them with ``settings``.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from project.env import env_bool, env_float, env_int
+from events.env import env_bool, env_float, env_int
 
 # name -> (kind, default); every name is also the environment variable's name.
 SERVING_SETTINGS: dict[str, tuple[type, float | int | bool]] = {

@@ -4,28 +4,22 @@ from __future__ import annotations
 
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
 from models_registry.choices import Implementation
 from models_registry.serving.choices import SwitchReason
+from models_registry.serving.conf import serving_setting
 
 
 def default_shadow_fraction() -> float:
-    from models_registry.serving.conf import serving_setting
-
     return serving_setting("PLASTICITY_SHADOW_FRACTION")
 
 
 def default_hysteresis() -> float:
-    from models_registry.serving.conf import serving_setting
-
     return serving_setting("PLASTICITY_SERVING_HYSTERESIS")
 
 
 def default_min_dwell_s() -> float:
-    from models_registry.serving.conf import serving_setting
-
     return serving_setting("PLASTICITY_SERVING_MIN_DWELL_S")
 
 
@@ -113,18 +107,3 @@ class ServingSwitch(models.Model):
     def __str__(self) -> str:
         return f"{self.task.slug}: {self.from_implementation or '-'} → {self.to_implementation} ({self.reason})"
 
-
-def _route_table_stale(sender, **kwargs) -> None:
-    """A task, version or serving state was written by this process: re-read the routes at the next request.
-
-    Other processes notice within ``PLASTICITY_SERVING_REFRESH_S``; bulk ``update()`` calls send no
-    signal, and the services that use them invalidate on commit instead.
-    """
-    from models_registry.serving.router import serving_router_invalidate  # the router imports these models
-
-    serving_router_invalidate()
-
-
-for _sender in ("models_registry.Task", "models_registry.ModelVersion", "models_registry.ServingState"):
-    post_save.connect(_route_table_stale, sender=_sender, weak=False, dispatch_uid=f"route-table-stale:{_sender}")
-    post_delete.connect(_route_table_stale, sender=_sender, weak=False, dispatch_uid=f"route-table-stale:{_sender}")

@@ -38,6 +38,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from django.conf import settings
+from django.db.models.signals import post_delete, post_save
 
 from models_registry.choices import Implementation, OutputKind
 from models_registry.implementations import PredictFn, algorithm_predict_fn, version_predict_fn
@@ -373,3 +374,19 @@ def serving_router_reset() -> None:
     global _router
     with _router_lock:
         _router = None
+
+
+def _route_table_stale(sender, **kwargs) -> None:
+    """A task, version or serving state was written by this process: re-read the routes at the next request.
+
+    Connected when this module is imported, i.e. whenever a router can exist in the process.
+    Other processes notice within ``PLASTICITY_SERVING_REFRESH_S``; bulk ``update()`` calls send no
+    signal, and the services that use them invalidate on commit instead.
+    """
+    serving_router_invalidate()
+
+
+for _sender in (Task, ModelVersion, ServingState):
+    post_save.connect(_route_table_stale, sender=_sender, weak=False, dispatch_uid=f"route-table-stale:{_sender.__name__}")
+    post_delete.connect(_route_table_stale, sender=_sender, weak=False,
+                        dispatch_uid=f"route-table-stale:{_sender.__name__}")

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import close_old_connections, transaction
 
+from events.payloads import ServingDriftPayload
+from events.publisher import publish
 from hormones.choices import HormoneName
 from hormones.services import hormone_release
 from models_registry.choices import Implementation, OutputKind
@@ -50,7 +52,6 @@ from models_registry.serving.models import ServingState, ServingSwitch
 from models_registry.serving.router import Route, outputs_finalise
 from models_registry.serving.switching import ALGORITHMIC, NEURAL, serving_switch
 from models_registry.serving.tracker import serving_tracker
-from project.live.publisher import publish
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +142,11 @@ def shadow_drift_record(*, task: Task, version: ModelVersion | None, agreement: 
         if state is not None and state.implementation == NEURAL and not state.pinned and task.algorithm_path:
             switch = serving_switch(task=task, implementation=ALGORITHMIC, reason=SwitchReason.SHADOW_DISAGREEMENT,
                                     detail=detail, evidence=evidence)
-        publish("serving.drift", {"task": task.slug, "task_id": task.pk, **evidence,
-                                  "switched": switch is not None, "switch_id": switch.pk if switch else None})
+        publish("serving.drift", ServingDriftPayload(
+            task=task.slug, task_id=task.pk, agreement=evidence["agreement"], floor=evidence["floor"], rows=rows,
+            version_id=evidence["version_id"], version=evidence["version"], switched=switch is not None,
+            switch_id=switch.pk if switch else None,
+        ))
     logger.warning("serving %s: %s%s", task.slug, detail, "; switched to the algorithm" if switch else "")
     return switch
 

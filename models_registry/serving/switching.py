@@ -32,15 +32,16 @@ from datetime import datetime
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from events.payloads import ServingSwitchedPayload
+from events.publisher import publish
 from models_registry.choices import Implementation
+from models_registry.errors import RegistryError
 from models_registry.models import ModelVersion, Task
 from models_registry.selectors import algorithm_latest_sample, version_best_in_task, version_latest_sample
-from models_registry.services import RegistryError
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.conf import serving_setting
 from models_registry.serving.models import ServingState, ServingSwitch
 from models_registry.serving.router import serving_router_invalidate
-from project.live.publisher import publish
 
 logger = logging.getLogger(__name__)
 
@@ -254,8 +255,8 @@ def _switch_record(task: Task, from_implementation: str, from_version: ModelVers
         from_version=from_version, to_version=state.version, reason=reason, detail=detail[:300],
         evidence=evidence, actor=actor[:150],
     )
-    publish("serving.switched", {"task": task.slug, "implementation": state.implementation,
-                                 "version_id": state.version_id, "reason": reason})
+    publish("serving.switched", ServingSwitchedPayload(task=task.slug, implementation=state.implementation,
+                                                       version_id=state.version_id, reason=reason))
     transaction.on_commit(serving_router_invalidate)
     logger.info("serving %s: %s → %s (%s) %s", task.slug, from_implementation or "-", state.implementation,
                 reason, detail[:200])

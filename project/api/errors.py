@@ -23,8 +23,8 @@ from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from models_registry.data.errors import DatasetError, ImplementationError
+from models_registry.errors import RegistryError
 from models_registry.nn.genome import GenomeError
-from models_registry.services import RegistryError
 from models_registry.weights import WeightsError
 
 logger = logging.getLogger(__name__)

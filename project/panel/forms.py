@@ -5,9 +5,9 @@ from __future__ import annotations
 from django import forms
 from django.core.exceptions import ValidationError
 
-from improvement.integration import config_update
 from improvement.models import ImprovementConfig
-from improvement.strategies import all_strategies
+from improvement.services import config_update
+from improvement.strategies.registry import all_strategies
 from models_registry.models import NeuralModel
 
 CONFIG_FIELDS = (

@@ -20,13 +20,14 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from events.publisher import latest_event_id
 from improvement.choices import RunOrigin
-from improvement.loop import cycle_force, loop_start, loop_stop
 from improvement.models import ImprovementConfig, ImprovementRun
-from improvement.runs import run_cancel, run_create
+from improvement.runs.lifecycle import run_cancel, run_create
+from improvement.scheduler.loop import cycle_force, loop_start, loop_stop
+from models_registry.errors import RegistryError
 from models_registry.models import ModelVersion, NeuralModel
-from models_registry.services import RegistryError, version_activate, version_rollback
-from project.live.publisher import latest_event_id
+from models_registry.services import version_activate, version_rollback
 from project.panel import selectors
 from project.panel.forms import ConfigForm, LoopForm, RunNowForm, VersionChoiceForm
 

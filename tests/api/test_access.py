@@ -15,7 +15,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.urls.resolvers import RoutePattern
 
-from improvement.runs import run_create
+from improvement.runs.lifecycle import run_create
 from models_registry.services import model_create
 from tests.factories import csv_task, trained_version
 

@@ -11,7 +11,7 @@ from hormones.services import brain_state_snapshot, hormone_release
 from improvement.api.serializers import RunDetailSerializer
 from improvement.choices import RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun
-from improvement.runs import run_create
+from improvement.runs.lifecycle import run_create
 from models_registry.services import model_create
 from tests.factories import csv_task, model_with_versions
 

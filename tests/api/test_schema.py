@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from improvement.runs import run_create
+from improvement.runs.lifecycle import run_create
 from tests.factories import model_with_versions
 
 pytestmark = pytest.mark.django_db

@@ -82,7 +82,7 @@ def _csv(n: int = 300, seed: int = 3) -> tuple[bytes, np.ndarray, np.ndarray]:
 
 @pytest.mark.slow
 def test_a_schema_only_client_improves_a_model_and_runs_it_as_onnx(operator, wsgi_app):
-    from improvement.engine import run_execute  # the worker's part, not the client's
+    from improvement.runs.execution import run_execute  # the worker's part, not the client's
 
     http = httpx.Client(transport=httpx.WSGITransport(app=wsgi_app), base_url="http://testserver")
     client = SchemaClient(http, username="alice", password="alice-pass-123")

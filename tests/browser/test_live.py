@@ -7,9 +7,10 @@ import time
 import pytest
 from django.db import transaction
 
+from events.payloads import CycleFinishedPayload
+from events.publisher import publish
 from improvement.models import ImprovementConfig, ImprovementRun
 from models_registry.services import model_create
-from project.live.publisher import publish
 from tests.browser.conftest import login, wait_charts, wait_live
 from tests.factories import csv_task, trained_version
 from tests.workers import qcluster
@@ -73,7 +74,8 @@ def _publish(n: int, tag: str) -> list[int]:
     ids = []
     for i in range(n):
         with transaction.atomic():
-            ids.append(publish("cycle.finished", {"test": tag, "seq": i}).id)
+            ids.append(publish("cycle.finished", CycleFinishedPayload(cycle_id=i, trigger=tag, enqueued=0, slots=0,
+                                                                       next_cycle_at=None)).id)
     return ids
 
 

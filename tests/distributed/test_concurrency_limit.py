@@ -10,7 +10,7 @@ import pytest
 
 from improvement.choices import FINISHED, RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun
-from improvement.runs import run_create
+from improvement.runs.lifecycle import run_create
 from tests.distributed.services import cluster_ready
 from tests.workers import qcluster
 

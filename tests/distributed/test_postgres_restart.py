@@ -10,7 +10,7 @@ from rest_framework.authtoken.models import Token
 
 from improvement.choices import RunStatus
 from improvement.models import ImprovementRun
-from improvement.runs import run_create
+from improvement.runs.lifecycle import run_create
 from tests.distributed.services import http_get, postgres_stopped, session_cookie, wait_for
 from tests.workers import daphne, qcluster
 

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
+from events.models import OutboxEvent
+from events.publisher import latest_event_id
 from improvement.choices import RunStatus
 from improvement.models import ImprovementRun
-from improvement.runs import run_create
-from project.live.models import OutboxEvent
-from project.live.publisher import latest_event_id
+from improvement.runs.lifecycle import run_create
 from tests.distributed.services import LiveClient, redis_restart, session_cookie
 from tests.workers import daphne, qcluster
 

@@ -8,7 +8,7 @@ import pytest
 
 from improvement.choices import RunStatus
 from improvement.models import ImprovementRun, SearchCandidate
-from improvement.runs import run_create
+from improvement.runs.lifecycle import run_create
 from models_registry.nn.genome import build_module, validate_genome
 from tests.distributed.services import cluster_ready, wait_for
 from tests.workers import qcluster

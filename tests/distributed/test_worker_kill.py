@@ -18,7 +18,7 @@ from django.db.models import Count
 
 from improvement.choices import RunStatus
 from improvement.models import ImprovementRun
-from improvement.runs import run_create, runs_reconcile
+from improvement.runs.lifecycle import run_create, runs_reconcile
 from models_registry.implementations import fresh_version_module
 from models_registry.models import ModelVersion
 from tests.distributed.services import wait_for, weight_files

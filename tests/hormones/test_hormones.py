@@ -10,15 +10,19 @@ from django.utils import timezone
 
 from hormones.models import Hormone, HormoneEvent, decayed_level
 from hormones.priority import (
+    HormoneWeighting,
+    exploration_order,
     exploration_share,
-    exploration_strategy,
     interval_multiplier,
+    latency_severity,
     model_urgency_boost,
     mutation_rate,
+    resource_severity,
     strategy_weights,
 )
 from hormones.selectors import hormone_levels_current
 from hormones.services import hormone_release, hormones_ensure
+from improvement.strategies.registry import strategy_weightings
 
 BASE = {"dopamine": 0.3, "cortisol": 0.2, "adrenaline": 0.1, "serotonin": 0.5, "oxytocin": 0.2}
 
@@ -61,20 +65,33 @@ def test_release_moves_the_current_level_clamps_and_records_the_cause():
     assert hormone_levels_current()["cortisol"] == pytest.approx(1.0, abs=1e-3)
 
 
+def _weights(levels):
+    return strategy_weights(levels, strategy_weightings())
+
+
 def _order(levels):
-    weights = strategy_weights(levels)
+    weights = _weights(levels)
     return sorted(weights, key=weights.get, reverse=True)
 
 
+def test_a_weighting_raises_and_damps_by_the_documented_formula():
+    weighting = HormoneWeighting(raised_by={"dopamine": 1.0, "oxytocin": 0.5}, damped_by={"cortisol": 0.6})
+    levels = {"dopamine": 0.4, "oxytocin": 0.2, "cortisol": 0.5}
+    assert weighting.weight(levels) == pytest.approx((1 + 0.4 + 0.5 * 0.2) * (1 - 0.6 * 0.5))
+    assert HormoneWeighting().weight(levels) == 1.0
+    # Levels outside [0, 1] are clipped.
+    assert weighting.weight({"dopamine": 5.0, "cortisol": -1.0}) == pytest.approx(2.0)
+
+
 def test_each_hormone_moves_priorities_the_documented_way():
-    base = strategy_weights(BASE)
-    assert strategy_weights({**BASE, "adrenaline": 1.0})["training"] > base["training"]
-    assert strategy_weights({**BASE, "cortisol": 1.0})["optimization"] > base["optimization"]
-    assert strategy_weights({**BASE, "cortisol": 1.0})["architecture"] < base["architecture"]
-    assert strategy_weights({**BASE, "dopamine": 1.0})["architecture"] > base["architecture"]
-    assert strategy_weights({**BASE, "oxytocin": 1.0})["distillation"] > base["distillation"]
+    base = _weights(BASE)
+    assert _weights({**BASE, "adrenaline": 1.0})["training"] > base["training"]
+    assert _weights({**BASE, "cortisol": 1.0})["optimization"] > base["optimization"]
+    assert _weights({**BASE, "cortisol": 1.0})["architecture"] < base["architecture"]
+    assert _weights({**BASE, "dopamine": 1.0})["architecture"] > base["architecture"]
+    assert _weights({**BASE, "oxytocin": 1.0})["distillation"] > base["distillation"]
     # Stress puts optimization ahead of architecture for the same urgency.
-    stressed = strategy_weights({**BASE, "cortisol": 0.9})
+    stressed = _weights({**BASE, "cortisol": 0.9})
     assert stressed["optimization"] > stressed["architecture"]
     assert _order({**BASE, "adrenaline": 1.0})[0] == "training"
     assert _order({**BASE, "oxytocin": 1.0})[0] == "distillation"
@@ -84,7 +101,16 @@ def test_other_hormone_effects():
     assert mutation_rate({"dopamine": 1.0}) > mutation_rate({"dopamine": 0.0})
     assert exploration_share({"dopamine": 1.0}) > exploration_share({"dopamine": 0.0})
     assert exploration_share({"cortisol": 1.0, "dopamine": 0.0}) == 0.1
-    assert interval_multiplier({"serotonin": 1.0}) == 2.0 and interval_multiplier({}) == 1.0
+    # Serotonin stretches the cycle period only above its baseline (0.5), up to 2x.
+    assert interval_multiplier({"serotonin": 1.0}) == 2.0
+    assert interval_multiplier({"serotonin": 0.5}) == 1.0 and interval_multiplier({"serotonin": 0.2}) == 1.0
+    assert interval_multiplier({"serotonin": 0.75}) == pytest.approx(1.5)
     assert model_urgency_boost(1.0) == 4.0
-    assert exploration_strategy({"oxytocin": 0.8, "dopamine": 0.2}, has_better_teacher=True) == "distillation"
-    assert exploration_strategy({"oxytocin": 0.8, "dopamine": 0.2}, has_better_teacher=False) == "architecture"
+    drives = {"architecture": "dopamine", "distillation": "oxytocin"}
+    assert exploration_order({"oxytocin": 0.8, "dopamine": 0.2}, drives)[0] == "distillation"
+    assert exploration_order({"oxytocin": 0.2, "dopamine": 0.8}, drives)[0] == "architecture"
+    # A tie goes to the strategy that learns from a teacher.
+    assert exploration_order({"oxytocin": 0.3, "dopamine": 0.3}, drives,
+                             learns_from_teacher=["distillation"]) == ["distillation", "architecture"]
+    assert latency_severity(200.0, 200.0) == 0.0 and latency_severity(800.0, 200.0) == 1.0
+    assert resource_severity(95.0, 10.0) == pytest.approx(0.5)

@@ -8,7 +8,7 @@ import pytest
 
 from improvement.choices import FINISHED, RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun
-from improvement.runs import run_create
+from improvement.runs.lifecycle import run_create
 from models_registry.services import model_create
 from tests.factories import csv_task, trained_version
 from tests.workers import qcluster

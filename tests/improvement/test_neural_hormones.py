@@ -10,7 +10,7 @@ from hormones.services import hormones_ensure
 from improvement.choices import RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun
 from improvement.neural_hormones import hormone_response, stress_release, stress_response
-from improvement.signals import run_finished_signals
+from improvement.releases import run_finished_signals
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.data.hormone_model import simulate_hormone_response
 from models_registry.services import model_create, task_create_builtin

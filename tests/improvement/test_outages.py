@@ -15,10 +15,11 @@ from django.db import OperationalError
 from django.db.models.query import QuerySet
 from django.utils import timezone
 
-from improvement import engine, runs
 from improvement.choices import RunStatus
 from improvement.models import ImprovementRun, SearchCandidate
-from improvement.runs import RunReporter, run_claim, run_create, runs_reconcile
+from improvement.runs import execution as engine
+from improvement.runs import lifecycle as runs
+from improvement.runs.lifecycle import RunReporter, run_claim, run_create, runs_reconcile
 from models_registry.services import model_create
 from models_registry.weights import blob_save
 from tests.factories import csv_task, trained_version
@@ -98,8 +99,7 @@ def test_reconciling_a_dead_search_as_failed_removes_its_candidate_files(running
 
 def test_a_requeued_search_starts_again_from_scratch(running_run):
     """A search whose worker vanished left candidates behind; the retry must not trip over them."""
-    from improvement.engine import run_execute
-
+    run_execute = engine.run_execute
     run = run_create(model=running_run.model, strategy="architecture", enqueue=False,
                      params={"time_budget_s": 6, "epochs": 20, "population_size": 2, "generations": 1,
                              "prescreen": False})

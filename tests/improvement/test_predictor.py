@@ -9,27 +9,28 @@ import numpy as np
 import pytest
 from django.utils import timezone
 
+from hormones.names import HORMONE_NAMES
 from hormones.services import hormones_ensure
 from improvement.choices import RunStatus
-from improvement.cycle import Proposal, cycle_run, proposals_prioritise
 from improvement.models import ImprovementConfig, ImprovementRun
-from improvement.nn.genetics import Individual, SearchConfig, evolve
-from improvement.nn.predictor import (
-    HORMONES,
-    N_RUN_FEATURES,
-    STRATEGIES,
+from improvement.nn.evolution import Individual, SearchConfig, evolve
+from improvement.nn.gain_model import (
     GenomeObservation,
     MeanGainPerStrategy,
     Prescreen,
     chronological_splits,
+    n_run_features,
     prescreen_select,
     run_feature_matrix,
     scorer_check,
     spearman,
 )
 from improvement.predictor import PREDICTOR_TASK_SLUG, gain_predictor, predictor_task, run_features
+from improvement.scheduler.cycle import Proposal, cycle_run, proposals_prioritise
+from improvement.strategies.registry import strategy_names
+from models_registry.errors import RegistryError
 from models_registry.models import PerformanceSample, Task
-from models_registry.services import RegistryError, model_create, task_dataset_replace
+from models_registry.services import model_create, task_dataset_replace
 from tests.factories import csv_task, version_with_score
 
 BASE_LEVELS = {"dopamine": 0.3, "cortisol": 0.2, "adrenaline": 0.1, "serotonin": 0.5, "oxytocin": 0.2}
@@ -62,7 +63,7 @@ def _history(model, n: int, *, gain, seed: int = 0, after_minutes: int = 0) -> N
     rows = []
     for i in range(n):
         score = float(rng.uniform(0.3, 1.0))
-        strategy = STRATEGIES[i % len(STRATEGIES)]
+        strategy = strategy_names()[i % len(strategy_names())]
         g = gain(score, strategy, rng)
         rows.append(ImprovementRun(
             model=model, strategy=strategy, status=RunStatus.PROMOTED if g >= 0.1 else RunStatus.REJECTED,
@@ -102,7 +103,7 @@ def _note(record) -> str:
 def test_baseline_predicts_the_mean_gain_of_each_strategy():
     rows = [_features(0.5, "training"), _features(0.5, "training"), _features(0.5, "architecture")]
     X = run_feature_matrix(rows)
-    assert X.shape == (3, N_RUN_FEATURES)
+    assert X.shape == (3, n_run_features())
     baseline = MeanGainPerStrategy().fit(X, np.array([[0.2], [0.4], [-0.1]]))
     out = baseline.predict(run_feature_matrix([_features(0.9, "training"), _features(0.1, "architecture"),
                                                _features(0.5, "distillation")]))
@@ -225,8 +226,8 @@ def test_learnable_history_trains_a_registered_predictor_that_is_used(task, hist
     assert predictor.neural, predictor.note
     assert predictor.note.startswith("predictor: neural gain-mlp v1 — R² ")
     task_row = Task.objects.get(slug=PREDICTOR_TASK_SLUG)
-    assert task_row.algorithm_path == "improvement.nn.predictor.MeanGainPerStrategy"
-    assert (task_row.n_samples, task_row.n_test) == (200, 30) and task_row.input_shape == [N_RUN_FEATURES]
+    assert task_row.algorithm_path == "improvement.nn.gain_model.MeanGainPerStrategy"
+    assert (task_row.n_samples, task_row.n_test) == (200, 30) and task_row.input_shape == [n_run_features()]
     assert task_row.neural_models.get().active_version is not None  # a NeuralModel the loop improves
     # It predicts the signal: a low-scoring model gains little from training, much from architecture.
     gains = predictor.predict([_features(0.5, "training"), _features(0.8, "architecture")])
@@ -291,7 +292,7 @@ def test_run_features_capture_model_strategy_task_hormones_and_history(task):
     features = run_features(model=model, strategy="training", levels={**BASE_LEVELS, "cortisol": 0.9})
     assert features["score"] == 0.6 and features["strategy_training"] == 1.0 and features["kind_mlp"] == 1.0
     assert features["teacher_gap"] == pytest.approx(TEACHER - 0.6) and features["output_classes"] == 1.0
-    assert features["cortisol"] == 0.9 and set(HORMONES) <= set(features)
+    assert features["cortisol"] == 0.9 and set(HORMONE_NAMES) <= set(features)
     assert features["prev_gain_mean"] == pytest.approx(0.05) and features["prev_runs"] == pytest.approx(math.log(2))
 
 

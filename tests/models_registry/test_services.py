@@ -12,10 +12,10 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, close_old_connections, connection, transaction
 
 from models_registry.data.errors import DatasetError
+from models_registry.errors import RegistryError
 from models_registry.implementations import task_dataset, version_predict_fn
 from models_registry.models import ModelVersion, Task
 from models_registry.services import (
-    RegistryError,
     task_create_from_upload,
     version_activate,
     version_rollback,

@@ -11,9 +11,9 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from events.models import OutboxEvent
 from improvement.choices import RunOrigin, RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun, LoopState
-from project.live.models import OutboxEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -205,7 +205,7 @@ def test_config_form_saves_through_config_update(operator_client):
     config = ImprovementConfig.load()
     assert (config.improvement_interval, config.max_concurrent_improvements) == (42.0, 2)
     event = OutboxEvent.objects.filter(type="config.changed").latest("id")
-    assert event.payload["improvement_interval"] == 42.0
+    assert event.payload["changed"]["improvement_interval"] == 42.0
 
 
 def test_pages_render_quickly_with_a_long_history(history, operator_client):

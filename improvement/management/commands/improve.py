@@ -7,10 +7,11 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from improvement.choices import RunOrigin
-from improvement.engine import run_execute
 from improvement.models import ImprovementRun
-from improvement.runs import run_create
-from improvement.triggers import triggered_strategies
+from improvement.runs.execution import run_execute
+from improvement.runs.lifecycle import run_create
+from improvement.scheduler.triggers import triggered_strategies
+from improvement.strategies.registry import strategy_names
 from models_registry.models import NeuralModel
 
 
@@ -36,7 +37,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("model", help="<task>/<model>, a task slug (its only model) or a model id")
-        parser.add_argument("--strategy", choices=["training", "optimization", "architecture", "distillation"])
+        parser.add_argument("--strategy", choices=strategy_names())
         parser.add_argument("--budget", type=float, help="seconds of training budget for this run")
 
     def handle(self, *args, model: str, strategy: str | None, budget: float | None, **options) -> None:

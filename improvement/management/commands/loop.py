@@ -6,7 +6,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from improvement.loop import cycle_force, loop_boot, loop_start, loop_stop
+from improvement.scheduler.loop import cycle_force, loop_boot, loop_start, loop_stop
 from improvement.selectors import improvement_status
 
 

@@ -10,6 +10,8 @@ import time
 
 from django.core.management.base import BaseCommand
 
+from improvement.scheduler.loop import loop_boot
+
 
 class Command(BaseCommand):
     help = "Run daphne (ASGI: pages, API, WebSockets) and a django-q2 worker cluster together."
@@ -20,8 +22,6 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=1, help="django-q2 worker processes")
 
     def handle(self, *args, host: str, port: int, workers: int, **options) -> None:
-        from improvement.loop import loop_boot
-
         state = loop_boot()
         self.stdout.write("self-improvement loop: " + ("started (auto_start)" if state else "not started"))
         env = dict(os.environ, Q_WORKERS=str(workers))

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from improvement.strategies import ModelMetrics, StrategyContext, Triggers, all_strategies, get_strategy
+from improvement.strategies.registry import (
+    ModelMetrics,
+    StrategyContext,
+    Triggers,
+    all_strategies,
+    get_strategy,
+)
 from models_registry.nn.genome import build_module, set_normalisation
 from models_registry.nn.training import TrainConfig, TrainData, train_module
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from events.models import OutboxEvent
 from hormones.models import Hormone, HormoneEvent
 from models_registry.choices import SampleSource
 from models_registry.evaluation import algorithm_evaluate
@@ -19,7 +20,6 @@ from models_registry.serving.router import serving_router
 from models_registry.serving.shadow import agreement_score, serving_shadow, shadow_drifted
 from models_registry.serving.switching import ALGORITHMIC, NEURAL, serving_switch
 from models_registry.serving.tracker import serving_tracker
-from project.live.models import OutboxEvent
 from tests.factories import MLP, trained_version
 from tests.models_registry.serving.helpers import sample
 

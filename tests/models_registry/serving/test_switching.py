@@ -7,7 +7,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from models_registry.services import RegistryError, version_activate
+from events.models import OutboxEvent
+from models_registry.errors import RegistryError
+from models_registry.services import version_activate
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.models import ServingState, ServingSwitch
 from models_registry.serving.switching import (
@@ -19,7 +21,6 @@ from models_registry.serving.switching import (
     serving_reevaluate,
     serving_switch,
 )
-from project.live.models import OutboxEvent
 from tests.models_registry.serving.helpers import sample
 
 POLICY = SwitchPolicy(score_margin=0.01, latency_margin=0.10, min_dwell_s=60.0)

@@ -9,9 +9,10 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from project.live.models import OutboxEvent
-from project.live.payloads import GROUP
-from project.live.publisher import events_after
+from events.models import OutboxEvent
+from events.payloads import GROUP
+from events.publisher import events_after
+from events.relay import relay_get
 
 # A replay longer than this asks the browser to reload the page instead (its state is too old).
 REPLAY_LIMIT = 5000
@@ -56,8 +57,6 @@ class LiveEventsConsumer(AsyncJsonWebsocketConsumer):
             return
         self.seen = SeenIds()
         if settings.PLASTICITY_OUTBOX_RELAY:
-            from project.live.relay import relay_get
-
             # Attach before joining and replaying: see OutboxRelay.attach.
             self.relay = relay_get(self.channel_layer)
             await self.relay.attach()

@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from django.db import connection
 from django.db.models import Q
 
-from project.live.models import OutboxEvent
-from project.live.payloads import GROUP
+from events.models import OutboxEvent
+from events.payloads import GROUP
 
 logger = logging.getLogger(__name__)
 

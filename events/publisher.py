@@ -9,19 +9,35 @@ for a change that was rolled back, and a worker process without a shared channel
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from project.live.models import OutboxEvent
-from project.live.payloads import GROUP, EventType
+from events.models import OutboxEvent
+from events.payloads import GROUP, EventType, payload_problems
 
 logger = logging.getLogger(__name__)
 
 
-def publish(event_type: EventType, payload: dict) -> OutboxEvent:
-    event = OutboxEvent.objects.create(type=event_type, payload=payload)
+class PayloadMismatch(TypeError):
+    """A sender published a payload that does not match the TypedDict declared for its event type."""
+
+
+def publish(event_type: EventType, payload: Mapping[str, Any]) -> OutboxEvent:
+    """Write the event to the outbox in the caller's transaction; push it to browsers on commit.
+
+    ``payload`` is the event type's TypedDict (``events.payloads``); with
+    ``PLASTICITY_CHECK_EVENT_PAYLOADS`` on, a payload that does not match it is refused.
+    """
+    if getattr(settings, "PLASTICITY_CHECK_EVENT_PAYLOADS", False):
+        problems = payload_problems(event_type, payload)
+        if problems:
+            raise PayloadMismatch(f"{event_type}: " + "; ".join(problems))
+    event = OutboxEvent.objects.create(type=event_type, payload=dict(payload))
     transaction.on_commit(lambda: push_to_channel_layer(event.as_message()))
     return event
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from improvement.nn.genetics import (
+from improvement.nn.evolution import (
     MAX_SEARCH_WIDTH,
     MIN_SEARCH_WIDTH,
     Individual,

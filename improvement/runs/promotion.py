@@ -20,13 +20,12 @@ import dataclasses
 import math
 
 from django.db import transaction
-from django.utils import timezone
 
-from improvement.choices import RunStatus
 from improvement.models import ImprovementRun
+from improvement.runs.lifecycle import run_mark_promoted
 from models_registry.models import ModelVersion
 from models_registry.nn.evaluation import EvaluationResult
-from models_registry.services import version_create
+from models_registry.services import version_create, version_discard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +99,9 @@ def version_promote(
     """Write the candidate as a new version, activate it and finish the run — all or nothing.
 
     Weights go to storage first (inside ``version_create``); the version row, the active
-    switch and the run's final state commit together. With ``backup`` off, the previous
-    version's weights are not kept as a fallback: it is marked as superseded but its row
-    stays for lineage (its files are removed after commit).
+    switch, the run's final state and their live events commit together. With ``backup``
+    off (``model_backup_enabled``), the previous version is not kept as a fallback: it is
+    deleted in the same transaction (read fresh, now inactive) and its files after commit.
     """
     with transaction.atomic():
         version = version_create(
@@ -110,14 +109,14 @@ def version_promote(
             onnx_bytes=onnx_bytes, parent=parent, activate=True,
             note=f"run #{run.pk} {run.strategy}", reason=f"run #{run.pk} {run.strategy}: {decision.reason}"[:200],
         )
-        updated = ImprovementRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-            status=RunStatus.PROMOTED, result_version=version, gain=decision.gain, decision=decision.reason[:300],
-            candidate_metrics=evaluation.as_dict(), finished_at=timezone.now(), progress=1.0,
-            progress_message="promoted",
-        )
-        if updated != 1:
+        if not run_mark_promoted(run_id=run.pk, version=version, gain=decision.gain, decision=decision.reason,
+                                 candidate_metrics=evaluation.as_dict()):
             # The run was cancelled or taken over meanwhile: nothing of this promotion may stay.
             raise RunNoLongerRunning(f"run #{run.pk} is no longer running; promotion abandoned")
+        if not backup and parent is not None:
+            previous = ModelVersion.objects.filter(pk=parent.pk).first()
+            if previous is not None and not previous.is_active:
+                version_discard(version=previous)
     return version
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from improvement.choices import RunStatus, StrategyName
+from improvement.choices import RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun
-from improvement.strategies import ModelMetrics, Triggers, all_strategies
+from improvement.strategies.registry import (
+    ROLE_RETRAIN,
+    ModelMetrics,
+    Triggers,
+    all_strategies,
+    strategies_with_role,
+)
 from models_registry.models import NeuralModel
-from models_registry.selectors import algorithm_latest_sample, version_best_in_task
+from models_registry.selectors import teacher_score, version_active
 
 
 def config_triggers(config: ImprovementConfig) -> Triggers:
@@ -21,21 +27,10 @@ def config_triggers(config: ImprovementConfig) -> Triggers:
     )
 
 
-def teacher_score(model: NeuralModel) -> float | None:
-    """Best score of another implementation of the model's task (another model or the algorithm)."""
-    scores = []
-    other = version_best_in_task(task=model.task, exclude_model=model)
-    if other is not None and other.score is not None:
-        scores.append(other.score)
-    algo = algorithm_latest_sample(task=model.task)
-    if algo is not None and algo.score is not None:
-        scores.append(algo.score)
-    return max(scores) if scores else None
-
-
 def recent_training_gains(model: NeuralModel, *, n: int = 3) -> tuple[float, ...]:
+    """Gains of the model's last ``n`` finished retraining runs (strategies with the retrain role)."""
     gains = (
-        ImprovementRun.objects.filter(model=model, strategy=StrategyName.TRAINING,
+        ImprovementRun.objects.filter(model=model, strategy__in=strategies_with_role(ROLE_RETRAIN),
                                       status__in=(RunStatus.PROMOTED, RunStatus.REJECTED))
         .order_by("-finished_at").values_list("gain", flat=True)[:n]
     )
@@ -43,7 +38,7 @@ def recent_training_gains(model: NeuralModel, *, n: int = 3) -> tuple[float, ...
 
 
 def model_metrics(model: NeuralModel, *, genetic_trigger: str | None = None) -> ModelMetrics:
-    active = model.versions.filter(is_active=True).first()
+    active = version_active(model=model)
     return ModelMetrics(
         score=active.score if active else None,
         latency_p95_ms=active.latency_p95_ms if active else None,
@@ -51,7 +46,7 @@ def model_metrics(model: NeuralModel, *, genetic_trigger: str | None = None) -> 
         n_parameters=active.n_parameters if active else None,
         size_bytes=active.size_bytes if active else None,
         runtime=active.runtime if active else "torch_fp32",
-        teacher_score=teacher_score(model),
+        teacher_score=teacher_score(model=model),
         genetic_trigger=genetic_trigger,
         recent_training_gains=recent_training_gains(model),
     )

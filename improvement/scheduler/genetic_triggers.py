@@ -12,12 +12,14 @@ Each firing is recorded with its evidence when it leads to a run.
 
 from __future__ import annotations
 
-from django.apps import apps
 from django.utils import timezone
 
-from improvement.choices import RunStatus, StrategyName
+from improvement.choices import RunStatus
 from improvement.models import GeneticTrigger, ImprovementConfig, ImprovementRun
-from models_registry.models import NeuralModel
+from improvement.strategies.registry import ROLE_EVOLVE, ROLE_RETRAIN, strategies_with_role
+from models_registry.models import NeuralModel, ServingSwitch
+from models_registry.selectors import version_active
+from models_registry.serving.choices import SwitchReason
 
 PLATEAU_RUNS = 3
 GROWTH_FRACTION = 0.2
@@ -25,14 +27,14 @@ GROWTH_FRACTION = 0.2
 
 def plateau_evidence(model: NeuralModel, *, threshold: float, n: int = PLATEAU_RUNS) -> dict | None:
     gains = list(
-        ImprovementRun.objects.filter(model=model, strategy=StrategyName.TRAINING,
+        ImprovementRun.objects.filter(model=model, strategy__in=strategies_with_role(ROLE_RETRAIN),
                                       status__in=(RunStatus.PROMOTED, RunStatus.REJECTED, RunStatus.FAILED))
         .order_by("-finished_at").values("id", "gain", "created_at")[:n]
     )
     if len(gains) < n:
         return None
     # Once evolution has been started after the plateau, the plateau has been answered.
-    if ImprovementRun.objects.filter(model=model, strategy=StrategyName.ARCHITECTURE,
+    if ImprovementRun.objects.filter(model=model, strategy__in=strategies_with_role(ROLE_EVOLVE),
                                      created_at__gt=gains[0]["created_at"]).exists():
         return None
     values = [g["gain"] or 0.0 for g in gains]
@@ -42,12 +44,8 @@ def plateau_evidence(model: NeuralModel, *, threshold: float, n: int = PLATEAU_R
 
 
 def drift_evidence(model: NeuralModel) -> dict | None:
-    try:
-        switch_model = apps.get_model("models_registry", "ServingSwitch")
-    except LookupError:
-        return None
     last_run = ImprovementRun.objects.filter(model=model).order_by("-created_at").values_list("created_at", flat=True).first()
-    qs = switch_model.objects.filter(task_id=model.task_id, reason="shadow_disagreement")
+    qs = ServingSwitch.objects.filter(task_id=model.task_id, reason=SwitchReason.SHADOW_DISAGREEMENT)
     if last_run is not None:
         qs = qs.filter(created_at__gt=last_run)
     switch = qs.order_by("-created_at").first()
@@ -57,7 +55,7 @@ def drift_evidence(model: NeuralModel) -> dict | None:
 
 
 def data_growth_evidence(model: NeuralModel, *, fraction: float = GROWTH_FRACTION) -> dict | None:
-    active = model.versions.filter(is_active=True).first()
+    active = version_active(model=model)
     if active is None:
         return None
     trained_on = (active.metrics or {}).get("n_train_samples")

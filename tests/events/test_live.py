@@ -12,17 +12,23 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 
-from project.live.consumers import LiveEventsConsumer, SeenIds
-from project.live.models import OutboxEvent
-from project.live.publisher import publish
-from project.live.relay import OutboxRelay
+from events.consumers import LiveEventsConsumer, SeenIds
+from events.models import OutboxEvent
+from events.payloads import RunPayload
+from events.publisher import publish
+from events.relay import OutboxRelay
 
 
-def _publish(n: int, **payload) -> list[int]:
+def _progress(i: int) -> RunPayload:
+    return RunPayload(run_id=1, model_id=1, model="t/m", task="t", strategy="training", status="running",
+                      progress=i / 100, message=f"seq {i}")
+
+
+def _publish(n: int) -> list[int]:
     ids = []
     for i in range(n):
         with transaction.atomic():
-            ids.append(publish("run.progress", {"run_id": 1, "seq": i, **payload}).id)
+            ids.append(publish("run.progress", _progress(i)).id)
     return ids
 
 
@@ -115,7 +121,7 @@ def test_relay_carries_rows_written_elsewhere_to_connected_consumers(operator, s
         for _ in range(3):
             got.append((await communicator.receive_json_from(timeout=3))["id"])
         assert got == written
-        from project.live import relay as relay_module
+        from events import relay as relay_module
 
         relay = relay_module._relay
         assert relay is not None and relay.running and relay.subscribers == 1

@@ -1,39 +1,42 @@
 """Start, stop, tick and force the self-improvement loop (services).
 
-A django-q2 schedule ticks every minute (``improvement.tasks.loop_tick``). Each tick ends
-runs whose worker vanished, records a brain-state snapshot, trims history, and runs a cycle
-when the loop is running, enabled, and the effective interval has passed since the last one.
-When a run finishes, its worker runs a cycle at once so a freed slot does not sit idle.
+When cycles run — one rule:
+
+* **Scheduled cycles** run every ``improvement_interval`` seconds, counted from the start of
+  the previous scheduled (or forced) cycle. With ``hormone_driven`` on, serotonin above its
+  baseline (a calm streak) stretches the period up to 2× (``effective_interval_s``); at rest it
+  is exactly the configured interval. A django-q2 schedule ticks every minute
+  (``improvement.tasks.loop_tick``) and runs the cycle when it is due, so a cycle starts at
+  most about a minute (plus the queue's polling) after it is due; intervals shorter than the
+  tick run at every tick.
+* **A freed slot is filled at once**: when a run ends, its worker enqueues a slot-fill cycle
+  (``improvement.tasks.cycle_after_run``) that only hands out free slots; it does not move the
+  next scheduled cycle.
+
+Each tick also ends runs whose worker vanished, records a brain-state snapshot and trims history.
 """
 
 from __future__ import annotations
 
 from django.db import transaction
 from django.utils import timezone
+from django_q.models import Schedule
 
-from hormones.priority import interval_multiplier
-from hormones.selectors import hormone_levels_current
+from events.payloads import ConfigChangedPayload
+from events.publisher import publish
 from hormones.services import brain_state_snapshot, hormones_ensure
 from improvement.choices import IN_FLIGHT, RunStatus
-from improvement.cycle import cycle_run, cycles_trim
+from improvement.health import fleet_health_score
 from improvement.history import history_trim
 from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, LoopState
-from improvement.runs import runs_reconcile
-from project.live.publisher import publish
+from improvement.releases import resource_pressure_signal
+from improvement.runs.lifecycle import runs_reconcile
+from improvement.scheduler.cycle import cycle_run, cycles_trim, effective_interval_s
 
 SCHEDULE_NAME = "plasticity-tick"
 
 
-def effective_interval_s(config: ImprovementConfig, levels: dict[str, float] | None = None) -> float:
-    """The configured interval, lengthened by serotonin when the loop is hormone-driven."""
-    if not config.hormone_driven:
-        return config.improvement_interval
-    return config.improvement_interval * interval_multiplier(levels or hormone_levels_current())
-
-
 def schedule_ensure() -> None:
-    from django_q.models import Schedule
-
     Schedule.objects.update_or_create(
         name=SCHEDULE_NAME,
         defaults={"func": "improvement.tasks.loop_tick", "schedule_type": Schedule.MINUTES, "minutes": 1,
@@ -63,7 +66,7 @@ def loop_start() -> dict:
             state.next_cycle_at = timezone.now()
             state.save()
         schedule_ensure()
-        publish("config.changed", {"loop": "started"})
+        publish("config.changed", ConfigChangedPayload(loop="started"))
     return _state_dict(state, config)
 
 
@@ -75,7 +78,7 @@ def loop_stop() -> dict:
         state.stopped_at = timezone.now()
         state.next_cycle_at = None
         state.save()
-        publish("config.changed", {"loop": "stopped"})
+        publish("config.changed", ConfigChangedPayload(loop="stopped"))
     return _state_dict(state, config)
 
 
@@ -111,8 +114,6 @@ def loop_due(state: LoopState, config: ImprovementConfig) -> bool:
 
 def loop_tick() -> dict:
     """One scheduler tick (every minute)."""
-    from improvement.health import fleet_health_score
-
     reconciled = runs_reconcile()
     config = ImprovementConfig.load()
     state = LoopState.load()
@@ -121,7 +122,7 @@ def loop_tick() -> dict:
         runs_in_flight=ImprovementRun.objects.filter(status__in=IN_FLIGHT).count(),
         fleet_health=fleet_health_score(),
     )
-    _resource_signals(snapshot)
+    resource_pressure_signal(cpu_percent=snapshot.cpu_percent, memory_percent=snapshot.memory_percent)
     cycle = None
     if loop_due(state, config):
         cycle = cycle_run(trigger=CycleRecord.Trigger.SCHEDULE)
@@ -139,19 +140,5 @@ def cycle_after_run() -> CycleRecord | None:
     return cycle_run(trigger=CycleRecord.Trigger.SLOT_FREED)
 
 
-def _resource_signals(snapshot) -> None:
-    """CPU or memory pressure is a stress event, sized by the hormone-response model."""
-    from improvement.signals import resource_pressure_signal
-
-    resource_pressure_signal(cpu_percent=snapshot.cpu_percent, memory_percent=snapshot.memory_percent)
-
-
-def next_cycle_in_s() -> float | None:
-    state = LoopState.load()
-    if not state.running or state.next_cycle_at is None:
-        return None
-    return max(0.0, (state.next_cycle_at - timezone.now()).total_seconds())
-
-
 __all__ = ["loop_start", "loop_stop", "loop_boot", "loop_tick", "cycle_force", "cycle_after_run",
-           "effective_interval_s", "next_cycle_in_s"]
+           "effective_interval_s"]

@@ -17,17 +17,22 @@ import torch
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django_q.tasks import async_task
 
 from improvement.choices import RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun, SearchCandidate
-from improvement.nn.genetics import Individual
-from improvement.runs import RunCancelled, worker_name
+from improvement.nn.evolution import Individual
+from improvement.nn.gain_model import Prescreen
+from improvement.predictor import genome_history
+from improvement.runs.context import context_build, torch_threads_configure
+from improvement.runs.lifecycle import worker_name
+from improvement.runs.search_files import search_files_delete
 from improvement.strategies.architecture import (
     PRESCREEN_FACTOR_PARAM,
     candidate_train_config,
     train_genome_candidate,
 )
-from improvement.strategies.base import StrategyContext
+from improvement.strategies.registry import StrategyContext
 from models_registry.nn.genome import build_module
 from models_registry.weights import blob_delete, weights_load, weights_save
 
@@ -68,8 +73,6 @@ def _train_and_store(candidate: SearchCandidate, context: StrategyContext, n_tot
 
 
 def search_context(run: ImprovementRun) -> StrategyContext:
-    from improvement.engine import context_build, torch_threads_configure
-
     torch_threads_configure()
     baseline = run.baseline_version or run.model.versions.filter(is_active=True).first()
     return context_build(run, baseline, ImprovementConfig.load())
@@ -94,10 +97,7 @@ def search_candidate_execute(*, candidate_id: int) -> str:
 
 def population_evaluator(run: ImprovementRun, context: StrategyContext, reporter):
     """An ``evaluate(genomes) -> individuals`` for ``evolve`` that fans out to all workers."""
-    from improvement.strategies.architecture import ArchitectureStrategy
-
-    search = ArchitectureStrategy().search_config(context)
-    n_total = search.population_size * search.generations
+    n_total = context.population_size * context.generations
     # A requeued run (its worker vanished) searches again from the start: the previous attempt's
     # candidates would collide with the new ones on (run, index).
     search_files_delete(run_id=run.pk)
@@ -146,7 +146,7 @@ def population_evaluator(run: ImprovementRun, context: StrategyContext, reporter
                                           n_parameters=row.n_parameters, error=row.error or None, extra=extra))
         return individuals
 
-    return _prescreened(run, context, evaluate, keep=search.population_size, log=reporter.log)
+    return _prescreened(run, context, evaluate, keep=context.population_size, log=reporter.log)
 
 
 PRESCREEN_FACTOR = 2  # breed twice the candidates, train the better half by predicted score
@@ -159,9 +159,6 @@ def _prescreened(run: ImprovementRun, context: StrategyContext, evaluate, *, kee
     while it does not rank held-out candidates better than chance, each generation trains the
     first ``keep`` genomes in bred order, as an unscreened search would.
     """
-    from improvement.nn.predictor import Prescreen
-    from improvement.predictor import genome_history
-
     if run.params.get("prescreen", True) is False:
         context.params[PRESCREEN_FACTOR_PARAM] = 1
         return evaluate
@@ -174,8 +171,6 @@ def _prescreened(run: ImprovementRun, context: StrategyContext, evaluate, *, kee
 
 
 def _enqueue(ids: list[int]) -> None:
-    from django_q.tasks import async_task
-
     for candidate_id in ids:
         async_task("improvement.tasks.evaluate_search_candidate", candidate_id,
                    task_name=f"search-candidate-{candidate_id}", group="search")
@@ -196,14 +191,4 @@ def _loader(row: SearchCandidate):
     return load
 
 
-def search_files_delete(*, run_id: int) -> int:
-    """Remove a finished search's candidate weights (the promoted one was copied into its version)."""
-    names = list(SearchCandidate.objects.filter(run_id=run_id).exclude(weights_file="")
-                 .values_list("weights_file", flat=True))
-    for name in names:
-        blob_delete(name)
-    SearchCandidate.objects.filter(run_id=run_id).update(weights_file="", weights_sha256="")
-    return len(names)
-
-
-__all__ = ["population_evaluator", "search_candidate_execute", "search_files_delete", "RunCancelled"]
+__all__ = ["population_evaluator", "search_candidate_execute", "search_files_delete"]

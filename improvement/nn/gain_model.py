@@ -3,7 +3,7 @@
 Two predictions help the loop spend its compute where it pays:
 
 * **run level** — *how much will this run gain?* A run is described at creation by
-  ``RUN_FEATURES`` (the model, the strategy, the task's output kind, the five hormone
+  ``run_feature_names()`` (the model, the strategy, the task's output kind, the five hormone
   levels and the recent gains of that strategy on that model); its observed gain, clipped
   to ``GAIN_RANGE``, is the target. The network that learns it is a registered neural model
   of the ``improvement-predictor`` task (see ``improvement.predictor``); its algorithmic
@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hormones.names import HORMONE_NAMES
+from improvement.strategies.registry import strategy_names
 from models_registry.nn.genome import (
     ACTIVATIONS,
     KINDS,
@@ -38,32 +40,40 @@ from models_registry.nn.genome import (
     count_parameters,
     validate_genome,
 )
+from models_registry.nn.kinds import OUTPUT_KINDS
 
 # ------------------------------------------------------------------------------------ run level
 
-STRATEGIES = ("training", "optimization", "architecture", "distillation")
-OUTPUT_KINDS = ("classes", "values", "reconstruction")
-HORMONES = ("dopamine", "cortisol", "adrenaline", "serotonin", "oxytocin")
 FEATURES_VERSION = 1
 
-#: The input columns of the run-level predictor, in order. ``ImprovementRun.features`` stores
-#: them by name (plus ``"v": FEATURES_VERSION``), so a stored row never depends on this order.
-RUN_FEATURES: tuple[str, ...] = (
-    "score",  # the active version's held-out score, [0, 1]
-    "log_params",  # log10(1 + parameters)
-    "log_latency_ms",  # log10(p95 latency at batch 1, ms), clipped to [-3, 4]
-    "latency_over_budget",  # p95 / latency budget, clipped to [0, 10]
-    "teacher_gap",  # best other implementation's score − this score, clipped to [-1, 1]
-    *(f"kind_{k}" for k in KINDS),
-    *(f"strategy_{s}" for s in STRATEGIES),
-    *(f"output_{k}" for k in OUTPUT_KINDS),
-    *HORMONES,  # levels in [0, 1]
-    "prev_gain_mean",  # mean clipped gain of the last 3 finished runs of this strategy on this model
-    "prev_gain_last",  # the last of them
-    "prev_runs",  # log1p(finished runs of this strategy on this model)
-)
-N_RUN_FEATURES = len(RUN_FEATURES)
-STRATEGY_COLUMNS = tuple(RUN_FEATURES.index(f"strategy_{s}") for s in STRATEGIES)
+
+def run_feature_names() -> tuple[str, ...]:
+    """The input columns of the run-level predictor, in order.
+
+    Derived from the vocabularies (genome kinds, registered strategies, output kinds, hormones),
+    so a new strategy adds its own column. ``ImprovementRun.features`` stores features by
+    name (plus ``"v": FEATURES_VERSION``), so a stored row never depends on this order and
+    a column it lacks reads as 0.
+    """
+    return (
+        "score",  # the active version's held-out score, [0, 1]
+        "log_params",  # log10(1 + parameters)
+        "log_latency_ms",  # log10(p95 latency at batch 1, ms), clipped to [-3, 4]
+        "latency_over_budget",  # p95 / latency budget, clipped to [0, 10]
+        "teacher_gap",  # best other implementation's score − this score, clipped to [-1, 1]
+        *(f"kind_{k}" for k in KINDS),
+        *(f"strategy_{s}" for s in strategy_names()),
+        *(f"output_{k}" for k in OUTPUT_KINDS),
+        *HORMONE_NAMES,  # levels in [0, 1]
+        "prev_gain_mean",  # mean clipped gain of the last 3 finished runs of this strategy on this model
+        "prev_gain_last",  # the last of them
+        "prev_runs",  # log1p(finished runs of this strategy on this model)
+    )
+
+
+def n_run_features() -> int:
+    return len(run_feature_names())
+
 
 #: Observed gains are relative (0.1 = 10 % less error or latency); a slower candidate can
 #: "gain" −300 %. Clipping keeps one disaster from dominating the squared error.
@@ -74,58 +84,62 @@ def clip_gain(gain: float) -> float:
     return float(min(GAIN_RANGE[1], max(GAIN_RANGE[0], gain)))
 
 
-def run_feature_vector(features: dict) -> np.ndarray:
-    """One stored ``features`` dict → float32 (N_RUN_FEATURES,), missing names as 0."""
-    return np.array([float(features.get(name, 0.0) or 0.0) for name in RUN_FEATURES], dtype=np.float32)
+def run_feature_vector(features: dict, names: Sequence[str] | None = None) -> np.ndarray:
+    """One stored ``features`` dict → float32 (n_run_features(),), missing names as 0."""
+    names = names or run_feature_names()
+    return np.array([float(features.get(name, 0.0) or 0.0) for name in names], dtype=np.float32)
 
 
 def run_feature_matrix(rows: Sequence[dict]) -> np.ndarray:
-    """float32 (N, N_RUN_FEATURES)."""
+    """float32 (N, n_run_features())."""
+    names = run_feature_names()
     if not rows:
-        return np.zeros((0, N_RUN_FEATURES), dtype=np.float32)
-    return np.stack([run_feature_vector(r) for r in rows])
+        return np.zeros((0, len(names)), dtype=np.float32)
+    return np.stack([run_feature_vector(r, names) for r in rows])
 
 
-def strategy_of(X: np.ndarray) -> np.ndarray:
-    """Index into ``STRATEGIES`` of each row (−1 when no strategy column is set)."""
+def strategy_of(X: np.ndarray) -> list[str]:
+    """The strategy named by each row's one-hot strategy columns ("" when none is set)."""
     X = np.asarray(X, dtype=np.float32)
     if len(X) == 0:
-        return np.zeros(0, dtype=np.int64)
-    block = X.reshape(len(X), -1)[:, STRATEGY_COLUMNS]  # (N, 4)
+        return []
+    names = run_feature_names()
+    strategies = [name.removeprefix("strategy_") for name in names if name.startswith("strategy_")]
+    columns = [names.index(f"strategy_{s}") for s in strategies]
+    block = X.reshape(len(X), -1)[:, columns]  # (N, number of strategies)
     index = block.argmax(axis=1)
-    return np.where(block.max(axis=1) > 0.5, index, -1)
+    return [strategies[i] if block[row, i] > 0.5 else "" for row, i in enumerate(index)]
 
 
 class MeanGainPerStrategy:
     """The baseline: predict the mean observed gain of the run's strategy.
 
     The algorithmic implementation of the ``improvement-predictor`` task (referenced by
-    dotted path ``improvement.nn.predictor.MeanGainPerStrategy``). A strategy never seen in
+    dotted path ``improvement.nn.gain_model.MeanGainPerStrategy``). A strategy never seen in
     training, or a row without one, gets the overall mean; no history at all predicts 0.
     ``predict`` returns float32 (N, 1), like the task's targets.
     """
 
     def __init__(self) -> None:
-        self.means: dict[int, float] = {}
+        self.means: dict[str, float] = {}
         self.overall = 0.0
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> MeanGainPerStrategy:
         target = np.asarray(y, dtype=np.float64)
         target = target[:, 0] if target.ndim == 2 else target.reshape(-1)
-        strategy = strategy_of(X)
+        strategy = np.array(strategy_of(X), dtype=object)
         self.overall = float(target.mean()) if len(target) else 0.0
-        self.means = {int(s): float(target[strategy == s].mean()) for s in np.unique(strategy) if s >= 0}
+        self.means = {str(s): float(target[strategy == s].mean()) for s in set(strategy.tolist()) if s}
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        strategy = strategy_of(X)
-        out = np.array([self.means.get(int(s), self.overall) for s in strategy], dtype=np.float32)
+        out = np.array([self.means.get(s, self.overall) for s in strategy_of(X)], dtype=np.float32)
         return out.reshape(-1, 1)
 
 
 def run_predictor_genome(hidden: Sequence[int] = (32, 16)) -> dict:
     """The starting architecture of the neural run-level predictor (the loop may evolve it)."""
-    return {"kind": "mlp", "input_shape": [N_RUN_FEATURES], "output_dim": 1, "hidden": list(hidden),
+    return {"kind": "mlp", "input_shape": [n_run_features()], "output_dim": 1, "hidden": list(hidden),
             "activation": "tanh", "dropout": 0.0, "norm": "none"}
 
 
@@ -414,9 +428,9 @@ class Prescreen:
 
 
 __all__ = [
-    "GAIN_RANGE", "GENOME_FEATURES", "RUN_FEATURES", "N_RUN_FEATURES", "STRATEGIES", "FEATURES_VERSION",
+    "GAIN_RANGE", "GENOME_FEATURES", "FEATURES_VERSION",
     "GenomeObservation", "GenomeScorer", "MeanGainPerStrategy", "Prescreen", "ScorerCheck",
     "chronological_splits", "clip_gain", "genome_descriptor", "genome_pair_features", "prescreen_select",
-    "run_feature_matrix", "run_feature_vector", "run_predictor_genome", "scorer_check", "spearman",
+    "n_run_features", "run_feature_matrix", "run_feature_names", "run_feature_vector", "run_predictor_genome", "scorer_check", "spearman",
     "splits_are_chronological",
 ]

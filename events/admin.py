@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from project.live.models import OutboxEvent
+from events.models import OutboxEvent
 
 
 @admin.register(OutboxEvent)

@@ -17,8 +17,8 @@ from improvement.integration import (
     SelfImprovementIntegration,
     SelfImprovingNeuralSystem,
 )
-from improvement.loop import loop_start, loop_stop, loop_tick
 from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, LoopState
+from improvement.scheduler.loop import loop_start, loop_stop, loop_tick
 from models_registry.models import ModelVersion
 from models_registry.services import model_create
 from tests.factories import csv_task, version_with_score

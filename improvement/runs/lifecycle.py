@@ -1,9 +1,10 @@
-"""The lifecycle of an ImprovementRun. Every transition is one conditional UPDATE here.
+"""The lifecycle of an ImprovementRun: every state transition is here, and only here.
 
-See ``ImprovementRun``'s docstring for the allowed transitions. Conditional updates make
-the transitions safe across processes: a duplicate delivery of a run finds it no longer
-queued and does nothing; a worker whose run was cancelled or reconciled meanwhile finds it
-no longer running and stops.
+See ``ImprovementRun``'s docstring for the allowed transitions. Each is one conditional
+UPDATE that publishes its live event in the same transaction (the outbox row commits with
+the change it announces). Conditional updates make the transitions safe across processes: a
+duplicate delivery of a run finds it no longer queued and does nothing; a worker whose run
+was cancelled or reconciled meanwhile finds it no longer running and stops.
 """
 
 from __future__ import annotations
@@ -11,19 +12,26 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from datetime import timedelta
+from typing import Any
 
+import psutil
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from django_q.tasks import async_task
 
+from events.payloads import RunPayload
+from events.publisher import publish
 from improvement.choices import IN_FLIGHT, RunOrigin, RunStatus
-from improvement.models import ImprovementRun
-from improvement.strategies import get_strategy
-from models_registry.models import NeuralModel
-from project.live.publisher import publish
+from improvement.models import ImprovementConfig, ImprovementRun, LoopState
+from improvement.predictor import run_features
+from improvement.runs.search_files import search_files_delete
+from improvement.strategies.registry import get_strategy
+from models_registry.models import ModelVersion, NeuralModel
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +49,11 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _payload(run: ImprovementRun, **extra) -> dict:
-    return {"run_id": run.pk, "model_id": run.model_id, "model": str(run.model), "task": run.model.task.slug,
-            "strategy": run.strategy, "status": run.status, "progress": run.progress, **extra}
+def run_payload(run: ImprovementRun, *, message: str = "") -> RunPayload:
+    """The live event payload of a run (run.created / run.progress / run.finished)."""
+    return RunPayload(run_id=run.pk, model_id=run.model_id, model=str(run.model), task=run.model.task.slug,
+                      strategy=run.strategy, status=run.status, progress=run.progress,
+                      message=message or run.progress_message)
 
 
 def run_create(
@@ -60,7 +70,9 @@ def run_create(
             model=model, strategy=strategy, origin=origin, trigger_reason=trigger_reason[:300],
             priority=priority, params=params or {}, requested_by=requested_by, features=features,
         )
-        publish("run.created", _payload(run, reason=run.trigger_reason))
+        payload = run_payload(run, message="queued")
+        payload["reason"] = run.trigger_reason
+        publish("run.created", payload)
         if enqueue:
             transaction.on_commit(lambda: run_enqueue(run_id=run.pk))
     return run
@@ -69,8 +81,6 @@ def run_create(
 def _features_now(model: NeuralModel, strategy: str) -> dict:
     """The model, strategy, task and hormone state now, for the learned predictor; never blocks a run."""
     try:
-        from improvement.predictor import run_features
-
         return run_features(model=model, strategy=strategy)
     except Exception:  # noqa: BLE001 - a run without features is only left out of the predictor's history
         logger.exception("features of a new %s run on %s could not be taken", strategy, model)
@@ -78,8 +88,6 @@ def _features_now(model: NeuralModel, strategy: str) -> dict:
 
 
 def run_enqueue(*, run_id: int) -> None:
-    from django_q.tasks import async_task
-
     async_task("improvement.tasks.run_improvement", run_id, task_name=f"run-{run_id}", group="improvement")
 
 
@@ -90,8 +98,6 @@ def run_claim(*, run_id: int, worker: str) -> str:
     (``max_concurrent_improvements`` runs are already running, on any worker). The check and
     the update happen under the loop-state row lock, so the limit holds across processes.
     """
-    from improvement.models import ImprovementConfig, LoopState
-
     limit = ImprovementConfig.load().max_concurrent_improvements
     now = timezone.now()
     with transaction.atomic():
@@ -105,7 +111,7 @@ def run_claim(*, run_id: int, worker: str) -> str:
             attempts=F("attempts") + 1, progress=0.0, progress_message="starting",
         )
         run = ImprovementRun.objects.select_related("model__task").get(pk=run_id)
-        publish("run.progress", _payload(run, message="starting"))
+        publish("run.progress", run_payload(run, message="starting"))
     return "claimed"
 
 
@@ -131,10 +137,10 @@ def run_finish(
     *, run_id: int, status: str, decision: str = "", error: str = "", gain: float | None = None,
     candidate_metrics: dict | None = None, message: str = "",
 ) -> bool:
-    """running → rejected | failed | cancelled (promotion finishes through version_promote)."""
+    """running → rejected | failed | cancelled (promotion finishes through ``run_mark_promoted``)."""
     if status not in (RunStatus.REJECTED, RunStatus.FAILED, RunStatus.CANCELLED):
         raise ValueError(f"run_finish cannot set {status!r}")
-    fields = {"status": status, "finished_at": timezone.now(), "decision": decision[:300], "error": error,
+    fields: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "decision": decision[:300], "error": error,
               "progress_message": (message or status)[:200]}
     if gain is not None:
         fields["gain"] = gain
@@ -147,9 +153,34 @@ def run_finish(
     return bool(done)
 
 
+def run_finish_cancelled(*, run_id: int) -> str:
+    """running → cancelled, for a run whose worker stopped at an operator's cancel request. Returns the status."""
+    with transaction.atomic():
+        if ImprovementRun.objects.filter(pk=run_id, status=RunStatus.RUNNING, cancel_requested=True).update(
+            status=RunStatus.CANCELLED, finished_at=timezone.now(), decision="cancelled by an operator",
+            progress_message="cancelled",
+        ):
+            run_announce_finished(run_id=run_id)
+    return ImprovementRun.objects.values_list("status", flat=True).get(pk=run_id)
+
+
+def run_mark_promoted(*, run_id: int, version: ModelVersion, gain: float, decision: str,
+                      candidate_metrics: dict) -> bool:
+    """running → promoted. Called by ``version_promote`` inside the transaction that creates the version."""
+    updated = ImprovementRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
+        status=RunStatus.PROMOTED, result_version=version, gain=gain, decision=decision[:300],
+        candidate_metrics=candidate_metrics, finished_at=timezone.now(), progress=1.0, progress_message="promoted",
+    )
+    if updated:
+        run_announce_finished(run_id=run_id)
+    return bool(updated)
+
+
 def run_announce_finished(*, run_id: int) -> None:
     run = ImprovementRun.objects.select_related("model__task").get(pk=run_id)
-    publish("run.finished", _payload(run, gain=run.gain, message=run.decision or run.error[:200]))
+    payload = run_payload(run, message=run.decision or run.error[:200])
+    payload["gain"] = run.gain
+    publish("run.finished", payload)
 
 
 def run_cancel(*, run: ImprovementRun) -> ImprovementRun:
@@ -181,8 +212,6 @@ class RunReporter:
         self._sample_memory()
 
     def _sample_memory(self) -> None:
-        import psutil
-
         self.peak_rss_mb = max(self.peak_rss_mb, psutil.Process().memory_info().rss / 2**20)
 
     def log(self, line: str) -> None:
@@ -215,7 +244,9 @@ class RunReporter:
                 ).update(progress=run.progress, progress_message=run.progress_message, curve=run.curve,
                          log=run.log, heartbeat_at=timezone.now())
                 if updated:
-                    publish("run.progress", _payload(run, message=run.progress_message, points=points[-20:]))
+                    payload = run_payload(run)
+                    payload["points"] = points[-20:]
+                    publish("run.progress", payload)
         except (OperationalError, InterfaceError) as exc:
             # A database restart must not end a training run: this report waits for the next one
             # (curve and log are kept in memory); only an outage longer than the grace stops the run.
@@ -243,15 +274,11 @@ class Heartbeat:
     """
 
     def __init__(self, run_id: int, worker: str, *, interval_s: float = 10.0) -> None:
-        import threading
-
         self.run_id, self.worker, self.interval_s = run_id, worker, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-run-{run_id}", daemon=True)
 
     def _beat(self) -> None:
-        from django.db import connection
-
         try:
             while not self._stop.wait(self.interval_s):
                 try:
@@ -317,8 +344,6 @@ def runs_reconcile(*, timeout_s: float | None = None, max_attempts: int | None =
 
 
 def _search_files_delete(run_id: int) -> None:
-    from improvement.search import search_files_delete
-
     try:
         search_files_delete(run_id=run_id)
     except Exception:  # noqa: BLE001 - a leftover file must not undo the reconciliation

@@ -1,4 +1,4 @@
-"""Hormone releases that follow improvement outcomes (one place, called by the engine).
+"""Hormone releases that follow what the loop sees: run outcomes and resource pressure (one place).
 
 A failed run is a stress event: its cortisol release is sized by the hormone-response task's
 serving implementation (``improvement.neural_hormones``), the neural surrogate when serving
@@ -8,6 +8,7 @@ says it beats the algorithm.
 from __future__ import annotations
 
 from hormones.choices import HormoneName
+from hormones.priority import resource_severity
 from hormones.services import hormone_release
 from improvement.choices import RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun
@@ -32,8 +33,6 @@ def run_finished_signals(*, run_id: int, status: str, wall_s: float) -> None:
 
 def resource_pressure_signal(*, cpu_percent: float, memory_percent: float) -> None:
     """CPU or memory above 90 %: a stress event sized by the hormone-response model (for the loop's tick)."""
-    from improvement.neural_hormones import resource_severity
-
     if max(cpu_percent, memory_percent) > 90:
         stress_release(event="resource_pressure", severity=resource_severity(cpu_percent, memory_percent),
                        persistence=0.5,

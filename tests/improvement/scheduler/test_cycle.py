@@ -7,10 +7,13 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from hormones.priority import strategy_weights
+from hormones.selectors import hormone_levels_current
 from hormones.services import hormone_release, hormones_ensure
 from improvement.choices import RunStatus
-from improvement.cycle import cycle_run, proposals_collect, proposals_prioritise
 from improvement.models import ImprovementConfig, ImprovementRun
+from improvement.scheduler.cycle import cycle_run, proposals_collect, proposals_prioritise
+from improvement.strategies.registry import strategy_weightings
 from models_registry.models import PerformanceSample
 from models_registry.services import model_create
 from tests.factories import csv_task, version_with_score
@@ -94,13 +97,11 @@ def test_without_hormones_the_order_is_the_trigger_order(task):
 def test_raising_cortisol_moves_optimization_ahead_of_architecture(task):
     _model(task, "slowmid", 0.8, latency=210.0)  # fires both optimization and architecture
     config = ImprovementConfig.load()
-    from hormones.priority import strategy_weights
-    from hormones.selectors import hormone_levels_current
 
     def order():
         levels = hormone_levels_current()
         props = proposals_prioritise(proposals_collect(config, levels), hormone_driven=True,
-                                     weights=strategy_weights(levels))
+                                     weights=strategy_weights(levels, strategy_weightings()))
         return [p.strategy for p in props]
 
     hormone_release(name="dopamine", delta=0.7, cause="test: reward")

@@ -10,9 +10,9 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from improvement.choices import RunStatus
-from improvement.engine import run_execute
 from improvement.models import ImprovementConfig, ImprovementRun
-from improvement.runs import run_cancel, run_create, runs_reconcile
+from improvement.runs.execution import run_execute
+from improvement.runs.lifecycle import run_cancel, run_create, runs_reconcile
 from models_registry.implementations import task_dataset, version_predict_fn
 from models_registry.models import ModelVersion
 from models_registry.services import model_create
@@ -139,7 +139,7 @@ def test_reconciler_requeues_then_fails_a_run_whose_worker_vanished(weak_model):
 
 
 def test_a_delivery_executes_the_most_urgent_queued_run(weak_model):
-    from improvement.runs import run_pick
+    from improvement.runs.lifecycle import run_pick
 
     low = run_create(model=weak_model, strategy="training", priority=0.1, enqueue=False)
     high = run_create(model=weak_model, strategy="training", priority=0.9, enqueue=False)

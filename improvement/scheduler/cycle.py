@@ -21,30 +21,43 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
 
+from events.payloads import CycleFinishedPayload
+from events.publisher import publish
+from hormones.names import SEROTONIN
 from hormones.priority import (
+    exploration_order,
     exploration_share,
-    exploration_strategy,
+    interval_multiplier,
     model_urgency_boost,
-    mutation_rate,
     strategy_weights,
 )
 from hormones.selectors import hormone_levels_current
+from hormones.services import hormone_release
 from improvement.choices import IN_FLIGHT, RunOrigin, RunStatus
-from improvement.genetic import genetic_trigger_detect, genetic_trigger_record
 from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, LoopState
-from improvement.neural_hormones import latency_severity, stress_release
+from improvement.neural_hormones import stress_release
 from improvement.predictor import gain_predictions, run_features
-from improvement.runs import run_create
-from improvement.strategies import all_strategies
-from improvement.strategies.base import TRIGGER_ORDER
-from improvement.triggers import config_triggers, model_metrics
-from models_registry.models import ModelVersion, NeuralModel
-from project.live.publisher import publish
+from improvement.runs.lifecycle import run_create
+from improvement.scheduler.genetic_triggers import genetic_trigger_detect, genetic_trigger_record
+from improvement.scheduler.triggers import config_triggers, model_metrics
+from improvement.strategies.registry import (
+    NEED_TEACHER,
+    ROLE_EVOLVE,
+    ROLE_RETRAIN,
+    ModelMetrics,
+    all_strategies,
+    exploration_drives,
+    first_with_role,
+    strategy_weightings,
+)
+from models_registry.models import NeuralModel
+from models_registry.selectors import version_active
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +82,13 @@ class Proposal:
     predictor: str = ""  # which predictor made predicted_gain
     predictor_factor: float = 1.0  # what the prediction multiplied the priority by
     features: dict | None = None  # run_features when predicted; stored on the run it becomes
+    metrics: ModelMetrics | None = None  # what the trigger saw (for the cycle's hormone releases)
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data.pop("genetic")
         data.pop("features")
+        data.pop("metrics")
         if self.genetic:
             data["genetic_trigger"] = self.genetic[0]
         return data
@@ -87,12 +102,29 @@ def _last_finished(model: NeuralModel) -> list[ImprovementRun]:
                 .order_by("-finished_at")[:EXHAUSTED_AFTER])
 
 
+def _exploration_choice(model: NeuralModel, metrics: ModelMetrics, *, config: ImprovementConfig,
+                        levels: Mapping[str, float], now) -> str | None:
+    """The exploring strategy for a model nothing else serves: first by drive, skipping cooling ones."""
+    has_teacher = (config.cross_model_distillation and metrics.teacher_score is not None
+                   and (metrics.score or 0.0) < metrics.teacher_score)
+    strategies = all_strategies()
+    drives = {name: hormone for name, hormone in exploration_drives().items()
+              if has_teacher or NEED_TEACHER not in strategies[name].needs}
+    order = exploration_order(levels, drives,
+                              learns_from_teacher=[n for n in drives if NEED_TEACHER in strategies[n].needs])
+    if not order:
+        return None
+    warm = [name for name in order if _cooling_down(model.pk, name, config.rejection_cooldown_s, now) is None]
+    return (warm or order)[0]
+
+
 def proposals_collect(config: ImprovementConfig, levels: dict[str, float]) -> list[Proposal]:
     triggers = config_triggers(config)
     strategies = all_strategies()
+    retrain = first_with_role(ROLE_RETRAIN)
     proposals: list[Proposal] = []
     for model in NeuralModel.objects.select_related("task").order_by("pk"):
-        if not model.versions.filter(is_active=True).exists():
+        if version_active(model=model) is None:
             continue
         genetic = genetic_trigger_detect(model, config=config)
         metrics = model_metrics(model, genetic_trigger=f"{genetic[0]}: {genetic[1]}" if genetic else None)
@@ -100,26 +132,21 @@ def proposals_collect(config: ImprovementConfig, levels: dict[str, float]) -> li
         for name, strategy in strategies.items():
             verdict = strategy.applies(metrics, triggers)
             if verdict.applies:
-                kind = "genetic" if name == "architecture" and genetic else "trigger"
+                kind = "genetic" if ROLE_EVOLVE in strategy.roles and genetic else "trigger"
                 fired.append(Proposal(model.pk, str(model), name, verdict.reason, verdict.urgency, kind=kind,
-                                      genetic=genetic if kind == "genetic" else None))
-        if genetic and genetic[0] == "drift":
+                                      genetic=genetic if kind == "genetic" else None, metrics=metrics))
+        if genetic and genetic[0] == "drift" and retrain is not None:
             # Serving saw the model disagree with the algorithm: retraining jumps the queue.
             boost = model_urgency_boost(levels.get("adrenaline", 0.0))
-            fired.append(Proposal(model.pk, str(model), "training", "drift seen by serving: retrain",
-                                  min(1.0, 0.9) * boost, kind="drift"))
+            fired.append(Proposal(model.pk, str(model), retrain, "drift seen by serving: retrain",
+                                  min(1.0, 0.9) * boost, kind="drift", metrics=metrics))
         now = timezone.now()
         available = [p for p in fired
                      if _cooling_down(p.model_id, p.strategy, config.rejection_cooldown_s, now) is None]
-        if not available:
+        choice = None if available else _exploration_choice(model, metrics, config=config, levels=levels, now=now)
+        if choice is not None:
             # Nothing fired, or everything that fired is cooling down: explore, so a model that is
             # merely good keeps improving until its gains stop.
-            has_teacher = metrics.teacher_score is not None and (metrics.score or 0.0) < metrics.teacher_score
-            choice = exploration_strategy(levels, has_better_teacher=has_teacher and config.cross_model_distillation)
-            other = "distillation" if choice == "architecture" else "architecture"
-            if _cooling_down(model.pk, choice, config.rejection_cooldown_s, now) is not None and (
-                    other == "architecture" or has_teacher):
-                choice = other
             recent = _last_finished(model)
             exhausted = len(recent) >= EXHAUSTED_AFTER and all(r.status == RunStatus.REJECTED for r in recent)
             why = "no trigger fired" if not fired else "what fired is cooling down"
@@ -168,7 +195,7 @@ def proposals_predict(proposals: list[Proposal], *, config: ImprovementConfig, l
 def proposals_prioritise(proposals: list[Proposal], *, hormone_driven: bool, weights: dict[str, float]) -> list[Proposal]:
     """Sorted best first. With hormones: urgency × weight × staleness × (1 + predicted gain); else trigger order."""
     now = timezone.now()
-    order = {name: i for i, name in enumerate(TRIGGER_ORDER)}
+    order = {name: i for i, name in enumerate(all_strategies())}
     kind_rank = {"drift": 0, "trigger": 1, "genetic": 1, "exploration": 2}
     for proposal in proposals:
         weight = weights.get(proposal.strategy, 1.0) if hormone_driven else 1.0
@@ -223,38 +250,54 @@ def proposals_select(proposals: list[Proposal], *, slots: int, config: Improveme
     return chosen
 
 
-def _worst_latency_severity(proposals: list[Proposal]) -> float:
-    ids = {p.model_id for p in proposals if p.strategy == "optimization" and p.kind in ("trigger", "genetic")}
-    versions = ModelVersion.objects.filter(model_id__in=ids, is_active=True).select_related("model__task")
-    return max((latency_severity(v.latency_p95_ms, v.model.task.latency_budget_ms) for v in versions), default=0.0)
-
-
 def cycle_signals(proposals: list[Proposal]) -> None:
     """Hormone releases the cycle's measurements call for (small, so they accumulate).
 
-    Latency over budget is a stress event sized by the hormone-response model
-    (``improvement.neural_hormones``): the further over budget, the larger the release.
+    Each strategy whose trigger fired declares its release (``Strategy.fired_release``); a
+    stress release is sized by the hormone-response model (``improvement.neural_hormones``).
+    A cycle where no trigger fired is calm: serotonin.
     """
-    from hormones.services import hormone_release
-
-    strategies = {p.strategy for p in proposals if p.kind in ("trigger", "genetic")}
-    if "optimization" in strategies:
-        stress_release(event="latency_over_budget", severity=_worst_latency_severity(proposals), persistence=0.5,
-                       cause="latency over budget seen by the cycle")
-    if "distillation" in strategies:
-        hormone_release(name="oxytocin", delta=0.05, cause="a strong teacher exists for a weaker model")
-    if not strategies:
-        hormone_release(name="serotonin", delta=0.05, cause="calm cycle: no trigger fired")
+    fired: dict[str, list[ModelMetrics]] = {}
+    for p in proposals:
+        if p.kind in ("trigger", "genetic") and p.metrics is not None:
+            fired.setdefault(p.strategy, []).append(p.metrics)
+    strategies = all_strategies()
+    for name, metrics in fired.items():
+        release = strategies[name].fired_release(metrics) if name in strategies else None
+        if release is None:
+            continue
+        if release.stress_event:
+            stress_release(event=release.stress_event, severity=release.severity, persistence=release.persistence,
+                           cause=release.cause)
+        else:
+            hormone_release(name=release.hormone, delta=release.delta, cause=release.cause)
+    if not fired:
+        hormone_release(name=SEROTONIN, delta=0.05, cause="calm cycle: no trigger fired")
 
 
 # ----------------------------------------------------------------------------------- cycle
 
 
+def effective_interval_s(config: ImprovementConfig, levels: Mapping[str, float] | None = None) -> float:
+    """The period of scheduled cycles: ``improvement_interval``, stretched by serotonin above its baseline.
+
+    ``improvement_interval × (1 + 2·max(0, serotonin − baseline))`` when the loop is hormone-driven
+    (at most 2×; exactly the configured interval while serotonin is at rest), else the interval.
+    """
+    if not config.hormone_driven:
+        return config.improvement_interval
+    return config.improvement_interval * interval_multiplier(levels if levels is not None else hormone_levels_current())
+
+
 def cycle_run(*, trigger: str) -> CycleRecord:
+    """One cycle. A scheduled, forced or boot cycle sets when the next scheduled one is due
+    (its own start + ``effective_interval_s``); a cycle that fills a freed slot leaves that alone."""
     started = time.perf_counter()
     config = ImprovementConfig.load()
     levels = hormone_levels_current()
-    weights = strategy_weights(levels) if config.hormone_driven else {name: 1.0 for name in TRIGGER_ORDER}
+    strategies = all_strategies()
+    weights = (strategy_weights(levels, strategy_weightings()) if config.hormone_driven
+               else {name: 1.0 for name in strategies})
     proposals = proposals_collect(config, levels)
     notes: list[str] = [note for note in [proposals_predict(proposals, config=config, levels=levels)] if note]
     ordered = proposals_prioritise(proposals, hormone_driven=config.hormone_driven, weights=weights)
@@ -265,8 +308,7 @@ def cycle_run(*, trigger: str) -> CycleRecord:
         chosen = proposals_select(ordered, slots=slots, config=config, levels=levels)
         for proposal in chosen:
             model = NeuralModel.objects.get(pk=proposal.model_id)
-            params = {"mutation_rate": round(mutation_rate(levels), 4)} \
-                if proposal.strategy == "architecture" and config.hormone_driven else {}
+            params = strategies[proposal.strategy].run_params(levels) if config.hormone_driven else {}
             run = run_create(model=model, strategy=proposal.strategy, origin=RunOrigin.LOOP,
                              trigger_reason=f"[{proposal.kind}] {proposal.reason}", priority=proposal.priority,
                              params=params, features=proposal.features)
@@ -281,12 +323,13 @@ def cycle_run(*, trigger: str) -> CycleRecord:
         )
         state.last_cycle_at = now
         state.cycles += 1
-        from improvement.loop import effective_interval_s
-
-        state.next_cycle_at = now + timedelta(seconds=effective_interval_s(config, levels))
+        if trigger != CycleRecord.Trigger.SLOT_FREED:
+            state.next_cycle_at = now + timedelta(seconds=effective_interval_s(config, levels))
         state.save()
-        publish("cycle.finished", {"cycle_id": record.pk, "trigger": trigger, "enqueued": len(chosen),
-                                   "slots": slots, "next_cycle_at": state.next_cycle_at.isoformat()})
+        publish("cycle.finished", CycleFinishedPayload(
+            cycle_id=record.pk, trigger=trigger, enqueued=len(chosen), slots=slots,
+            next_cycle_at=state.next_cycle_at.isoformat() if state.next_cycle_at else None,
+        ))
     cycle_signals(ordered)
     return record
 

@@ -1,0 +1,188 @@
+"""Execute one improvement run: claim, build the context, build candidates, judge, promote.
+
+Each step is a small function tests can call on its own. ``run_execute`` is what the
+django-q2 task and ``manage.py improve`` call. State changes go through the run lifecycle
+(``improvement.runs.lifecycle``) and the promotion service; when the run is over, the cycle
+that fills its freed slot is enqueued as a task of its own, never called from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+
+from django.db import InterfaceError, OperationalError, transaction
+from django_q.tasks import async_task
+
+from improvement.choices import RunStatus
+from improvement.models import ImprovementConfig, ImprovementRun
+from improvement.releases import run_finished_signals
+from improvement.runs.context import baseline_evaluate, context_build, torch_threads_configure
+from improvement.runs.lifecycle import (
+    Heartbeat,
+    RunCancelled,
+    RunReporter,
+    run_claim,
+    run_enqueue,
+    run_finish,
+    run_finish_cancelled,
+    worker_name,
+)
+from improvement.runs.promotion import Decision, RunNoLongerRunning, decide, version_promote
+from improvement.runs.search import population_evaluator
+from improvement.runs.search_files import search_files_delete
+from improvement.strategies.registry import NEED_SHARED_SEARCH, Candidate, get_strategy
+from models_registry.evaluation import candidate_evaluate
+from models_registry.implementations import fresh_version_module
+from models_registry.models import Task
+from models_registry.nn.evaluation import EvaluationResult
+from models_registry.nn.training import NonFiniteLossError
+from models_registry.selectors import version_active
+
+logger = logging.getLogger(__name__)
+
+# How long a worker waits for a free slot before handing a run back to the queue.
+CAPACITY_WAIT_S = 30.0
+# How often a running run proves its worker is alive (the reconciler's timeout is far longer).
+HEARTBEAT_INTERVAL_S = 10.0
+# run_execute's answer when the database went away under a run: the reconciler takes it over.
+INTERRUPTED = "interrupted"
+# The django-q2 task that fills a freed slot once a run is over.
+SLOT_FREED_TASK = "improvement.tasks.cycle_after_run"
+
+
+def candidates_judge(
+    *, strategy_objective: str, task: Task, baseline: EvaluationResult, candidates: list[Candidate],
+    config: ImprovementConfig,
+) -> tuple[Candidate, EvaluationResult, Decision]:
+    """Evaluate every candidate on the held-out split and keep the one with the best decision."""
+    judged = []
+    for candidate in candidates:
+        evaluation = candidate_evaluate(task=task, module=candidate.module, runtime=candidate.runtime,
+                                        onnx_bytes=candidate.onnx_bytes)
+        decision = decide(
+            objective=strategy_objective, baseline=baseline, candidate=evaluation,
+            threshold=config.performance_threshold, score_tolerance=config.optimization_score_tolerance,
+            latency_budget_ms=task.latency_budget_ms,
+        )
+        judged.append((candidate, evaluation, decision))
+    # Promotable ones first, then the largest gain.
+    return max(judged, key=lambda item: (item[2].promote, item[2].gain))
+
+
+# ----------------------------------------------------------------------------------- run
+
+
+def run_execute(*, run_id: int, worker: str | None = None, on_progress=None) -> str:
+    """Run one improvement end to end. Returns the final status (or 'skipped', 'deferred', 'interrupted')."""
+    worker = worker or worker_name()
+    claim = run_claim(run_id=run_id, worker=worker)
+    deadline = time.monotonic() + CAPACITY_WAIT_S
+    while claim == "at_capacity" and time.monotonic() < deadline:
+        time.sleep(1.0)
+        claim = run_claim(run_id=run_id, worker=worker)
+    if claim == "at_capacity":
+        # Every slot is busy on other workers: hand the run back to the queue for later.
+        run_enqueue(run_id=run_id)
+        return "deferred"
+    if claim != "claimed":
+        logger.info("run #%s not claimed (%s): duplicate delivery ignored", run_id, claim)
+        return "skipped"
+    torch_threads_configure()
+    run = ImprovementRun.objects.select_related("model__task", "baseline_version").get(pk=run_id)
+    reporter = RunReporter(run, on_flush=on_progress)
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    status: str = RunStatus.FAILED
+    try:
+        with Heartbeat(run.pk, worker, interval_s=HEARTBEAT_INTERVAL_S):
+            status = _run_body(run, reporter)
+    except RunCancelled:
+        status = run_finish_cancelled(run_id=run.pk)
+    except NonFiniteLossError as exc:
+        reporter.log(f"aborted: {exc}")
+        run_finish(run_id=run.pk, status=RunStatus.FAILED, error=f"non-finite loss: {exc}", message="non-finite loss")
+        status = RunStatus.FAILED
+    except RunNoLongerRunning as exc:
+        logger.warning("%s", exc)
+        status = ImprovementRun.objects.values_list("status", flat=True).get(pk=run.pk)
+    except (OperationalError, InterfaceError) as exc:
+        # The database went away under the run (longer than the reporter waits, or outside a
+        # report), so it cannot even be marked failed. Its heartbeat has stopped: once the
+        # database is back the reconciler requeues it (or ends it failed, attempts spent).
+        logger.error("run #%s interrupted, database unavailable: %s", run.pk, exc)
+        status = INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - any failure ends the run with its reason
+        logger.exception("run #%s failed", run.pk)
+        run_finish(run_id=run.pk, status=RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}\n"
+                   + "".join(traceback.format_exc(limit=6))[-4000:], message="failed")
+        status = RunStatus.FAILED
+    finally:
+        try:
+            ImprovementRun.objects.filter(pk=run.pk).update(
+                cpu_seconds=time.process_time() - cpu_start, peak_memory_mb=reporter.peak_rss_mb,
+            )
+        except (OperationalError, InterfaceError):
+            logger.warning("run #%s: resource usage not saved, database unavailable", run.pk)
+        if status != INTERRUPTED:
+            _after_run(run.pk, status, wall_s=time.perf_counter() - wall_start)
+    return status
+
+
+def _run_body(run: ImprovementRun, reporter: RunReporter) -> str:
+    config = ImprovementConfig.load()
+    task = run.model.task
+    strategy = get_strategy(run.strategy)
+    baseline = version_active(model=run.model)
+    if baseline is None:
+        raise RuntimeError(f"{run.model} has no active version to improve")
+    reporter.log(f"strategy {strategy.name}, objective {strategy.objective}, baseline v{baseline.number}")
+    context = context_build(run, baseline, config)
+    if NEED_SHARED_SEARCH in strategy.needs:
+        context.evaluate_population = population_evaluator(run, context, reporter)
+    baseline_eval = baseline_evaluate(task, baseline, fresh_version_module(baseline))
+    ImprovementRun.objects.filter(pk=run.pk).update(
+        baseline_version=baseline, baseline_metrics=baseline_eval.as_dict(), objective=strategy.objective,
+    )
+    reporter.log(f"baseline score {baseline_eval.score:.4f}, p95@1 {baseline_eval.latency.get('p95_ms_b1', 0):.3f} ms")
+    reporter(0.02, "building candidates")
+    candidates = strategy.build_candidates(context, reporter)
+    if not candidates:
+        run_finish(run_id=run.pk, status=RunStatus.REJECTED, decision="rejected: the strategy built no candidate")
+        return RunStatus.REJECTED
+    reporter(0.97, f"evaluating {len(candidates)} candidate(s) on the held-out split")
+    candidate, evaluation, decision = candidates_judge(
+        strategy_objective=strategy.objective, task=task, baseline=baseline_eval, candidates=candidates,
+        config=config,
+    )
+    reporter.log(decision.reason)
+    reporter.flush(0.99, "deciding")
+    if not decision.promote:
+        run_finish(run_id=run.pk, status=RunStatus.REJECTED, decision=decision.reason, gain=decision.gain,
+                   candidate_metrics={**evaluation.as_dict(), "note": candidate.note, "genome": candidate.genome})
+        return RunStatus.REJECTED
+    version = version_promote(
+        run=run, genome=candidate.genome, state_dict=candidate.module.state_dict(), evaluation=evaluation,
+        runtime=candidate.runtime, onnx_bytes=candidate.onnx_bytes, decision=decision, parent=baseline,
+        backup=config.model_backup_enabled,
+    )
+    reporter.log(f"promoted v{version.number}")
+    return RunStatus.PROMOTED
+
+
+def _after_run(run_id: int, status: str, *, wall_s: float) -> None:
+    """Clean-up and signals that follow a finished run; never fails the run itself."""
+    try:
+        search_files_delete(run_id=run_id)
+    except Exception:  # noqa: BLE001
+        logger.exception("removing search files of run #%s failed", run_id)
+    try:
+        run_finished_signals(run_id=run_id, status=status, wall_s=wall_s)
+    except Exception:  # noqa: BLE001
+        logger.exception("post-run signals for run #%s failed", run_id)
+    try:
+        # The freed slot is filled by a cycle of its own, on the queue: the flow runs one way.
+        transaction.on_commit(lambda: async_task(SLOT_FREED_TASK, task_name=f"slot-freed-{run_id}",
+                                                 group="improvement"))
+    except Exception:  # noqa: BLE001
+        logger.exception("queueing the cycle after run #%s failed", run_id)
