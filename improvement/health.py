@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from improvement.choices import FINISHED, RunStatus
 from improvement.models import ImprovementRun
 from models_registry.models import ModelVersion, NeuralModel
+from models_registry.selectors import version_active
 
 WINDOW = 10
 
@@ -122,7 +123,7 @@ def _model_entry(model: NeuralModel, *, runs: list[dict], score: float | None,
 def model_health(model: NeuralModel, *, pressure: float) -> dict:
     runs = list(ImprovementRun.objects.filter(model=model, status__in=FINISHED).order_by("finished_at")
                 .values(*RUN_FIELDS))
-    active = model.versions.filter(is_active=True).first()
+    active = version_active(model=model)
     return _model_entry(model, runs=runs, score=active.score if active else None, points=_score_points(model),
                         pressure=pressure)
 

@@ -3,6 +3,7 @@ from django.db.models import Count
 
 from models_registry.errors import RegistryError
 from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
+from models_registry.selectors import version_active
 from models_registry.services import version_activate, version_rollback
 from models_registry.serving import admin as _serving_admin  # noqa: F401  (registers the serving admin)
 
@@ -60,12 +61,12 @@ class NeuralModelAdmin(admin.ModelAdmin):
 
     @admin.display(description="active")
     def active_number(self, obj: NeuralModel) -> str:
-        active = obj.active_version
+        active = version_active(model=obj)
         return f"v{active.number}" if active else "—"
 
     @admin.display(description="score")
     def active_score(self, obj: NeuralModel) -> str:
-        active = obj.active_version
+        active = version_active(model=obj)
         return f"{active.score:.4f}" if active and active.score is not None else "—"
 
     @admin.action(description="Roll back to the previous version")

@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from models_registry.data.errors import ImplementationError
+from models_registry.nn.kinds import CLASSES, RECONSTRUCTION, VALUES
 
 __all__ = [
     "Implementation",
@@ -168,9 +169,9 @@ class FunctionImplementation:
 
 #: Fallback implementation per output kind for uploaded tasks that name none.
 DEFAULT_IMPLEMENTATIONS: dict[str, str] = {
-    "classes": "models_registry.algorithms.KNNClassifier",
-    "values": "models_registry.algorithms.RidgeRegressor",
-    "reconstruction": "models_registry.algorithms.PCAReconstruction",
+    CLASSES: "models_registry.algorithms.KNNClassifier",
+    VALUES: "models_registry.algorithms.RidgeRegressor",
+    RECONSTRUCTION: "models_registry.algorithms.PCAReconstruction",
 }
 
 # A dotted path is identifiers joined by dots, optionally "module:attr". Anything else

@@ -66,10 +66,6 @@ class NeuralModel(models.Model):
     def __str__(self) -> str:
         return f"{self.task.slug}/{self.name}"
 
-    @property
-    def active_version(self) -> ModelVersion | None:
-        return self.versions.filter(is_active=True).first()
-
 
 class ModelVersion(models.Model):
     """An immutable version: genome, weights (safetensors + sha256), runtime, metrics, parent.

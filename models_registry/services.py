@@ -41,6 +41,7 @@ from models_registry.errors import RegistryError
 from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
 from models_registry.nn.evaluation import EvaluationResult
 from models_registry.nn.genome import validate_genome
+from models_registry.selectors import version_active
 from models_registry.serving.switching import serving_reevaluate_after_activation
 from models_registry.weights import blob_delete, blob_save, weights_save
 
@@ -298,7 +299,7 @@ def version_create(
 def version_activate(*, version: ModelVersion, reason: str) -> ModelVersion:
     """Make ``version`` the model's only active version (the model row is locked meanwhile)."""
     model = NeuralModel.objects.select_for_update().get(pk=version.model_id)
-    previous = model.versions.filter(is_active=True).first()
+    previous = version_active(model=model)
     if previous is not None and previous.pk == version.pk:
         return version
     model.versions.filter(is_active=True).update(is_active=False)
@@ -315,7 +316,7 @@ def version_activate(*, version: ModelVersion, reason: str) -> ModelVersion:
 
 def version_rollback(*, model: NeuralModel, to_version: ModelVersion | None = None, reason: str = "") -> ModelVersion:
     """Re-activate an earlier version: ``to_version``, or else the one before the active one."""
-    active = model.active_version
+    active = version_active(model=model)
     if to_version is None:
         if active is None:
             raise RegistryError("model has no active version to roll back from")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models_registry.nn.kinds import check_output_kind
+from models_registry.nn.kinds import CLASSES, RECONSTRUCTION, VALUES, check_output_kind
 from models_registry.nn.training import (
     AugmentFn,
     EpochEvent,
@@ -108,7 +108,7 @@ def distillation_loss(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    if output_kind == "classes":
+    if output_kind == CLASSES:
         if teacher_out.dim() == 1:  # (B,) labels from an algorithmic teacher
             soft = F.cross_entropy(student_out, teacher_out.long())
         else:
@@ -131,9 +131,9 @@ def _scale_of(student: nn.Module | None, output_kind: str) -> torch.Tensor | Non
     # Read at call time, not when the loss is made: set_normalisation may run in between.
     if student is None:
         return None
-    if output_kind == "values":
+    if output_kind == VALUES:
         return getattr(student, "output_std", None)
-    if output_kind == "reconstruction":
+    if output_kind == RECONSTRUCTION:
         return getattr(student, "input_std", None)
     return None
 
@@ -387,12 +387,12 @@ def pseudo_label(teacher_fn: TeacherFn, X: np.ndarray, output_kind: str) -> np.n
     known exactly, which beats the teacher's imperfect reconstruction.
     """
     _check_kind(output_kind)
-    if output_kind == "reconstruction":
+    if output_kind == RECONSTRUCTION:
         return None
     x = torch.as_tensor(np.asarray(X, dtype=np.float32))
     chunks = [teacher_outputs(teacher_fn, x[i : i + _LABEL_CHUNK]) for i in range(0, len(x), _LABEL_CHUNK)]
     out = torch.cat(chunks).cpu()
-    if output_kind == "classes":
+    if output_kind == CLASSES:
         labels = out if out.dim() == 1 else out.argmax(dim=1)  # (N,)
         return labels.numpy().astype(np.int64)
     return out.reshape(len(x), -1).numpy().astype(np.float32)  # (N, k)

@@ -34,6 +34,7 @@ from improvement.strategies.architecture import (
 )
 from improvement.strategies.registry import StrategyContext
 from models_registry.nn.genome import build_module
+from models_registry.selectors import version_active
 from models_registry.weights import blob_delete, weights_load, weights_save
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def _train_and_store(candidate: SearchCandidate, context: StrategyContext, n_tot
 
 def search_context(run: ImprovementRun) -> StrategyContext:
     torch_threads_configure()
-    baseline = run.baseline_version or run.model.versions.filter(is_active=True).first()
+    baseline = run.baseline_version or version_active(model=run.model)
     return context_build(run, baseline, ImprovementConfig.load())
 
 

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from events.payloads import CycleFinishedPayload
 from events.publisher import publish
-from hormones.names import SEROTONIN
+from hormones.names import ADRENALINE, SEROTONIN
 from hormones.priority import (
     exploration_order,
     exploration_share,
@@ -137,7 +137,7 @@ def proposals_collect(config: ImprovementConfig, levels: dict[str, float]) -> li
                                       genetic=genetic if kind == "genetic" else None, metrics=metrics))
         if genetic and genetic[0] == "drift" and retrain is not None:
             # Serving saw the model disagree with the algorithm: retraining jumps the queue.
-            boost = model_urgency_boost(levels.get("adrenaline", 0.0))
+            boost = model_urgency_boost(levels.get(ADRENALINE, 0.0))
             fired.append(Proposal(model.pk, str(model), retrain, "drift seen by serving: retrain",
                                   min(1.0, 0.9) * boost, kind="drift", metrics=metrics))
         now = timezone.now()

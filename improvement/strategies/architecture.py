@@ -43,6 +43,7 @@ from improvement.strategies.registry import (
 )
 from models_registry.nn.evaluation import measure_latency, score_predictions, to_predictions, torch_predict_fn
 from models_registry.nn.genome import build_module, count_parameters, set_normalisation
+from models_registry.nn.kinds import CLASSES, RECONSTRUCTION
 from models_registry.nn.training import TrainConfig, TrainData, train_module
 
 PRESCREEN_FACTOR_PARAM = "prescreen_factor"
@@ -77,8 +78,8 @@ def train_genome_candidate(
     module.eval()
     predict = torch_predict_fn(module)
     raw = predict(np.asarray(data.X_val, dtype=np.float32))
-    y_val = data.y_val if output_kind != "reconstruction" else data.X_val
-    score = score_predictions(output_kind, y_val, to_predictions(output_kind, raw) if output_kind == "classes" else raw)
+    y_val = data.y_val if output_kind != RECONSTRUCTION else data.X_val
+    score = score_predictions(output_kind, y_val, to_predictions(output_kind, raw) if output_kind == CLASSES else raw)
     latency = measure_latency(predict, np.asarray(data.X_val[:256], dtype=np.float32), batch_sizes=(1,),
                               warmup=3, repeats=30, max_seconds=0.5)
     return CandidateResult(module=module, val_score=float(score), latency_ms=float(latency["p50_ms_b1"]),

@@ -28,6 +28,7 @@ from improvement.strategies.registry import (
     Triggers,
     register,
 )
+from models_registry.nn.kinds import CLASSES, RECONSTRUCTION
 from models_registry.nn.training import train_module
 
 # Perturbed copies of the training split per epoch for the teacher to label: three of each row
@@ -96,7 +97,7 @@ class DistillationStrategy(StrategyBase):
         )
         teacher = context.teacher_module if both_cnn else context.teacher_fn
         progress(0.0, f"distilling from {context.teacher_label}", None)
-        if context.teacher_module is None and context.output_kind != "classes":
+        if context.teacher_module is None and context.output_kind != CLASSES:
             # An algorithmic teacher of values is exact but may be slow (a numerical model):
             # asking it about every training batch would repeat the labels the split already has.
             # It teaches through its labels of fresh system-generated inputs instead.
@@ -131,5 +132,5 @@ class DistillationStrategy(StrategyBase):
             student, context.data, output_kind=context.output_kind,
             config=train_config(context, lr=context.train_config.lr / 2, max_seconds=budget.share(0.95)),
             progress=epoch_progress(progress, start=0.0, span=0.95, label="distill"),
-            augment=context.augment, extra_data=extra if context.output_kind != "reconstruction" else None,
+            augment=context.augment, extra_data=extra if context.output_kind != RECONSTRUCTION else None,
         )

@@ -40,6 +40,7 @@ from improvement.strategies.registry import (
 )
 from models_registry.nn.evaluation import measure_latency, score_predictions, to_predictions
 from models_registry.nn.genome import GenomeError, build_module, set_normalisation, validate_genome
+from models_registry.nn.kinds import CLASSES, RECONSTRUCTION
 from models_registry.nn.runtimes import export_onnx, make_predict_fn, quantize_onnx_dynamic
 from models_registry.nn.training import train_module
 
@@ -82,8 +83,8 @@ class Variant:
 def _val_score(predict, context: StrategyContext) -> float:
     X_val = np.asarray(context.data.X_val, dtype=np.float32)
     raw = np.asarray(predict(X_val))
-    y_val = context.data.y_val if context.output_kind != "reconstruction" else X_val
-    preds = to_predictions(context.output_kind, raw) if context.output_kind == "classes" and raw.ndim == 2 else raw
+    y_val = context.data.y_val if context.output_kind != RECONSTRUCTION else X_val
+    preds = to_predictions(context.output_kind, raw) if context.output_kind == CLASSES and raw.ndim == 2 else raw
     return float(score_predictions(context.output_kind, y_val, preds))
 
 

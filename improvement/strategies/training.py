@@ -36,6 +36,7 @@ from improvement.strategies.registry import (
 )
 from models_registry.nn.evaluation import score_predictions, to_predictions, torch_predict_fn
 from models_registry.nn.genome import build_module, set_normalisation, validate_genome
+from models_registry.nn.kinds import CLASSES, RECONSTRUCTION
 from models_registry.nn.training import train_module
 
 
@@ -127,8 +128,8 @@ class TrainingStrategy(StrategyBase):
 def _val_score(context: StrategyContext) -> float:
     X_val = context.data.X_val
     raw = torch_predict_fn(context.module)(X_val)
-    y_val = context.data.y_val if context.output_kind != "reconstruction" else X_val
-    preds = to_predictions(context.output_kind, raw) if context.output_kind == "classes" else raw
+    y_val = context.data.y_val if context.output_kind != RECONSTRUCTION else X_val
+    preds = to_predictions(context.output_kind, raw) if context.output_kind == CLASSES else raw
     return float(score_predictions(context.output_kind, y_val, preds))
 
 

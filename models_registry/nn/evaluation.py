@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from models_registry.nn.kinds import CLASSES, RECONSTRUCTION, VALUES
+
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
-METRICS = {"classes": "accuracy", "values": "r2", "reconstruction": "reconstruction_r2"}
+METRICS = {CLASSES: "accuracy", VALUES: "r2", RECONSTRUCTION: "reconstruction_r2"}
 
 
 def _r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -54,10 +56,10 @@ def score_predictions(output_kind: str, y_true: np.ndarray, y_pred: np.ndarray) 
     if y_pred.shape[0] != n:
         raise ValueError(f"y_pred has {y_pred.shape[0]} rows, y_true has {n}")
 
-    if output_kind == "classes":
+    if output_kind == CLASSES:
         return float(np.mean(y_pred.reshape(n) == y_true.reshape(n)))
 
-    if output_kind not in ("values", "reconstruction"):
+    if output_kind not in (VALUES, RECONSTRUCTION):
         raise ValueError(f"unknown output_kind {output_kind!r}")
     yt = y_true.astype(np.float64).reshape(n, -1)
     yp = y_pred.astype(np.float64).reshape(n, -1)
@@ -65,7 +67,7 @@ def score_predictions(output_kind: str, y_true: np.ndarray, y_pred: np.ndarray) 
         raise ValueError(f"y_pred has shape {y_pred.shape}, y_true has {y_true.shape}")
     if not np.all(np.isfinite(yp)):
         return 0.0
-    if output_kind == "values":
+    if output_kind == VALUES:
         scores = [min(max(_r2(yt[:, j], yp[:, j]), 0.0), 1.0) for j in range(yt.shape[1])]
         return float(np.mean(scores))
     return float(min(max(_r2(yt.ravel(), yp.ravel()), 0.0), 1.0))
@@ -74,7 +76,7 @@ def score_predictions(output_kind: str, y_true: np.ndarray, y_pred: np.ndarray) 
 def to_predictions(output_kind: str, raw: np.ndarray) -> np.ndarray:
     """Turn raw module outputs into predictions: argmax labels for classes, as-is otherwise."""
     raw = np.asarray(raw)
-    if output_kind == "classes":
+    if output_kind == CLASSES:
         return raw.argmax(axis=1).astype(np.int64)
     return raw
 
@@ -191,7 +193,7 @@ def evaluate(
         raise ValueError(f"unknown output_kind {output_kind!r}")
     X_test = np.asarray(X_test, dtype=np.float32)
     raw = np.asarray(predict_fn(X_test))
-    if output_kind == "classes" and raw.ndim == 2:
+    if output_kind == CLASSES and raw.ndim == 2:
         preds = to_predictions(output_kind, raw)
     else:
         preds = raw

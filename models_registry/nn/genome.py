@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models_registry.nn.kinds import check_output_kind
+from models_registry.nn.kinds import CLASSES, VALUES, check_output_kind
 
 KINDS = ("mlp", "cnn", "autoencoder")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "leaky_relu", "elu")
@@ -451,14 +451,14 @@ def _safe_std(std: np.ndarray) -> np.ndarray:
 
 
 def set_normalisation(
-    module: GenomeModule, X: np.ndarray, y: np.ndarray | None = None, output_kind: str = "classes"
+    module: GenomeModule, X: np.ndarray, y: np.ndarray | None = None, output_kind: str = CLASSES
 ) -> None:
     """Compute the normalisation buffers from training data, in place.
 
     Input statistics are per feature for mlp/autoencoder and a single scalar
     (broadcast to ``input_shape``) for cnn, so that convolutions see the same
     scale at every pixel. Output statistics (per output column) are only set
-    when ``output_kind == "values"``; otherwise they are reset to the identity.
+    when ``output_kind == VALUES``; otherwise they are reset to the identity.
     """
     check_output_kind(output_kind)
     X64 = np.asarray(X, dtype=np.float64)
@@ -478,7 +478,7 @@ def set_normalisation(
 
     if not isinstance(module, _SupervisedModule):
         return
-    if output_kind == "values":
+    if output_kind == VALUES:
         if y is None:
             raise ValueError("y is required for output_kind 'values'")
         y64 = np.asarray(y, dtype=np.float64).reshape(X64.shape[0], -1)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models_registry.nn.evaluation import score_predictions, to_predictions
+from models_registry.nn.kinds import CLASSES, RECONSTRUCTION, VALUES
 
 LRSchedule = Literal["plateau", "cosine", "onecycle"]
 AugmentFn = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
@@ -99,16 +100,16 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _targets(output_kind: str, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-    if output_kind == "classes":
+    if output_kind == CLASSES:
         if y is None:
             raise ValueError("classes need labels")
         return np.asarray(y).reshape(-1).astype(np.int64)
-    if output_kind == "values":
+    if output_kind == VALUES:
         if y is None:
             raise ValueError("values need targets")
         y = np.asarray(y, dtype=np.float32)
         return y.reshape(y.shape[0], -1)
-    if output_kind == "reconstruction":
+    if output_kind == RECONSTRUCTION:
         return np.asarray(X if y is None else y, dtype=np.float32)
     raise ValueError(f"unknown output_kind {output_kind!r}")
 
@@ -122,11 +123,11 @@ def default_loss(
     (dividing by the module's std buffers) so that every output column weighs
     the same whatever its units.
     """
-    if output_kind == "classes":
+    if output_kind == CLASSES:
         return lambda out, y, _x: F.cross_entropy(out, y, label_smoothing=label_smoothing)
-    if output_kind == "values":
+    if output_kind == VALUES:
         return lambda out, y, _x: (((out - y) / module.output_std) ** 2).mean()
-    if output_kind == "reconstruction":
+    if output_kind == RECONSTRUCTION:
 
         def reconstruction(out: torch.Tensor, y: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
             y = y.reshape(out.shape)  # targets may arrive flat: (B, F) -> (B, *input_shape)
@@ -288,7 +289,7 @@ def _train(
             xb, yb = X_t[index], y_t[index]
             if augment is not None:
                 xb = augment(xb, rng)
-                if output_kind == "reconstruction":
+                if output_kind == RECONSTRUCTION:
                     yb = xb  # the target of a reconstruction is whatever went in
             loss = loss_fn(module(xb), yb, xb)
             if not torch.isfinite(loss):
@@ -317,7 +318,7 @@ def _train(
         # weights (further down the schedule) are kept; patience still counts from the last
         # improvement, so ties do not prolong training. (R² scores are continuous: they tie only
         # when clipped at 0, which says nothing.)
-        tied = not improved and output_kind == "classes" and score >= best_score - _MIN_DELTA
+        tied = not improved and output_kind == CLASSES and score >= best_score - _MIN_DELTA
         if improved:
             best_score, best_epoch, since_best = score, epoch, 0
         else:

@@ -27,6 +27,7 @@ from improvement.runs.lifecycle import run_cancel, run_create
 from improvement.scheduler.loop import cycle_force, loop_start, loop_stop
 from models_registry.errors import RegistryError
 from models_registry.models import ModelVersion, NeuralModel
+from models_registry.selectors import version_active
 from models_registry.services import version_activate, version_rollback
 from project.panel import selectors
 from project.panel.forms import ConfigForm, LoopForm, RunNowForm, VersionChoiceForm
@@ -204,7 +205,7 @@ def version_activate_control(request: HttpRequest, pk: int) -> HttpResponse:
 def version_rollback_control(request: HttpRequest, pk: int) -> HttpResponse:
     model = get_object_or_404(NeuralModel, pk=pk)
     back = reverse("panel:model", args=[pk])
-    active = model.active_version
+    active = version_active(model=model)
     try:
         version = version_rollback(
             model=model, reason=f"rollback from v{active.number if active else '?'} by {request.user.get_username()}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from improvement.models import ImprovementRun, LoopState
+from models_registry.selectors import version_active
 from tests.browser.conftest import SCREENSHOTS, login, wait_charts, wait_live
 from tests.browser.seed import panel_history
 
@@ -52,13 +53,13 @@ def test_model_page_rolls_back_a_version(page, operator):
     assert page.locator('tr.active-row').get_attribute("data-version") == "4"
     assert page.evaluate("() => window.__sameDocument") is True  # updated in place, no reload
     model.refresh_from_db()
-    assert model.active_version.number == 4
+    assert version_active(model=model).number == 4
 
     # Activate another one from the lineage table; the page follows again.
     page.click('tr[data-version="2"] [data-control="activate"]')
     page.wait_for_function("() => document.querySelector('[data-active-version]').dataset.activeVersion === '2'")
     model.refresh_from_db()
-    assert model.active_version.number == 2
+    assert version_active(model=model).number == 2
     wait_charts(page, 2)  # the charts were redrawn with the new active version
     assert page.errors == []
 
@@ -96,7 +97,7 @@ def test_viewer_sees_no_controls_and_forged_posts_are_refused(page, viewer):
     assert all(status == 403 for _, status in statuses), statuses
     model.refresh_from_db()
     running.refresh_from_db()
-    assert model.active_version.number == 6
+    assert version_active(model=model).number == 6
     assert not running.cancel_requested
     assert not LoopState.load().running
     assert ImprovementRun.objects.count() == 7

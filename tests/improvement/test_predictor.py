@@ -30,6 +30,7 @@ from improvement.scheduler.cycle import Proposal, cycle_run, proposals_prioritis
 from improvement.strategies.registry import strategy_names
 from models_registry.errors import RegistryError
 from models_registry.models import PerformanceSample, Task
+from models_registry.selectors import version_active
 from models_registry.services import model_create, task_dataset_replace
 from tests.factories import csv_task, version_with_score
 
@@ -228,7 +229,7 @@ def test_learnable_history_trains_a_registered_predictor_that_is_used(task, hist
     task_row = Task.objects.get(slug=PREDICTOR_TASK_SLUG)
     assert task_row.algorithm_path == "improvement.nn.gain_model.MeanGainPerStrategy"
     assert (task_row.n_samples, task_row.n_test) == (200, 30) and task_row.input_shape == [n_run_features()]
-    assert task_row.neural_models.get().active_version is not None  # a NeuralModel the loop improves
+    assert version_active(model=task_row.neural_models.get()) is not None  # a NeuralModel the loop improves
     # It predicts the signal: a low-scoring model gains little from training, much from architecture.
     gains = predictor.predict([_features(0.5, "training"), _features(0.8, "architecture")])
     assert gains[0] < -0.2 and gains[1] > 0.2

@@ -7,7 +7,7 @@ import pytest
 from improvement.models import ImprovementConfig
 from improvement.services import demo_seed
 from models_registry.models import ModelVersion, NeuralModel, Task
-from models_registry.selectors import algorithm_latest_sample
+from models_registry.selectors import algorithm_latest_sample, version_active
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -19,7 +19,7 @@ def test_demo_seed_creates_three_weak_models_and_is_idempotent():
     }
     for task in Task.objects.all():
         model = NeuralModel.objects.get(task=task, name="baseline")
-        active = model.active_version
+        active = version_active(model=model)
         assert active is not None and active.score < 0.75, (task.slug, active and active.score)
         assert algorithm_latest_sample(task=task).score > active.score
     assert ImprovementConfig.load().improvement_interval == 60

@@ -15,6 +15,7 @@ from models_registry.data.errors import DatasetError
 from models_registry.errors import RegistryError
 from models_registry.implementations import task_dataset, version_predict_fn
 from models_registry.models import ModelVersion, Task
+from models_registry.selectors import version_active
 from models_registry.services import (
     task_create_from_upload,
     version_activate,
@@ -106,7 +107,7 @@ def test_rollback_restores_previous_outputs_bit_for_bit():
     restored = version_rollback(model=model)
     assert restored.pk == v1.pk
     model.refresh_from_db()
-    active = model.active_version
+    active = version_active(model=model)
     assert active.pk == v1.pk
     np.testing.assert_array_equal(version_predict_fn(active)(X), before)
 

@@ -15,6 +15,7 @@ from improvement.runs.execution import run_execute
 from improvement.runs.lifecycle import run_cancel, run_create, runs_reconcile
 from models_registry.implementations import task_dataset, version_predict_fn
 from models_registry.models import ModelVersion
+from models_registry.selectors import version_active
 from models_registry.services import model_create
 from tests.factories import csv_task, trained_version
 
@@ -47,11 +48,11 @@ def _run(model, strategy, **params):
 
 
 def test_training_promotes_and_keeps_the_old_version_as_backup(weak_model):
-    old = weak_model.active_version
+    old = version_active(model=weak_model)
     run = _run(weak_model, "training")
     assert run.status == RunStatus.PROMOTED, run.decision or run.error
     weak_model.refresh_from_db()
-    new = weak_model.active_version
+    new = version_active(model=weak_model)
     assert new.pk == run.result_version_id and new.parent_id == old.pk
     assert new.score > old.score
     assert run.gain >= ImprovementConfig.load().performance_threshold
@@ -64,24 +65,24 @@ def test_training_promotes_and_keeps_the_old_version_as_backup(weak_model):
 
 def test_candidate_below_threshold_is_rejected_and_nothing_changes(weak_model):
     ImprovementConfig.objects.filter(pk=1).update(performance_threshold=10.0)
-    old = weak_model.active_version
+    old = version_active(model=weak_model)
     X, _ = task_dataset(weak_model.task).test
     before = version_predict_fn(old)(X)
     run = _run(weak_model, "training")
     assert run.status == RunStatus.REJECTED
     assert "below the 1000% threshold" in run.decision
     weak_model.refresh_from_db()
-    assert weak_model.active_version.pk == old.pk
+    assert version_active(model=weak_model).pk == old.pk
     assert weak_model.versions.count() == 1
-    np.testing.assert_array_equal(version_predict_fn(weak_model.active_version)(X), before)
+    np.testing.assert_array_equal(version_predict_fn(version_active(model=weak_model))(X), before)
 
 
 def test_non_finite_loss_fails_the_run_without_promotion(weak_model):
-    old = weak_model.active_version
+    old = version_active(model=weak_model)
     run = _run(weak_model, "training", lr=1e30)
     assert run.status == RunStatus.FAILED
     assert "non-finite" in run.error
-    assert weak_model.versions.count() == 1 and weak_model.active_version.pk == old.pk
+    assert weak_model.versions.count() == 1 and version_active(model=weak_model).pk == old.pk
 
 
 def test_second_delivery_of_the_same_run_does_nothing(weak_model):
