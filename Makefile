@@ -32,6 +32,7 @@ run: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # The distributed suite runs against the real PostgreSQL and Redis (mandatory with CI=true;
 # skipped with a message elsewhere when they are absent).
@@ -40,6 +41,7 @@ REDIS_TEST_URL ?= redis://127.0.0.1:6379/14
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest -m "not distributed" --ignore=tests/distributed $(PYTEST_ARGS)

@@ -148,3 +148,32 @@ def test_a_delivery_executes_the_most_urgent_queued_run(weak_model):
     assert run_pick(preferred=high.pk) == high.pk
     ImprovementRun.objects.filter(pk=high.pk).update(status=RunStatus.CANCELLED)
     assert run_pick(preferred=low.pk) == low.pk
+
+
+def test_with_backups_off_a_promotion_succeeds_and_drops_the_previous_version(
+        weak_model, django_capture_on_commit_callbacks):
+    ImprovementConfig.objects.filter(pk=1).update(model_backup_enabled=False)
+    old = version_active(model=weak_model)
+    with django_capture_on_commit_callbacks(execute=True):
+        run = _run(weak_model, "training")
+    assert run.status == RunStatus.PROMOTED, run.decision or run.error
+    assert not ModelVersion.objects.filter(pk=old.pk).exists(), "the previous version was kept as a backup"
+    new = version_active(model=weak_model)
+    assert new.pk == run.result_version_id and weak_model.versions.count() == 1
+    assert default_storage.exists(new.weights_file)
+    assert not default_storage.exists(old.weights_file)
+
+
+def test_a_finished_run_enqueues_the_slot_filling_cycle_instead_of_running_it(
+        weak_model, monkeypatch, django_capture_on_commit_callbacks):
+    """The worker's run never calls up into the scheduler: it queues the follow-up cycle on commit."""
+    from improvement.runs import execution
+
+    queued = []
+    monkeypatch.setattr(execution, "async_task", lambda func, *args, **kwargs: queued.append(func))
+    monkeypatch.setattr("improvement.scheduler.cycle.cycle_run",
+                        lambda **kwargs: pytest.fail("the run's worker ran a cycle itself"))
+    with django_capture_on_commit_callbacks(execute=True):
+        run = _run(weak_model, "training")
+    assert run.status in (RunStatus.PROMOTED, RunStatus.REJECTED)
+    assert queued == [execution.SLOT_FREED_TASK]

@@ -7,9 +7,13 @@ from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.urls import reverse
 from django.utils import timezone
 from django_q.models import Schedule
 
+from events.models import OutboxEvent
+from hormones.models import Hormone
+from hormones.services import hormones_ensure
 from improvement.choices import RunStatus
 from improvement.history import history_trim
 from improvement.integration import (
@@ -18,7 +22,10 @@ from improvement.integration import (
     SelfImprovingNeuralSystem,
 )
 from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, LoopState
-from improvement.scheduler.loop import loop_start, loop_stop, loop_tick
+from improvement.scheduler.cycle import effective_interval_s
+from improvement.scheduler.loop import cycle_after_run, cycle_force, loop_start, loop_stop, loop_tick
+from improvement.selectors import improvement_status
+from improvement.services import config_update
 from models_registry.models import ModelVersion
 from models_registry.services import model_create
 from tests.factories import csv_task, version_with_score
@@ -122,3 +129,76 @@ def test_the_specifications_snippets_run_and_return_the_documented_shapes():
     assert {"config", "runs", "versions", "hormone_events"} <= set(export_data)
     assert export_data["config"]["improvement_history_size"] == 1000
     assert CycleRecord.objects.exists()
+
+
+# --------------------------------------------------------------------------- when cycles run
+
+
+def test_at_rest_the_period_is_exactly_the_configured_interval():
+    hormones_ensure()  # every hormone at its baseline
+    config = ImprovementConfig.load()
+    assert config.improvement_interval == 300.0
+    assert effective_interval_s(config) == 300.0
+    loop_start()
+    assert improvement_status()["loop"]["effective_interval_s"] == 300.0
+    model = model_create(task=csv_task(), name="m")
+    version_with_score(model, 0.5)  # the training trigger fires: not a calm cycle, serotonin stays at rest
+    record = cycle_force()
+    state = LoopState.load()
+    started = CycleRecord.objects.get(pk=record["id"]).started_at
+    assert abs((state.next_cycle_at - started).total_seconds() - 300.0) < 1.0
+
+
+def test_a_calm_streak_stretches_the_period_and_hormones_off_ignore_it():
+    hormones_ensure()
+    Hormone.objects.filter(name="serotonin").update(level=1.0, updated_at=timezone.now())
+    config = ImprovementConfig.load()
+    assert effective_interval_s(config) == pytest.approx(600.0, rel=1e-3)  # serotonin 1.0: 2x
+    config.hormone_driven = False
+    assert effective_interval_s(config) == 300.0
+
+
+def test_a_slot_filling_cycle_does_not_move_the_next_scheduled_cycle():
+    loop_start()
+    model = model_create(task=csv_task(), name="m")
+    version_with_score(model, 0.5)
+    loop_tick()  # the scheduled cycle: sets when the next one is due
+    due = LoopState.load().next_cycle_at
+    ImprovementRun.objects.filter(model=model).update(status=RunStatus.REJECTED, finished_at=timezone.now())
+    assert cycle_after_run() is not None
+    state = LoopState.load()
+    assert state.next_cycle_at == due
+    assert CycleRecord.objects.filter(trigger=CycleRecord.Trigger.SLOT_FREED).count() == 1
+    # ... and the tick does not run a scheduled cycle before it is due.
+    assert loop_tick()["cycle"] is None
+
+
+def test_a_slot_filling_cycle_does_nothing_while_the_loop_is_stopped():
+    loop_stop()
+    assert cycle_after_run() is None
+    assert not CycleRecord.objects.exists()
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+def test_initialize_without_a_configuration_keeps_the_operators_settings():
+    config_update(improvement_interval=42.0, max_concurrent_improvements=1, auto_start=False)
+    asyncio.run(SelfImprovementIntegration().initialize())
+    config = ImprovementConfig.load()
+    assert (config.improvement_interval, config.max_concurrent_improvements, config.auto_start) == (42.0, 1, False)
+    assert not LoopState.load().running  # auto_start is off in the saved configuration
+
+
+def test_admin_edits_go_through_the_configuration_service(admin_client):
+    before = OutboxEvent.objects.filter(type="config.changed").count()
+    form = {f.name: getattr(ImprovementConfig.load(), f.name) for f in ImprovementConfig._meta.fields
+            if f.name not in ("id", "updated_at")}
+    form = {k: ("" if v is None else ("on" if v is True else v)) for k, v in form.items() if v is not False}
+    form.update(improvement_interval="77")
+    response = admin_client.post(reverse("admin:improvement_improvementconfig_change", args=[1]), form)
+    assert response.status_code == 302, response.content[:500]
+    assert ImprovementConfig.load().improvement_interval == 77.0
+    events = OutboxEvent.objects.filter(type="config.changed").order_by("id")
+    assert events.count() == before + 1
+    assert events.last().payload["changed"] == {"improvement_interval": 77.0}
