@@ -148,7 +148,7 @@ def _typed_dict_problems(declared: type, value: object, *, path: str) -> list[st
     if not isinstance(value, dict):
         return [f"{path}: expected an object ({declared.__name__}), got {type(value).__name__}"]
     hints = get_type_hints(declared, include_extras=True)
-    required = getattr(declared, "__required_keys__", frozenset())
+    required: frozenset[str] = getattr(declared, "__required_keys__", frozenset())
     problems = [f"{path}.{key}: missing" for key in sorted(required - set(value))]
     problems += [f"{path}.{key}: not declared in {declared.__name__}" for key in sorted(set(value) - set(hints))]
     for key, hint in hints.items():
@@ -187,10 +187,10 @@ def _value_problems(hint: Any, value: object, *, path: str) -> list[str]:
         ok = isinstance(value, base)
     if not ok:
         return [f"{path}: expected {getattr(base, '__name__', base)}, got {type(value).__name__}"]
-    if base is list and get_args(hint):
+    if base is list and isinstance(value, list) and get_args(hint):
         (item,) = get_args(hint)
-        return [p for i, v in enumerate(value) for p in _value_problems(item, v, path=f"{path}[{i}]")]  # type: ignore[attr-defined]
-    if base is dict and get_args(hint):
+        return [p for i, v in enumerate(value) for p in _value_problems(item, v, path=f"{path}[{i}]")]
+    if base is dict and isinstance(value, dict) and get_args(hint):
         _, item = get_args(hint)
-        return [p for k, v in value.items() for p in _value_problems(item, v, path=f"{path}.{k}")]  # type: ignore[attr-defined]
+        return [p for k, v in value.items() for p in _value_problems(item, v, path=f"{path}.{k}")]
     return []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 from django.utils import timezone
 
@@ -21,9 +22,9 @@ def hormone_levels_current(*, at: datetime | None = None) -> dict[str, float]:
 
 def brain_state_latest() -> dict | None:
     snapshot = BrainStateSnapshot.objects.order_by("-created_at", "-id").first()
-    return snapshot.as_dict() if snapshot else None
+    return cast(dict, snapshot.as_dict()) if snapshot else None  # a BrainStatePayload is a plain dict
 
 
 def brain_state_history(*, limit: int = 500) -> list[dict]:
     rows = BrainStateSnapshot.objects.order_by("-created_at", "-id")[:limit]
-    return [row.as_dict() for row in reversed(list(rows))]
+    return [cast(dict, row.as_dict()) for row in reversed(list(rows))]  # a BrainStatePayload is a plain dict

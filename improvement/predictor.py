@@ -32,7 +32,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, cast
 
 import numpy as np
 from django.db.models import Q
@@ -108,8 +110,9 @@ def run_features(*, model: NeuralModel, strategy: str, levels: dict[str, float] 
     teacher = teacher_score(model=model)
     kind = (active.genome or {}).get("kind") if active is not None else None
     finished = ImprovementRun.objects.filter(model=model, strategy=strategy, finished_at__isnull=False)
-    gains = [clip_gain(g) for g in finished.filter(status__in=(RunStatus.PROMOTED, RunStatus.REJECTED),
-                                                    gain__isnull=False)
+    # gain__isnull=False: no gain is None
+    gains = [clip_gain(cast(float, g)) for g in finished.filter(status__in=(RunStatus.PROMOTED, RunStatus.REJECTED),
+                                                                gain__isnull=False)
              .order_by("-finished_at", "-id").values_list("gain", flat=True)[:RECENT_GAINS]]
     features = {
         "v": FEATURES_VERSION,
@@ -150,8 +153,9 @@ def history_load() -> History:
         status__in=(RunStatus.PROMOTED, RunStatus.REJECTED), gain__isnull=False, finished_at__isnull=False,
     ).order_by("finished_at", "id").values("id", "features", "gain", "finished_at")
         if isinstance(r["features"], dict) and r["features"].get("v") == FEATURES_VERSION]
-    y = np.array([clip_gain(r["gain"]) for r in rows], dtype=np.float32).reshape(-1, 1)
-    newest = rows[-1]["finished_at"].isoformat() if rows else None
+    # gain__isnull=False and finished_at__isnull=False: neither is None
+    y = np.array([clip_gain(cast(float, r["gain"])) for r in rows], dtype=np.float32).reshape(-1, 1)
+    newest = cast(datetime, rows[-1]["finished_at"]).isoformat() if rows else None
     return History([r["id"] for r in rows], run_feature_matrix([r["features"] for r in rows]), y, newest)
 
 
@@ -203,10 +207,10 @@ def predictor_task_create(history: History) -> Task:
             algorithm_path=BASELINE_PATH,
         )
     except RegistryError:
-        task = predictor_task()  # created meanwhile by another process
-        if task is None:
+        existing = predictor_task()  # created meanwhile by another process
+        if existing is None:
             raise
-        return task
+        return existing
     task_dataset_replace(task=task, X=history.X, y=history.y, splits=chronological_splits(len(history)))
     _evaluate_on_current_split(task, history)
     predictor_neural_seed(task)
@@ -345,7 +349,7 @@ def genome_history(*, task: Task, exclude_run_id: int | None = None) -> list[Gen
         run__model__task=task, status=SearchCandidate.Status.DONE, score__isnull=False,
     ).exclude(Q(run_id=exclude_run_id) if exclude_run_id else Q(pk__in=[]))
         .order_by("-run_id", "index").values("run_id", "index", "genome", "score")[:GENOME_HISTORY_LIMIT])
-    by_run: dict[int, list[dict]] = {}
+    by_run: dict[int, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_run.setdefault(row["run_id"], []).append(row)
     observations = []

@@ -23,7 +23,7 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.display(ordering="_models", description="models")
     def model_count(self, obj: Task) -> int:
-        return obj._models
+        return obj._models  # type: ignore[attr-defined]  # django-stubs: an .annotate() field is not on the model type
 
     def has_add_permission(self, request) -> bool:
         # Tasks are created from data (upload, generator or built-in) through the API/panel,
@@ -57,7 +57,7 @@ class NeuralModelAdmin(admin.ModelAdmin):
 
     @admin.display(description="versions", ordering="_versions")
     def version_count(self, obj: NeuralModel) -> int:
-        return obj._versions
+        return obj._versions  # type: ignore[attr-defined]  # django-stubs: an .annotate() field is not on the model type
 
     @admin.display(description="active")
     def active_number(self, obj: NeuralModel) -> str:

@@ -165,7 +165,7 @@ class PerformanceSample(models.Model):
         ]
 
     def __str__(self) -> str:
-        who = f"v{self.version.number}" if self.version_id else "algorithm"
+        who = f"v{self.version.number}" if self.version_id and self.version is not None else "algorithm"
         return f"{self.task.slug} {who} {self.source} score={self.score}"
 
 

@@ -125,11 +125,12 @@ def task_create_builtin(*, key: str, seed: int = 0) -> Task:
 
 
 def _default_algorithm(output_kind: str) -> str:
-    return {
+    algorithms: dict[str, str] = {
         OutputKind.CLASSES: "models_registry.algorithms.KNNClassifier",
         OutputKind.VALUES: "models_registry.algorithms.RidgeRegressor",
         OutputKind.RECONSTRUCTION: "models_registry.algorithms.PCAReconstruction",
-    }[output_kind]
+    }
+    return algorithms[output_kind]
 
 
 def task_create_from_upload(
@@ -355,6 +356,11 @@ def version_discard(*, version: ModelVersion) -> None:
     if version.is_active:
         raise RegistryError(f"{version} is active; activate another version before discarding it")
     files = [version.weights_file, version.artifact_file]
+
+    def files_delete() -> None:
+        for name in files:
+            blob_delete(name)
+
     with transaction.atomic():
         ModelVersion.objects.filter(pk=version.pk, is_active=False).delete()
-        transaction.on_commit(lambda: [blob_delete(name) for name in files])
+        transaction.on_commit(files_delete)

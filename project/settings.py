@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -18,7 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 from events.env import env_bool, env_float, env_int, env_list, env_str, persistent_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(env_str("PLASTICITY_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+VAR_DIR = Path(cast(str, env_str("PLASTICITY_VAR_DIR", str(BASE_DIR / "var")))).resolve()  # a default: never None
 
 PLASTICITY_ENV = env_str("PLASTICITY_ENV", "embedded")
 if PLASTICITY_ENV not in {"embedded", "production"}:
@@ -28,7 +29,7 @@ PRODUCTION = PLASTICITY_ENV == "production"
 DEBUG = env_bool("DEBUG", False)
 
 if PRODUCTION:
-    SECRET_KEY = env_str("SECRET_KEY", required=True)
+    SECRET_KEY = cast(str, env_str("SECRET_KEY", required=True))  # required: raises instead of None
     if len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure"):
         raise ImproperlyConfigured("SECRET_KEY must be at least 50 random characters in production")
 else:
@@ -101,7 +102,7 @@ SQLITE_OPTIONS = {
 }
 _database_url = env_str("DATABASE_URL")
 if _database_url:
-    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
+    DATABASES: dict[str, Any] = {"default": dj_database_url.parse(_database_url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
     if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         DATABASES["default"]["OPTIONS"] = dict(SQLITE_OPTIONS)
     else:
@@ -146,7 +147,7 @@ PLASTICITY_OUTBOX_RELAY = env_bool("PLASTICITY_OUTBOX_RELAY", not REDIS_URL)
 
 # --- task queue (django-q2, ORM broker: delivery receipts, at-least-once) ---------------------
 Q_TIMEOUT = env_int("Q_TIMEOUT", 3600, minimum=60)
-Q_CLUSTER = {
+Q_CLUSTER: dict[str, Any] = {
     "name": "plasticity",
     "orm": "default",
     "workers": env_int("Q_WORKERS", 1, minimum=1),
@@ -164,7 +165,7 @@ if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:  # pragma: no cover - guarded by 
     raise ImproperlyConfigured("Q_CLUSTER retry must be longer than timeout")
 
 # --- storage ----------------------------------------------------------------------------------
-MEDIA_ROOT = Path(env_str("PLASTICITY_MEDIA_ROOT", str(VAR_DIR / "media")))
+MEDIA_ROOT = Path(cast(str, env_str("PLASTICITY_MEDIA_ROOT", str(VAR_DIR / "media"))))  # a default: never None
 MEDIA_URL = "/media/"
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"

@@ -11,7 +11,7 @@ from project.api.fields import FiniteRepresentationMixin
 
 class HormoneSerializer(FiniteRepresentationMixin, serializers.Serializer):
     name = serializers.CharField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # drf-stubs: a declared field shadows Field.label; the metaclass pops it
     level = serializers.FloatField(help_text="Current level (decayed toward the baseline up to now).")
     baseline = serializers.FloatField()
     half_life_s = serializers.FloatField(help_text="Seconds for the distance to the baseline to halve.")
@@ -22,7 +22,7 @@ class HormoneSerializer(FiniteRepresentationMixin, serializers.Serializer):
 
 class HormoneEventSerializer(FiniteRepresentationMixin, serializers.ModelSerializer):
     hormone = serializers.CharField(source="hormone.name", read_only=True)
-    context = serializers.JSONField(read_only=True)
+    context = serializers.JSONField(read_only=True)  # type: ignore[assignment]  # drf-stubs: a declared field shadows Field.context; the metaclass pops it
 
     class Meta:
         model = HormoneEvent

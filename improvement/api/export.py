@@ -7,7 +7,8 @@ The rows themselves come from ``improvement.export``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import cast
 
 from asgiref.sync import sync_to_async
 from django.http import StreamingHttpResponse
@@ -30,7 +31,8 @@ class ExportResponse(StreamingHttpResponse):
             async for part in super().__aiter__():
                 yield part
             return
-        parts = self.streaming_content  # the synchronous iterator, chunks made bytes
-        pull = sync_to_async(next, thread_sensitive=True)
-        while (part := await pull(parts, _END)) is not _END:
-            yield part
+        parts = cast(Iterator[bytes], self.streaming_content)  # the synchronous iterator, chunks made bytes
+        next_or_end: Callable[[Iterator[bytes], object], object] = next
+        pull = sync_to_async(next_or_end, thread_sensitive=True)
+        while (chunk := await pull(parts, _END)) is not _END:
+            yield cast(bytes, chunk)

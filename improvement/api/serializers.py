@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from rest_framework import serializers
 
 from improvement.models import ImprovementConfig, ImprovementRun
@@ -89,7 +91,7 @@ class RunCreateSerializer(serializers.Serializer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # Every strategy registered now (a plugin registered after start-up included).
-        self.fields["strategy"].choices = strategy_choices()
+        cast(serializers.ChoiceField, self.fields["strategy"]).choices = strategy_choices()
 
     def validate_model(self, model: NeuralModel) -> NeuralModel:
         if version_active(model=model) is None:

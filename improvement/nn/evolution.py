@@ -57,7 +57,7 @@ class _Rng:
     """One small interface over ``random.Random`` and ``np.random.Generator``."""
 
     def __init__(self, rng: RngLike | _Rng):
-        self._rng = rng._rng if isinstance(rng, _Rng) else rng
+        self._rng: RngLike = rng._rng if isinstance(rng, _Rng) else rng
         if not isinstance(self._rng, random.Random | np.random.Generator):
             raise TypeError(f"rng must be random.Random or numpy.random.Generator, got {type(rng).__name__}")
 
@@ -699,7 +699,8 @@ def evolve(
     seen = {genome_key(parent)}
     history: list[Individual] = []
 
-    genomes, parents = [parent], [None]
+    genomes: list[dict] = [parent]
+    parents: list[int | None] = [None]
     for _try in range(config.population_size * 20):
         if len(genomes) >= config.population_size:
             break

@@ -267,10 +267,10 @@ class GenomeScorer:
         return out * self._y_std + self._y_mean
 
 
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties); 0 when either side is constant."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 2:
+    va, vb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(va) < 2:
         return 0.0
 
     def ranks(v: np.ndarray) -> np.ndarray:
@@ -282,7 +282,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
             r[tied] = r[tied].mean()
         return r
 
-    ra, rb = ranks(a), ranks(b)
+    ra, rb = ranks(va), ranks(vb)
     if ra.std() == 0 or rb.std() == 0:
         return 0.0
     return float(np.corrcoef(ra, rb)[0, 1])

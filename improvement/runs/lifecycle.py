@@ -9,6 +9,7 @@ was cancelled or reconciled meanwhile finds it no longer running and stops.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -326,7 +327,7 @@ def runs_reconcile(*, timeout_s: float | None = None, max_attempts: int | None =
                     progress_message=f"requeued: {reason}",
                 )
                 if moved:
-                    transaction.on_commit(lambda run_id=run.pk: run_enqueue(run_id=run_id))
+                    transaction.on_commit(functools.partial(run_enqueue, run_id=run.pk))
                     lines.append(f"run #{run.pk} requeued ({reason})")
         else:
             with transaction.atomic():
@@ -338,7 +339,7 @@ def runs_reconcile(*, timeout_s: float | None = None, max_attempts: int | None =
                 if moved:
                     run_announce_finished(run_id=run.pk)
                     # Its worker died before cleaning up: drop the search candidates' weight files.
-                    transaction.on_commit(lambda run_id=run.pk: _search_files_delete(run_id))
+                    transaction.on_commit(functools.partial(_search_files_delete, run.pk))
                     lines.append(f"run #{run.pk} failed ({reason})")
     return lines
 

@@ -76,6 +76,8 @@ def _train_and_store(candidate: SearchCandidate, context: StrategyContext, n_tot
 def search_context(run: ImprovementRun) -> StrategyContext:
     torch_threads_configure()
     baseline = run.baseline_version or version_active(model=run.model)
+    if baseline is None:
+        raise RuntimeError(f"{run.model} has no active version to improve")
     return context_build(run, baseline, ImprovementConfig.load())
 
 

@@ -22,7 +22,8 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import cast
 
 from django.db import transaction
 from django.utils import timezone
@@ -181,7 +182,8 @@ def proposals_predict(proposals: list[Proposal], *, config: ImprovementConfig, l
         for proposal in proposals:
             proposal.features = run_features(model=models[proposal.model_id], strategy=proposal.strategy,
                                              levels=levels)
-        gains, label, note = gain_predictions([p.features for p in proposals], config=config)
+        # every proposal's features were set just above
+        gains, label, note = gain_predictions([cast(dict, p.features) for p in proposals], config=config)
     except Exception as exc:  # noqa: BLE001 - a cycle never fails for want of a prediction
         logger.exception("no gain predictions this cycle")
         return f"predictor: unavailable ({type(exc).__name__}: {exc}); priorities without predictions"[:300]
@@ -233,7 +235,8 @@ def proposals_select(proposals: list[Proposal], *, slots: int, config: Improveme
             continue
         cooling = _cooling_down(proposal.model_id, proposal.strategy, config.rejection_cooldown_s, now)
         if cooling is not None:
-            until = cooling.finished_at + timedelta(seconds=config.rejection_cooldown_s)
+            # _cooling_down returns finished runs only (finished_at__isnull=False)
+            until = cast(datetime, cooling.finished_at) + timedelta(seconds=config.rejection_cooldown_s)
             proposal.why = f"cooling down after run #{cooling.pk} was rejected (until {until:%H:%M:%S})"
             continue
         if len(chosen) >= slots:

@@ -79,6 +79,8 @@ def train_genome_candidate(
     predict = torch_predict_fn(module)
     raw = predict(np.asarray(data.X_val, dtype=np.float32))
     y_val = data.y_val if output_kind != RECONSTRUCTION else data.X_val
+    if y_val is None:
+        raise ValueError(f"output_kind {output_kind!r} needs validation targets")
     score = score_predictions(output_kind, y_val, to_predictions(output_kind, raw) if output_kind == CLASSES else raw)
     latency = measure_latency(predict, np.asarray(data.X_val[:256], dtype=np.float32), batch_sizes=(1,),
                               warmup=3, repeats=30, max_seconds=0.5)

@@ -95,7 +95,9 @@ class DistillationStrategy(StrategyBase):
             context.genome.get("kind") == "cnn" and context.teacher_module is not None
             and getattr(context.teacher_module, "genome", {}).get("kind") == "cnn"
         )
-        teacher = context.teacher_module if both_cnn else context.teacher_fn
+        # both_cnn implies a teacher_module; the check names it for mypy
+        teacher = (context.teacher_module if both_cnn and context.teacher_module is not None
+                   else context.teacher_fn)
         progress(0.0, f"distilling from {context.teacher_label}", None)
         if context.teacher_module is None and context.output_kind != CLASSES:
             # An algorithmic teacher of values is exact but may be slow (a numerical model):
@@ -123,10 +125,13 @@ class DistillationStrategy(StrategyBase):
     @staticmethod
     def _learn_from_labels(context: StrategyContext, student, budget: Budget, progress: ProgressFn):
         inputs = extra_inputs_for(context)
+        teacher_fn = context.teacher_fn
+        if teacher_fn is None:  # build_candidates returns early without one
+            raise ValueError("learning from a teacher's labels needs teacher_fn")
 
         def extra(epoch: int):
             X = inputs(epoch)
-            return X, pseudo_label(context.teacher_fn, X, context.output_kind)
+            return X, pseudo_label(teacher_fn, X, context.output_kind)
 
         return train_module(
             student, context.data, output_kind=context.output_kind,

@@ -75,8 +75,8 @@ class Variant:
 
     @property
     def speed_cost(self) -> float:
-        values = [self.latency.get("p50_ms_b1"), self.latency.get("p50_ms_b256")]
-        values = [v for v in values if v and v > 0]
+        measured = [self.latency.get("p50_ms_b1"), self.latency.get("p50_ms_b256")]
+        values: list[float] = [v for v in measured if v and v > 0]
         return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.inf
 
 
@@ -84,6 +84,8 @@ def _val_score(predict, context: StrategyContext) -> float:
     X_val = np.asarray(context.data.X_val, dtype=np.float32)
     raw = np.asarray(predict(X_val))
     y_val = context.data.y_val if context.output_kind != RECONSTRUCTION else X_val
+    if y_val is None:
+        raise ValueError(f"output_kind {context.output_kind!r} needs validation targets")
     preds = to_predictions(context.output_kind, raw) if context.output_kind == CLASSES and raw.ndim == 2 else raw
     return float(score_predictions(context.output_kind, y_val, preds))
 

@@ -216,7 +216,7 @@ def unregister(name: str) -> None:
 
 
 @contextlib.contextmanager
-def registered(cls: type) -> Iterator[Strategy]:
+def registered(cls: type[Strategy]) -> Iterator[Strategy]:
     """Register ``cls`` for the duration of a block (tests and experiments), then remove it."""
     register(cls)
     try:

@@ -129,6 +129,8 @@ def _val_score(context: StrategyContext) -> float:
     X_val = context.data.X_val
     raw = torch_predict_fn(context.module)(X_val)
     y_val = context.data.y_val if context.output_kind != RECONSTRUCTION else X_val
+    if y_val is None:
+        raise ValueError(f"output_kind {context.output_kind!r} needs validation targets")
     preds = to_predictions(context.output_kind, raw) if context.output_kind == CLASSES else raw
     return float(score_predictions(context.output_kind, y_val, preds))
 

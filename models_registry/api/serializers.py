@@ -66,7 +66,7 @@ class VersionBriefSerializer(FiniteRepresentationMixin, serializers.ModelSeriali
 
 
 class NeuralModelSerializer(serializers.ModelSerializer):
-    task = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    task: serializers.SlugRelatedField[Task] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     active_version = serializers.SerializerMethodField()
     n_versions = serializers.SerializerMethodField()
 

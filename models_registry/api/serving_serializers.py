@@ -10,6 +10,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from models_registry.choices import Implementation, Runtime
+from models_registry.models import Task
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.models import ServingState, ServingSwitch
 from project.api.fields import FiniteRepresentationMixin
@@ -39,7 +40,7 @@ class PredictResponseSerializer(serializers.Serializer):
 
 
 class ServingStateSerializer(FiniteRepresentationMixin, serializers.ModelSerializer):
-    task = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    task: serializers.SlugRelatedField[Task] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     version = serializers.IntegerField(source="version.number", allow_null=True, read_only=True)
     effective_tolerance = serializers.FloatField(read_only=True)
 
@@ -82,7 +83,7 @@ class ServingForceSerializer(serializers.Serializer):
 
 
 class ServingSwitchSerializer(FiniteRepresentationMixin, serializers.ModelSerializer):
-    task = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    task: serializers.SlugRelatedField[Task] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     from_version = serializers.IntegerField(source="from_version.number", allow_null=True, read_only=True)
     to_version = serializers.IntegerField(source="to_version.number", allow_null=True, read_only=True)
     reason = serializers.ChoiceField(choices=SwitchReason.choices, read_only=True)

@@ -48,7 +48,9 @@ class PredictRateThrottle(ScopedRateThrottle):
     """The ``predict`` scope, per user; the rate is read from the settings on each request."""
 
     def get_rate(self) -> str | None:
-        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+        if self.scope is None:  # no scope: no rate (what .get(None) answered)
+            return None
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)  # type: ignore[return-value]  # drf-stubs type rates as numbers; DRF's are "N/period" strings
 
 
 class _ServingAPIView(APIView):

@@ -6,6 +6,9 @@ improvement app's seeding service to train the initial version.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import django_filters
 from django.db import transaction
 from django.db.models import Prefetch
@@ -20,7 +23,8 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.pagination import BasePagination
+from rest_framework.parsers import BaseParser, JSONParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -55,6 +59,9 @@ from project.api.permissions import IsOperatorOrReadOnly
 from project.api.throttles import UploadRateThrottle, UserRateThrottle
 from project.api.uploads import UploadLimitMixin, upload_limits
 
+if TYPE_CHECKING:
+    from rest_framework.permissions import _PermissionClass
+
 # ---------------------------------------------------------------------------------- filters
 
 
@@ -87,9 +94,9 @@ class ModelVersionFilter(django_filters.FilterSet):
 
 
 class _Base:
-    permission_classes = [IsOperatorOrReadOnly]
-    pagination_class = Pagination
-    parser_classes = [JSONParser]
+    permission_classes: Sequence[_PermissionClass] = [IsOperatorOrReadOnly]
+    pagination_class: type[BasePagination] | None = Pagination
+    parser_classes: Sequence[type[BaseParser]] = [JSONParser]
 
 
 # ------------------------------------------------------------------------------------ tasks
@@ -142,6 +149,7 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
         examples=[_CSV_EXAMPLE, _GENERATOR_EXAMPLE],
     )
     def create(self, request: Request) -> Response:
+        serializer: TaskUploadSerializer | TaskGeneratorSerializer
         if (request.content_type or "").startswith("multipart/"):
             serializer = TaskUploadSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)

@@ -520,8 +520,12 @@ class SamplerSpec:
         """``n`` inputs, float32 (n, *shape)."""
         size = (int(n), *self.shape)
         if self.distribution == "uniform":
+            if self.low is None or self.high is None:
+                raise TypeError("a uniform sampler needs low and high")
             out = rng.uniform(self.low, self.high, size=size)
         else:
+            if self.mean is None or self.std is None:
+                raise TypeError("a normal sampler needs mean and std")
             out = rng.normal(self.mean, self.std, size=size)
         return out.astype(np.float32)
 

@@ -302,6 +302,8 @@ class GenomeModule(nn.Module):
 
     genome: dict
     kind: str
+    input_mean: torch.Tensor  # buffers (register_buffer), typed for mypy
+    input_std: torch.Tensor
 
     def __init__(self, genome: dict):
         super().__init__()
@@ -319,6 +321,9 @@ class GenomeModule(nn.Module):
 
 class _SupervisedModule(GenomeModule):
     """Adds output de-normalisation buffers (identity unless trained on ``values``)."""
+
+    output_mean: torch.Tensor  # buffers (register_buffer), typed for mypy
+    output_std: torch.Tensor
 
     def __init__(self, genome: dict):
         super().__init__(genome)

@@ -27,6 +27,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnx
@@ -67,7 +68,7 @@ def export_onnx(module: nn.Module, input_shape: Sequence[int] | None = None) -> 
     handles these small graphs; the dynamo exporter is the fallback.
     """
     if input_shape is None:
-        input_shape = module.genome["input_shape"]  # type: ignore[union-attr]
+        input_shape = cast(dict, module.genome)["input_shape"]  # a GenomeModule's genome: a plain attribute
     model = copy.deepcopy(module).cpu().float().eval()
     # Batch of 2, not 1: a batch of 1 lets the tracer specialise some shapes to 1.
     dummy = torch.zeros((2, *[int(d) for d in input_shape]), dtype=torch.float32)
@@ -78,7 +79,7 @@ def export_onnx(module: nn.Module, input_shape: Sequence[int] | None = None) -> 
             torch.onnx.export(
                 model,
                 (dummy,),
-                buf,
+                buf,  # type: ignore[arg-type]  # torch annotates f as a path; the TorchScript exporter takes a file object
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
@@ -106,6 +107,8 @@ def _export_dynamo(model: nn.Module, dummy: torch.Tensor) -> bytes:
             opset_version=max(ONNX_OPSET, 18),  # the dynamo exporter's minimum
             dynamo=True,
         )
+    if program is None:  # dynamo=True without f always returns the program
+        raise RuntimeError("the dynamo ONNX exporter returned no program")
     return program.model_proto.SerializeToString()
 
 

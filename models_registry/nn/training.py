@@ -14,7 +14,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from typing import Literal, TypedDict
+from typing import Literal, TypedDict, cast
 
 import numpy as np
 import torch
@@ -126,12 +126,12 @@ def default_loss(
     if output_kind == CLASSES:
         return lambda out, y, _x: F.cross_entropy(out, y, label_smoothing=label_smoothing)
     if output_kind == VALUES:
-        return lambda out, y, _x: (((out - y) / module.output_std) ** 2).mean()
+        return lambda out, y, _x: (((out - y) / cast(torch.Tensor, module.output_std)) ** 2).mean()  # a buffer
     if output_kind == RECONSTRUCTION:
 
         def reconstruction(out: torch.Tensor, y: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
             y = y.reshape(out.shape)  # targets may arrive flat: (B, F) -> (B, *input_shape)
-            return (((out - y) / module.input_std) ** 2).mean()
+            return (((out - y) / cast(torch.Tensor, module.input_std)) ** 2).mean()  # a buffer
 
         return reconstruction
     raise ValueError(f"unknown output_kind {output_kind!r}")

@@ -69,7 +69,7 @@ class ServingState(models.Model):
         ordering = ["task__slug"]
 
     def __str__(self) -> str:
-        who = f"v{self.version.number}" if self.version_id else ""
+        who = f"v{self.version.number}" if self.version_id and self.version is not None else ""
         return f"{self.task.slug}: {self.implementation} {who}".strip()
 
     def effective_tolerance(self) -> float:

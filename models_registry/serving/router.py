@@ -116,6 +116,8 @@ def algorithm_route(task: Task, *, shadow_fraction: float = 0.0) -> Route:
 
 def _load(task: Task, implementation: str, version: ModelVersion | None) -> PredictFn:
     if implementation == Implementation.NEURAL:
+        if version is None:
+            raise ValueError(f"{task.slug}: a neural route needs a version")
         return version_predict_fn(version)
     return algorithm_predict_fn(task)
 
@@ -241,8 +243,8 @@ class ServingRouter:
         routes: dict[str, Route | None] = {}
         problems: dict[str, str] = {}
         by_task: dict[int, list[ModelVersion]] = {}
-        for version in actives:
-            by_task.setdefault(version.model.task_id, []).append(version)
+        for active in actives:
+            by_task.setdefault(active.model.task_id, []).append(active)
         for task in tasks:
             state = states.get(task.pk)
             implementation, version = route_resolve(

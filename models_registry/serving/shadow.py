@@ -33,6 +33,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from django.db import close_old_connections, transaction
@@ -130,7 +131,7 @@ def shadow_agreement_floor(*, task: Task, version: ModelVersion) -> float:
 def shadow_drift_record(*, task: Task, version: ModelVersion | None, agreement: float, floor: float,
                         rows: int) -> ServingSwitch | None:
     """Announce live disagreement: adrenaline, a switch back to the algorithm, a ``serving.drift`` event."""
-    evidence = {"agreement": round(agreement, 6), "floor": round(floor, 6), "rows": rows,
+    evidence: dict[str, Any] = {"agreement": round(agreement, 6), "floor": round(floor, 6), "rows": rows,
                 "version_id": version.pk if version is not None else None,
                 "version": version.number if version is not None else None}
     detail = f"shadow agreement {agreement:.4f} < floor {floor:.4f} over the last {rows} rows"
@@ -262,6 +263,8 @@ class ShadowChecker:
     def check(self, route: Route, X: np.ndarray, outputs: np.ndarray) -> ShadowVerdict:
         """Run the algorithm on ``X``, fold the agreement into the window, act on drift."""
         task, version = route.task, route.version
+        if version is None:  # submit() queues neural routes only
+            raise ValueError(f"{task.slug}: a shadow check needs a neural route with a version")
         t0 = time.perf_counter()
         expected = outputs_finalise(task, algorithm_predict_fn(task)(X))
         algorithm_ms = (time.perf_counter() - t0) * 1000.0
@@ -275,8 +278,9 @@ class ShadowChecker:
         floor = self._floor(task, version) if agreement is not None else None
         serving_tracker().record_shadow(task_id=task.pk, version_id=version.pk, rows=len(X),
                                         algorithm_ms=algorithm_ms, agreement=agreement, floor=floor, window_rows=rows)
-        drifted = agreement is not None and shadow_drifted(task.output_kind, agreement, rows, floor)
-        if drifted:
+        drifted = (agreement is not None and floor is not None
+                   and shadow_drifted(task.output_kind, agreement, rows, floor))
+        if drifted and agreement is not None and floor is not None:  # drifted implies both; narrowed for mypy
             now = time.monotonic()
             with self._lock:
                 if now - self._last_alarm.get(task.pk, -float("inf")) < self.cooldown_s:

@@ -107,6 +107,8 @@ def _ms(value: float | None) -> str:
 def _rule(m: ServingMeasurements, *, entering: bool, policy: SwitchPolicy) -> tuple[str, str]:
     """(implementation, reason) by the thresholds; ``entering``: neural must win with a margin."""
     ns, sa = m.neural_score, m.algorithmic_score
+    if ns is None or sa is None:  # serving_decide asks only when both scores are known
+        raise ValueError("_rule needs both the neural and the algorithmic score")
     sm = policy.score_margin if entering else 0.0
     lm = policy.latency_margin if entering else 0.0
     floor = sa - m.tolerance
@@ -135,6 +137,9 @@ def serving_decide(
     policy = policy or SwitchPolicy()
     evidence = {**m.as_dict(), "current": current, "seconds_since_switch": seconds_since_switch,
                 "policy": dataclasses.asdict(policy)}
+    target: str
+    reason: str
+    detail: str
     if not m.has_neural and not m.has_algorithm:
         return ServingDecision(current or ALGORITHMIC, SwitchReason.NO_NEURAL, "nothing can serve", False,
                                evidence=evidence)
@@ -153,7 +158,8 @@ def serving_decide(
                   f"p50 {_ms(m.neural_latency_ms)} vs {_ms(m.algorithmic_latency_ms)} ms; neural p95 "
                   f"{_ms(m.neural_latency_p95_ms)} ms, budget {m.latency_budget_ms:g} ms")
     switch = current is not None and target != current
-    if switch and seconds_since_switch is not None and seconds_since_switch < policy.min_dwell_s:
+    if (switch and current is not None  # switch implies a current implementation
+            and seconds_since_switch is not None and seconds_since_switch < policy.min_dwell_s):
         urgent = current == NEURAL and reason == SwitchReason.BELOW_FLOOR
         if not urgent:
             return ServingDecision(
@@ -232,6 +238,8 @@ def serving_switch(
                 state = _state_for_update(task)
             else:
                 return _switch_record(task, "", None, state, reason, detail, evidence, actor)
+            if state is None:  # created by another process, and gone again before we could lock it
+                raise RuntimeError(f"the serving state of task {task.slug} vanished during a switch")
         if state.implementation == implementation and state.version_id == version_id:
             if pinned is not None and pinned != state.pinned:
                 state.pinned = pinned

@@ -125,6 +125,7 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     if response is None:
         return None  # a bug: Django answers 500 and logs it
     detail = exc.detail if isinstance(exc, exceptions.APIException) else None
+    details: dict[str, Any] | None
     if isinstance(exc, exceptions.ValidationError):
         code = getattr(exc, "plasticity_code", None)
         if code is None:
@@ -136,6 +137,10 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         code = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
         code = code if isinstance(code, str) else "error"
         message = _first_message(detail) if detail is not None else str(exc)
-        details = {"retry_after": exc.wait} if isinstance(exc, exceptions.Throttled) and exc.wait else None
+        details = (
+            {"retry_after": exc.wait}  # type: ignore[attr-defined]  # drf-stubs omit Throttled.wait (set in __init__)
+            if isinstance(exc, exceptions.Throttled) and exc.wait  # type: ignore[attr-defined]  # same stub gap
+            else None
+        )
     response.data = error_body(code, message, details)
     return response

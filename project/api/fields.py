@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import django_filters
 from django import forms
@@ -28,7 +28,13 @@ def finite(value: Any) -> Any:
     return value
 
 
-class FiniteRepresentationMixin:
+if TYPE_CHECKING:
+    _SerializerBase = serializers.BaseSerializer  # what the mixin is mixed into, for super()
+else:
+    _SerializerBase = object
+
+
+class FiniteRepresentationMixin(_SerializerBase):
     """For serializers whose metrics may hold NaN or infinity (a diverged candidate, say)."""
 
     def to_representation(self, instance):

@@ -19,7 +19,7 @@ class _SettingsRate:
         rates = api_settings.DEFAULT_THROTTLE_RATES
         if self.scope not in rates:
             raise ImproperlyConfigured(f"no throttle rate for scope {self.scope!r} in DEFAULT_THROTTLE_RATES")
-        return rates[self.scope]
+        return rates[self.scope]  # type: ignore[return-value]  # drf-stubs type rates as numbers; DRF's are "N/period" strings
 
 
 class UserRateThrottle(_SettingsRate, _DRFUserRateThrottle):

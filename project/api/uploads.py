@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 from io import UnsupportedOperation
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.files.uploadedfile import InMemoryUploadedFile
@@ -101,6 +102,8 @@ class LimitedUploadHandler(FileUploadHandler):
         if self.received > self.max_bytes:
             self.buffer = None
             raise too_large(None, self.max_bytes)
+        if self.buffer is None:
+            raise RuntimeError("receive_data_chunk before new_file")
         self.buffer.write(raw_data)
         return None
 
@@ -114,7 +117,15 @@ class LimitedUploadHandler(FileUploadHandler):
         )
 
 
-class UploadLimitMixin:
+if TYPE_CHECKING:
+    from rest_framework.views import APIView
+
+    _ViewBase = APIView  # what the mixin is mixed into, for super()
+else:
+    _ViewBase = object
+
+
+class UploadLimitMixin(_ViewBase):
     """For views that accept uploads: installs the limiting handler and checks Content-Length."""
 
     def initialize_request(self, request, *args, **kwargs):

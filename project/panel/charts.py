@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 MAX_POINTS = 500
 
@@ -76,7 +77,7 @@ def downsample(xs: Sequence[float], ys: Sequence[float | None], max_points: int 
 
 def layout(**overrides) -> dict:
     """The dark theme every chart shares."""
-    base = {
+    base: dict[str, Any] = {
         "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
         "font": {"color": FG, "size": 12, "family": "system-ui, -apple-system, Segoe UI, sans-serif"},
         "margin": {"l": 52, "r": 20, "t": 36, "b": 40}, "height": 300,
@@ -108,7 +109,7 @@ def hormone_levels_figure(series: dict[str, list[tuple[int, float]]], *, events:
     Trace ``i`` is the line of the ``i``-th hormone in ``series`` order: the page's script
     extends it live by name (``meta``).
     """
-    data = []
+    data: list[dict] = []
     names = list(series)
     for name in names:
         xs, ys = downsample([p[0] for p in series[name]], [p[1] for p in series[name]], max_points)

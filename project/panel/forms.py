@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from django import forms
 from django.core.exceptions import ValidationError
 
@@ -54,8 +56,8 @@ class RunNowForm(forms.Form):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["model"].queryset = NeuralModel.objects.select_related("task").order_by("task__slug", "name")
-        self.fields["strategy"].choices = [(name, name) for name in all_strategies()]
+        cast(forms.ModelChoiceField, self.fields["model"]).queryset = NeuralModel.objects.select_related("task").order_by("task__slug", "name")
+        cast(forms.ChoiceField, self.fields["strategy"]).choices = [(name, name) for name in all_strategies()]
 
 
 class VersionChoiceForm(forms.Form):

@@ -7,6 +7,7 @@ Pages ask the apps' own selectors first (``improvement_status``, ``system_health
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -64,7 +65,8 @@ def promotions_recent(*, limit: int = 10) -> list[dict]:
             .order_by("-finished_at", "-id")[:limit])
     return [{
         "run_id": r.pk, "model": str(r.model), "model_id": r.model_id, "strategy": r.strategy, "gain": r.gain,
-        "version": r.result_version.number if r.result_version_id else None, "at": r.finished_at,
+        "version": r.result_version.number if r.result_version_id and r.result_version is not None else None,
+        "at": r.finished_at,
         "baseline_score": (r.baseline_metrics or {}).get("score"), "score": (r.candidate_metrics or {}).get("score"),
     } for r in runs]
 
@@ -307,7 +309,7 @@ METRIC_ROWS = [
 
 
 def _metric(metrics: dict, path: str):
-    value = metrics or {}
+    value: Any = metrics or {}
     for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value

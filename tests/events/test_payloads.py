@@ -13,8 +13,8 @@ from improvement.runs.execution import run_execute
 from improvement.runs.lifecycle import run_create
 from improvement.scheduler.loop import cycle_force, loop_start, loop_stop
 from improvement.services import config_update
-from models_registry.serving.switching import serving_switch
 from models_registry.services import model_create, version_rollback
+from models_registry.serving.switching import serving_switch
 from tests.factories import csv_task, trained_version
 
 GOOD = RunPayload(run_id=1, model_id=2, model="t/m", task="t", strategy="training", status="running",

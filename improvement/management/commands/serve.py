@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import cast
 
 from django.core.management.base import BaseCommand
 
@@ -50,11 +51,17 @@ class Command(BaseCommand):
                     pass
                 _signal_group(child, signal.SIGKILL)
 
-        signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+        def stop_and_exit(*_args) -> None:
+            stop()
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, stop_and_exit)
         try:
             while all(child.poll() is None for child in children):
                 time.sleep(0.5)
-            failed = [c.args[2] if len(c.args) > 2 else c.args for c in children if c.poll() not in (None, 0)]
+            # Both were started with an argument list.
+            commands = [cast(list[str], c.args) for c in children if c.poll() not in (None, 0)]
+            failed = [args[2] if len(args) > 2 else args for args in commands]
             if failed:
                 self.stderr.write(f"a process exited unexpectedly: {failed}")
         except KeyboardInterrupt:
