@@ -12,7 +12,7 @@ class ImprovementConfigAdmin(admin.ModelAdmin):
     fieldsets = (
         ("Loop", {"fields": ("enabled", "auto_start", "improvement_interval", "max_concurrent_improvements",
                              "improvement_history_size", "rejection_cooldown_s", "run_time_budget_s")}),
-        ("Promotion", {"fields": ("performance_threshold", "model_backup_enabled")}),
+        ("Promotion", {"fields": ("performance_threshold", "promotion_alpha", "model_backup_enabled")}),
         ("Signals", {"fields": ("hormone_driven", "genetic_enhanced", "cross_model_distillation", "neural_hormones",
                                 "predictor_min_history")}),
         ("Triggers", {"fields": ("training_score_below", "architecture_score_low", "architecture_score_high",

@@ -31,6 +31,11 @@ class ImprovementConfig(models.Model):
         default=0.1, validators=[MinValueValidator(0.0), MaxValueValidator(10.0)],
         help_text="Relative gain required to promote (0.1 = 10% less error / latency / size).",
     )
+    promotion_alpha = models.FloatField(
+        default=0.05, validators=[MinValueValidator(0.0001), MaxValueValidator(0.5)],
+        help_text="Significance level of the gate's paired test (one-sided): a candidate is promoted only "
+                  "when the test rejects 'no improvement' on the gate split at this level.",
+    )
     hormone_driven = models.BooleanField(default=True)
     genetic_enhanced = models.BooleanField(default=True)
     cross_model_distillation = models.BooleanField(default=True)

@@ -59,13 +59,13 @@ from improvement.nn.gain_model import (
 from improvement.strategies.registry import strategy_names
 from models_registry.choices import Implementation, SampleSource
 from models_registry.errors import RegistryError
-from models_registry.evaluation import candidate_evaluate, version_evaluate
+from models_registry.evaluation import algorithm_evaluate, candidate_evaluate, version_rescore
 from models_registry.implementations import algorithm_for_task, task_dataset, version_predict_fn
 from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
-from models_registry.nn.evaluation import evaluate
 from models_registry.nn.genome import KINDS
 from models_registry.nn.kinds import OUTPUT_KINDS
 from models_registry.nn.training import TrainConfig
+from models_registry.sealed import deciding
 from models_registry.selectors import (
     algorithm_latest_sample,
     teacher_score,
@@ -75,7 +75,6 @@ from models_registry.selectors import (
 )
 from models_registry.services import (
     model_create,
-    performance_sample_record,
     task_create_from_upload,
     task_dataset_replace,
     version_create,
@@ -179,13 +178,14 @@ def _marker_sample(task: Task) -> PerformanceSample | None:
 
 
 def _evaluate_on_current_split(task: Task, history: History) -> None:
-    """The algorithm (with the history marker) and every active version, on the task's current test split."""
-    X_test, y_test = task_dataset(task).test
-    result = evaluate(algorithm_for_task(task).predict, X_test, y_test, task.output_kind)
-    performance_sample_record(task=task, evaluation=result,
-                              extra={HISTORY_MARKER: history.newest_finished_at, "runs": len(history)})
+    """The algorithm (with the history marker) and every active version, on the task's current splits.
+
+    The gate scores are what the predictor check compares; the sealed test scores are recorded
+    for reports. Active versions are re-measured (``version_rescore``): the splits changed under them.
+    """
+    algorithm_evaluate(task=task, extra={HISTORY_MARKER: history.newest_finished_at, "runs": len(history)})
     for version in ModelVersion.objects.filter(model__task=task, is_active=True).select_related("model__task"):
-        version_evaluate(version=version)
+        version_rescore(version=version)
 
 
 def _serving_follow(task: Task) -> None:
@@ -297,7 +297,7 @@ def _choose(task: Task, refreshed: str) -> GainPredictor:
     neural_sample = version_latest_sample(version=version)
     neural = neural_sample.score if neural_sample is not None else None
     base = algo_sample.score if algo_sample is not None else None
-    where = f"on the newest {task.n_test} runs"
+    where = f"on the {task.n_gate} gate runs (the newest before the sealed ones)"
     if neural is None or base is None:
         return fallback(f"no held-out {'neural' if neural is None else 'baseline'} score yet")
     if not neural > base:
@@ -307,24 +307,52 @@ def _choose(task: Task, refreshed: str) -> GainPredictor:
     return GainPredictor(label, True, note + (f" ({refreshed})" if refreshed else ""), version_predict_fn(version))
 
 
-def gain_predictor(*, config: ImprovementConfig | None = None) -> GainPredictor:
-    """The predictor the cycle uses now: the neural model when it beats the baseline, else the baseline."""
+def predictor_maintain(*, config: ImprovementConfig | None = None) -> str:
+    """Create the predictor task, or refresh its data, when the history allows; returns what was done.
+
+    Maintenance, not a decision: it trains and records versions (and their sealed test scores),
+    so the cycle calls it before it starts deciding. Never raises.
+    """
     config = config or ImprovementConfig.load()
+    history = history_load()
+    if len(history) < config.predictor_min_history:
+        return ""
+    try:
+        return predictor_refresh(history)[1]
+    except Exception as exc:  # noqa: BLE001 - ranking must go on; gain_predictor falls back and says why
+        logger.exception("refreshing the improvement predictor failed")
+        return f"refresh failed ({type(exc).__name__}: {exc})"[:200]
+
+
+def gain_predictor(*, config: ImprovementConfig | None = None, refreshed: str | None = None) -> GainPredictor:
+    """The predictor the cycle uses now: the neural model when it beats the baseline on the gate runs.
+
+    A decision (``deciding("predictor check")``): it compares gate scores, never the sealed ones.
+    ``refreshed`` None: maintain the predictor task first (``predictor_maintain``); the cycle does
+    that itself before it starts deciding and passes what was done.
+    """
+    config = config or ImprovementConfig.load()
+    if refreshed is None:
+        refreshed = predictor_maintain(config=config)
     history = history_load()
     minimum = config.predictor_min_history
     if len(history) < minimum:
         return _baseline(history, f"not enough history: {len(history)} < {minimum} runs")
+    task = predictor_task()
+    if task is None:
+        return _baseline(history, "the predictor task is not created yet" + (f" ({refreshed})" if refreshed else ""))
     try:
-        task, refreshed = predictor_refresh(history)
-        return _choose(task, refreshed)
+        with deciding("predictor check"):
+            return _choose(task, refreshed)
     except Exception as exc:  # noqa: BLE001 - ranking must go on; the note says what broke
         logger.exception("the improvement predictor is unavailable")
         return _baseline(history, f"the predictor is unavailable ({type(exc).__name__}: {exc})"[:300])
 
 
-def gain_predictions(rows: list[dict], *, config: ImprovementConfig | None = None) -> tuple[list[float], str, str]:
+def gain_predictions(rows: list[dict], *, config: ImprovementConfig | None = None,
+                     refreshed: str | None = None) -> tuple[list[float], str, str]:
     """(predicted gains, predictor label, note) for runs described by ``rows``; never raises."""
-    predictor = gain_predictor(config=config)
+    predictor = gain_predictor(config=config, refreshed=refreshed)
     try:
         return predictor.predict(rows), predictor.label, predictor.note
     except Exception as exc:  # noqa: BLE001

@@ -29,6 +29,12 @@ class Implementation(models.TextChoices):
     ALGORITHMIC = "algorithmic", "Algorithmic"
 
 
+class ScoreSplit(models.TextChoices):
+    GATE = "gate", "Gate split (decisions)"
+    TEST = "test", "Sealed test split (reports)"
+    LEGACY_TEST = "legacy_test", "Old test split (before the gate split existed)"
+
+
 class SampleSource(models.TextChoices):
     EVALUATION = "evaluation", "Held-out evaluation"
     LIVE = "live", "Live traffic"

@@ -4,15 +4,19 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from models_registry.choices import DataSource, Implementation, OutputKind, Runtime, SampleSource
+from models_registry.choices import DataSource, Implementation, OutputKind, Runtime, SampleSource, ScoreSplit
+from models_registry.nn.metrics import METRIC_CHOICES
 
 
 class Task(models.Model):
-    """An operation with an input/output contract, a data source and fixed splits.
+    """An operation with an input/output contract, a data source, a metric and fixed splits.
 
-    The dataset (inputs, targets and the train/validation/test index arrays) is written
+    The dataset (inputs, targets and the train/validation/gate/test index arrays) is written
     once, as an NPZ file through the storage API, when the task is created; every version
-    of every model is then judged on the same held-out rows.
+    of every model is then judged on the same rows: decisions on the gate split, reports on
+    the sealed test split (``models_registry.sealed``). ``metric`` is the score every
+    evaluation of the task reports (``models_registry.nn.metrics``); ``warnings`` are what the
+    task's creation found worth saying (a gate too small to detect small gains, ...).
     """
 
     slug = models.SlugField(max_length=80, unique=True)
@@ -35,7 +39,11 @@ class Task(models.Model):
     n_samples = models.PositiveIntegerField()
     n_train = models.PositiveIntegerField()
     n_val = models.PositiveIntegerField()
-    n_test = models.PositiveIntegerField()
+    n_gate = models.PositiveIntegerField(default=0, help_text="Rows every decision between runs is made on.")
+    n_test = models.PositiveIntegerField(help_text="Sealed rows: reported, read by no decision.")
+    metric = models.CharField(max_length=32, choices=METRIC_CHOICES, default="accuracy",
+                              help_text="The score every evaluation reports, in [0, 1], higher is better.")
+    warnings = models.JSONField(default=list, blank=True)
     split_seed = models.PositiveIntegerField(default=0)
     latency_budget_ms = models.FloatField(default=200.0, validators=[MinValueValidator(0.001)])
     score_tolerance = models.FloatField(
@@ -70,14 +78,15 @@ class NeuralModel(models.Model):
 class ModelVersion(models.Model):
     """An immutable version: genome, weights (safetensors + sha256), runtime, metrics, parent.
 
-    Only ``is_active`` ever changes after creation, and only through the activation and
-    rollback services. Everything needed to rebuild the module is here: ``build_module(genome)``
-    plus the weights file.
+    Its weights and lineage never change. ``is_active`` changes only through the activation and
+    rollback services; its scores only through ``version_rescore``, when its task's splits
+    change (a task made before the gate split existed). Everything needed to rebuild the
+    module is here: ``build_module(genome)`` plus the weights file.
     """
 
     IMMUTABLE_FIELDS = (
         "model_id", "number", "genome", "runtime", "weights_file", "weights_sha256",
-        "artifact_file", "artifact_sha256", "parent_id", "score",
+        "artifact_file", "artifact_sha256", "parent_id",
     )
 
     model = models.ForeignKey(NeuralModel, on_delete=models.CASCADE, related_name="versions")
@@ -92,7 +101,16 @@ class ModelVersion(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
     )
     is_active = models.BooleanField(default=False)
-    score = models.FloatField(null=True, blank=True)
+    score = models.FloatField(
+        null=True, blank=True,
+        help_text="Gate split score: what every decision compares (the task's metric).")
+    score_split = models.CharField(
+        max_length=12, choices=ScoreSplit.choices, default=ScoreSplit.GATE,
+        help_text="Where ``score`` was measured: the gate split, or (versions made before the gate existed) "
+                  "the old test split, until re-measured.")
+    test_score = models.FloatField(null=True, blank=True, help_text="Sealed test split score, for reports only.")
+    test_ci95_low = models.FloatField(null=True, blank=True)
+    test_ci95_high = models.FloatField(null=True, blank=True)
     metric = models.CharField(max_length=32, blank=True)
     latency_p50_ms = models.FloatField(null=True, blank=True, help_text="Batch of 1.")
     latency_p95_ms = models.FloatField(null=True, blank=True, help_text="Batch of 1.")
@@ -129,7 +147,8 @@ class ModelVersion(models.Model):
 class PerformanceSample(models.Model):
     """A measurement of one implementation of a task.
 
-    ``evaluation`` samples come from the held-out split; ``live`` and ``shadow`` samples
+    ``evaluation`` samples come from a held-out split, named by ``split``: the gate split
+    (what decisions read) or the sealed test split (reports). ``live`` and ``shadow`` samples
     are aggregates flushed periodically by the serving tracker (never one row per request).
     ``version`` is null for the algorithmic implementation.
     """
@@ -141,6 +160,8 @@ class PerformanceSample(models.Model):
     implementation = models.CharField(max_length=20, choices=Implementation.choices)
     source = models.CharField(max_length=20, choices=SampleSource.choices, default=SampleSource.EVALUATION)
     score = models.FloatField(null=True, blank=True)
+    split = models.CharField(max_length=12, choices=ScoreSplit.choices, blank=True, db_index=True,
+                             help_text="The split an evaluation sample was scored on (blank for live traffic).")
     metric = models.CharField(max_length=32, blank=True)
     latency_p50_ms = models.FloatField(null=True, blank=True)
     latency_p95_ms = models.FloatField(null=True, blank=True)
@@ -166,7 +187,7 @@ class PerformanceSample(models.Model):
 
     def __str__(self) -> str:
         who = f"v{self.version.number}" if self.version_id and self.version is not None else "algorithm"
-        return f"{self.task.slug} {who} {self.source} score={self.score}"
+        return f"{self.task.slug} {who} {self.source} {self.split or 'live'} score={self.score}"
 
 
 from models_registry.serving.models import ServingState, ServingSwitch  # noqa: E402,F401

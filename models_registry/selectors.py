@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from models_registry.choices import Implementation, SampleSource
+from models_registry.choices import Implementation, SampleSource, ScoreSplit
 from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
 
 
@@ -41,10 +41,17 @@ def teacher_score(*, model: NeuralModel) -> float | None:
     return max(scores) if scores else None
 
 
+#: Evaluation samples decisions may read: the gate split's (and, until re-measured, a task's
+#: samples from before the gate split existed). Never the sealed test split's.
+DECISION_SPLITS = (ScoreSplit.GATE, ScoreSplit.LEGACY_TEST)
+
+
 def algorithm_latest_sample(*, task: Task) -> PerformanceSample | None:
+    """The algorithm's latest gate evaluation (what decisions compare with)."""
     return (
         PerformanceSample.objects.filter(
-            task=task, implementation=Implementation.ALGORITHMIC, source=SampleSource.EVALUATION
+            task=task, implementation=Implementation.ALGORITHMIC, source=SampleSource.EVALUATION,
+            split__in=DECISION_SPLITS,
         )
         .order_by("-created_at", "-id")
         .first()
@@ -52,8 +59,19 @@ def algorithm_latest_sample(*, task: Task) -> PerformanceSample | None:
 
 
 def version_latest_sample(*, version: ModelVersion) -> PerformanceSample | None:
+    """The version's latest gate evaluation."""
     return (
-        PerformanceSample.objects.filter(version=version, source=SampleSource.EVALUATION)
+        PerformanceSample.objects.filter(version=version, source=SampleSource.EVALUATION, split__in=DECISION_SPLITS)
+        .order_by("-created_at", "-id")
+        .first()
+    )
+
+
+def sealed_sample_latest(*, task: Task, version: ModelVersion | None) -> PerformanceSample | None:
+    """The latest sealed-test report of an implementation (reports only: read by no decision)."""
+    return (
+        PerformanceSample.objects.filter(task=task, version=version, source=SampleSource.EVALUATION,
+                                         split=ScoreSplit.TEST)
         .order_by("-created_at", "-id")
         .first()
     )

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -25,10 +26,10 @@ from django.utils.text import slugify
 from events.payloads import TaskCreatedPayload, VersionActivatedPayload
 from events.publisher import publish
 from models_registry.algorithms import load_callable, load_implementation
-from models_registry.choices import DataSource, Implementation, OutputKind, Runtime, SampleSource
+from models_registry.choices import DataSource, OutputKind, Runtime
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.data.errors import DatasetError
-from models_registry.data.splits import make_splits
+from models_registry.data.splits import DEFAULT_FRACTIONS, SPLIT_NAMES, make_splits
 from models_registry.data.upload import (
     UploadLimits,
     generate_dataset,
@@ -38,9 +39,13 @@ from models_registry.data.upload import (
 )
 from models_registry.datasets import dataset_save
 from models_registry.errors import RegistryError
-from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
+from models_registry.evaluation import performance_sample_record, sealed_test_report
+from models_registry.models import ModelVersion, NeuralModel, Task
 from models_registry.nn.evaluation import EvaluationResult
-from models_registry.nn.genome import validate_genome
+from models_registry.nn.genome import build_module, validate_genome
+from models_registry.nn.metrics import check_metric, default_metric
+from models_registry.nn.runtimes import make_predict_fn
+from models_registry.nn.significance import min_detectable_accuracy_gain
 from models_registry.selectors import version_active
 from models_registry.serving.switching import serving_reevaluate_after_activation
 from models_registry.weights import blob_delete, blob_save, weights_save
@@ -71,9 +76,35 @@ def _n_outputs(output_kind: str, X: np.ndarray, y: np.ndarray) -> int:
     return int(np.prod(X.shape[1:]))
 
 
+#: A gate split smaller than this cannot tell candidates apart: the task is refused.
+MIN_GATE_ROWS = 10
+#: Above this smallest detectable accuracy gain (at α = 0.05) the task is accepted with a warning.
+GATE_WARN_ABOVE = 0.02
+GATE_ALPHA = 0.05
+
+
+def gate_size_check(n_gate: int, *, alpha: float = GATE_ALPHA) -> list[str]:
+    """Refuse a gate too small to judge anything; warn with the smallest gain it can detect."""
+    gate_share = DEFAULT_FRACTIONS[2]
+    if n_gate < MIN_GATE_ROWS:
+        raise RegistryError(
+            f"rows: the gate split (the {gate_share:.0%} of rows every promotion is judged on) would hold {n_gate} "
+            f"rows; at least {MIN_GATE_ROWS} are needed, so upload at least {math.ceil(MIN_GATE_ROWS / gate_share)} rows"
+        )
+    smallest = min_detectable_accuracy_gain(n_gate, alpha=alpha)
+    if smallest <= GATE_WARN_ABOVE:
+        return []
+    rows_for_target = math.ceil(math.ceil(math.log2(1 / alpha)) / GATE_WARN_ABOVE)
+    return [f"small gate split: {n_gate} rows, so the smallest accuracy gain the promotion gate can detect is "
+            f"{smallest:.1%} (McNemar at α {alpha:g}, no row lost; other metrics need at least as much). "
+            f"{rows_for_target} gate rows (about {math.ceil(rows_for_target / gate_share)} rows in all) bring it "
+            f"to {GATE_WARN_ABOVE:.0%}."]
+
+
 def _task_create(
     *, slug: str, name: str, description: str, source: str, data: _TaskData, algorithm_path: str,
     seed: int, builtin_key: str = "", sampler_spec: dict | None = None, latency_budget_ms: float = 200.0,
+    metric: str | None = None,
 ) -> Task:
     slug = slugify(slug or name)[:80]
     if not slug:
@@ -87,6 +118,13 @@ def _task_create(
         len(data.X), y=y if data.output_kind == OutputKind.CLASSES else None,
         stratify=data.output_kind == OutputKind.CLASSES, seed=seed,
     )
+    warnings = gate_size_check(len(splits["gate"]))
+    n_classes = data.n_outputs if data.output_kind == OutputKind.CLASSES else None
+    try:
+        metric = (check_metric(metric, data.output_kind, n_classes=n_classes) if metric
+                  else default_metric(data.output_kind, y[splits["train"]]))
+    except ValueError as exc:
+        raise RegistryError(str(exc)) from None
     dataset_file, dataset_sha = dataset_save(data.X.astype(np.float32), y, splits)
     try:
         with transaction.atomic():
@@ -96,8 +134,9 @@ def _task_create(
                 class_labels=data.class_labels, feature_names=data.feature_names or [],
                 target_name=data.target_name, algorithm_path=algorithm_path, sampler_spec=sampler_spec,
                 dataset_file=dataset_file, dataset_sha256=dataset_sha, n_samples=len(data.X),
-                n_train=len(splits["train"]), n_val=len(splits["val"]), n_test=len(splits["test"]),
-                split_seed=seed, latency_budget_ms=latency_budget_ms,
+                n_train=len(splits["train"]), n_val=len(splits["val"]), n_gate=len(splits["gate"]),
+                n_test=len(splits["test"]), split_seed=seed, latency_budget_ms=latency_budget_ms, metric=metric,
+                warnings=warnings,
             )
             publish("task.created", TaskCreatedPayload(task=task.slug, task_id=task.pk))
     except IntegrityError:
@@ -109,7 +148,7 @@ def _task_create(
     return task
 
 
-def task_create_builtin(*, key: str, seed: int = 0) -> Task:
+def task_create_builtin(*, key: str, seed: int = 0, metric: str | None = None) -> Task:
     if key not in BUILTIN_DATASETS:
         raise RegistryError(f"key: unknown built-in task {key!r}; expected one of {', '.join(BUILTIN_DATASETS)}")
     spec = BUILTIN_DATASETS[key]
@@ -121,6 +160,7 @@ def task_create_builtin(*, key: str, seed: int = 0) -> Task:
     return _task_create(
         slug=spec.slug, name=spec.name, description=spec.description, source=DataSource.BUILTIN, data=data,
         algorithm_path=spec.algorithm_path, seed=seed, builtin_key=key, latency_budget_ms=spec.latency_budget_ms,
+        metric=metric,
     )
 
 
@@ -136,9 +176,13 @@ def _default_algorithm(output_kind: str) -> str:
 def task_create_from_upload(
     *, name: str, filename: str, content: bytes, slug: str = "", description: str = "",
     target_column: str | None = None, output_kind: str | None = None, algorithm_path: str = "",
-    limits: UploadLimits | None = None, seed: int = 0,
+    limits: UploadLimits | None = None, seed: int = 0, metric: str | None = None,
 ) -> Task:
-    """Create a task from a CSV or NPZ upload (features plus a target)."""
+    """Create a task from a CSV or NPZ upload (features plus a target).
+
+    ``metric`` (``models_registry.nn.metrics``) defaults to what suits the data: balanced
+    accuracy when the classes are imbalanced, accuracy otherwise, R² for values.
+    """
     limits = limits or UploadLimits()
     lower = filename.lower()
     if lower.endswith(".csv"):
@@ -156,13 +200,13 @@ def task_create_from_upload(
     )
     return _task_create(
         slug=slug or name, name=name, description=description, source=DataSource.UPLOAD, data=data,
-        algorithm_path=algorithm_path or _default_algorithm(parsed.output_kind), seed=seed,
+        algorithm_path=algorithm_path or _default_algorithm(parsed.output_kind), seed=seed, metric=metric,
     )
 
 
 def task_create_from_generator(
     *, name: str, algorithm_path: str, sampler_spec: dict, slug: str = "", description: str = "",
-    seed: int = 0, latency_budget_ms: float = 200.0,
+    seed: int = 0, latency_budget_ms: float = 200.0, metric: str | None = None,
 ) -> Task:
     """Create a task whose data the algorithm labels itself (system-generated data)."""
     spec = parse_sampler_spec(sampler_spec)
@@ -175,20 +219,21 @@ def task_create_from_generator(
     return _task_create(
         slug=slug or name, name=name, description=description, source=DataSource.GENERATOR, data=data,
         algorithm_path=algorithm_path, seed=seed, sampler_spec=sampler_spec, latency_budget_ms=latency_budget_ms,
+        metric=metric,
     )
 
 
 def _checked_splits(splits: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    missing = [name for name in ("train", "val", "test") if name not in splits]
+    missing = [name for name in SPLIT_NAMES if name not in splits]
     if missing:
         raise RegistryError(f"splits: missing {', '.join(missing)}")
-    checked = {name: np.sort(np.asarray(splits[name], dtype=np.int64).reshape(-1)) for name in ("train", "val", "test")}
+    checked = {name: np.sort(np.asarray(splits[name], dtype=np.int64).reshape(-1)) for name in SPLIT_NAMES}
     empty = [name for name, index in checked.items() if not len(index)]
     if empty:
         raise RegistryError(f"splits: {', '.join(empty)} must not be empty")
     every = np.concatenate(list(checked.values()))
     if len(every) != n or not np.array_equal(np.sort(every), np.arange(n)):
-        raise RegistryError(f"splits: the three index arrays must be disjoint and cover the {n} rows exactly")
+        raise RegistryError(f"splits: the four index arrays must be disjoint and cover the {n} rows exactly")
     return checked
 
 
@@ -221,7 +266,8 @@ def task_dataset_replace(*, task: Task, X: np.ndarray, y: np.ndarray, splits: di
     old_file = task.dataset_file
     dataset_file, dataset_sha = dataset_save(X, y, checked)
     fields = {"dataset_file": dataset_file, "dataset_sha256": dataset_sha, "n_samples": len(X),
-              "n_train": len(checked["train"]), "n_val": len(checked["val"]), "n_test": len(checked["test"])}
+              "n_train": len(checked["train"]), "n_val": len(checked["val"]), "n_gate": len(checked["gate"]),
+              "n_test": len(checked["test"])}
     try:
         with transaction.atomic():
             if not Task.objects.filter(pk=task.pk).update(**fields):
@@ -260,12 +306,16 @@ def version_create(
 ) -> ModelVersion:
     """Write weights first, then the version row (and the active switch) in one transaction.
 
-    If the transaction fails the files written for it are removed, so no orphan weights
-    remain; if the process dies between the two steps, ``weights_orphans_delete`` finds them.
+    ``evaluation`` is the version's gate evaluation (what decisions compare); its score on the
+    sealed test split, with a 95 % interval, is measured here for the record (``test_score``),
+    outside any decision. If the transaction fails the files written for it are removed, so no
+    orphan weights remain; if the process dies between the two steps,
+    ``weights_orphans_delete`` finds them.
     """
     genome = validate_genome(genome)
     if runtime in (Runtime.ONNX_FP32, Runtime.ONNX_INT8) and onnx_bytes is None:
         raise RegistryError(f"runtime: {runtime} versions need their ONNX model")
+    report = sealed_test_report(model.task, _predict_fn_of(genome, state_dict, runtime, onnx_bytes))
     folder = f"weights/{model.task.slug}/{model.name}"
     weights_file, weights_sha, _ = weights_save(state_dict, folder=folder)
     artifact_file = artifact_sha = ""
@@ -280,11 +330,14 @@ def version_create(
                 model=model, number=number, genome=genome, runtime=runtime,
                 weights_file=weights_file, weights_sha256=weights_sha,
                 artifact_file=artifact_file, artifact_sha256=artifact_sha, parent=parent,
-                score=evaluation.score, metric=evaluation.metric,
+                score=evaluation.score, score_split=evaluation.split, metric=evaluation.metric,
+                test_score=report.score, test_ci95_low=report.ci95[0], test_ci95_high=report.ci95[1],
                 latency_p50_ms=latency.get("p50_ms_b1"), latency_p95_ms=latency.get("p95_ms_b1"),
                 latency_p95_ms_batch=latency.get("p95_ms_b256"),
                 n_parameters=evaluation.n_parameters, size_bytes=evaluation.size_bytes,
-                metrics={**evaluation.as_dict(), "n_train_samples": model.task.n_train}, note=note[:200],
+                metrics={**evaluation.as_dict(), "n_train_samples": model.task.n_train,
+                         "test": {"score": report.score, "ci95": list(report.ci95), "n_rows": report.n_rows}},
+                note=note[:200],
             )
             performance_sample_record(task=model.task, evaluation=evaluation, version=version)
             if activate:
@@ -294,6 +347,12 @@ def version_create(
         blob_delete(artifact_file)
         raise
     return version
+
+
+def _predict_fn_of(genome: dict, state_dict: dict[str, torch.Tensor], runtime: str, onnx_bytes: bytes | None):
+    module = build_module(genome)
+    module.load_state_dict(state_dict, strict=True)
+    return make_predict_fn(runtime, module=module.eval(), onnx_bytes=onnx_bytes)
 
 
 @transaction.atomic
@@ -333,22 +392,6 @@ def version_rollback(*, model: NeuralModel, to_version: ModelVersion | None = No
 
 
 # --------------------------------------------------------------------------- measurements
-
-
-def performance_sample_record(
-    *, task: Task, evaluation: EvaluationResult, version: ModelVersion | None = None,
-    source: str = SampleSource.EVALUATION, extra: dict | None = None,
-) -> PerformanceSample:
-    latency = evaluation.latency or {}
-    return PerformanceSample.objects.create(
-        task=task, version=version,
-        implementation=Implementation.NEURAL if version is not None else Implementation.ALGORITHMIC,
-        source=source, score=evaluation.score, metric=evaluation.metric,
-        latency_p50_ms=latency.get("p50_ms_b1"), latency_p95_ms=latency.get("p95_ms_b1"),
-        latency_p99_ms=latency.get("p99_ms_b1"), latency_p50_ms_batch=latency.get("p50_ms_b256"),
-        latency_p95_ms_batch=latency.get("p95_ms_b256"), n_parameters=evaluation.n_parameters,
-        size_bytes=evaluation.size_bytes, extra=extra or {},
-    )
 
 
 def version_discard(*, version: ModelVersion) -> None:

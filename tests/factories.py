@@ -59,6 +59,6 @@ def version_with_score(model: NeuralModel, score: float, *, latency_ms: float = 
     latency = {"p50_ms_b1": latency_ms * 0.8, "p95_ms_b1": latency_ms, "p99_ms_b1": latency_ms,
                "p50_ms_b256": latency_ms * 4, "p95_ms_b256": latency_ms * 5, "p99_ms_b256": latency_ms * 5}
     evaluation = EvaluationResult(score=score, metric="accuracy", latency=latency, n_parameters=10, size_bytes=100,
-                                  n_test=10)
+                                  n_rows=10)
     return version_create(model=model, genome=genome, state_dict=module.state_dict(), evaluation=evaluation,
                           activate=activate, note=f"score {score}")

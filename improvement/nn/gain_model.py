@@ -143,28 +143,32 @@ def run_predictor_genome(hidden: Sequence[int] = (32, 16)) -> dict:
             "activation": "tanh", "dropout": 0.0, "norm": "none"}
 
 
-def chronological_splits(n: int, *, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> dict[str, np.ndarray]:
-    """Oldest rows train, the next validate, the newest are the held-out test split.
+CHRONOLOGICAL_SPLITS = ("train", "val", "gate", "test")
+
+
+def chronological_splits(n: int, *, fractions: tuple[float, float, float, float] = (0.6, 0.1, 0.15, 0.15),
+                         ) -> dict[str, np.ndarray]:
+    """Oldest rows train, the next validate, the next are the gate, the newest the sealed test split.
 
     Judging on the newest runs asks what matters: does what was learned from the past
     predict the future? Each split has at least one row.
     """
-    if n < 3:
-        raise ValueError(f"cannot split {n} rows three ways")
-    n_test = max(1, round(n * fractions[2]))
-    n_val = max(1, round(n * fractions[1]))
-    n_train = n - n_val - n_test
+    if n < 4:
+        raise ValueError(f"cannot split {n} rows four ways")
+    n_val, n_gate, n_test = (max(1, round(n * f)) for f in fractions[1:])
+    n_train = n - n_val - n_gate - n_test
     if n_train < 1:
-        raise ValueError(f"cannot split {n} rows three ways")
+        raise ValueError(f"cannot split {n} rows four ways")
     index = np.arange(n, dtype=np.int64)
-    return {"train": index[:n_train], "val": index[n_train:n_train + n_val], "test": index[n_train + n_val:]}
+    edges = np.cumsum([0, n_train, n_val, n_gate, n_test])
+    return {name: index[edges[i]:edges[i + 1]] for i, name in enumerate(CHRONOLOGICAL_SPLITS)}
 
 
 def splits_are_chronological(splits: dict[str, np.ndarray]) -> bool:
-    train, val, test = (np.asarray(splits[k]) for k in ("train", "val", "test"))
-    if not len(train) or not len(val) or not len(test):
+    if any(name not in splits or not len(splits[name]) for name in CHRONOLOGICAL_SPLITS):
         return False
-    return bool(train.max() < val.min() and val.max() < test.min())
+    parts = [np.asarray(splits[name]) for name in CHRONOLOGICAL_SPLITS]
+    return all(a.max() < b.min() for a, b in zip(parts, parts[1:], strict=False))
 
 
 # --------------------------------------------------------------------------------- genome level

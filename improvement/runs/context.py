@@ -20,6 +20,7 @@ from models_registry.implementations import algorithm_for_task, fresh_version_mo
 from models_registry.models import ModelVersion, Task
 from models_registry.nn.evaluation import EvaluationResult
 from models_registry.nn.training import TrainConfig
+from models_registry.sealed import deciding
 from models_registry.selectors import algorithm_latest_sample, version_best_in_task
 from models_registry.training import generated_data, task_augment, task_sampler, task_train_data
 from models_registry.weights import blob_load
@@ -38,8 +39,14 @@ def torch_threads_configure() -> None:
 def teacher_for(task: Task, *, exclude_model_id: int | None, min_score: float = 0.0):
     """The best other implementation of the task: (teacher_fn, module or None, label, score).
 
-    A neural version of another model, or the algorithmic implementation if it scores higher.
+    A neural version of another model, or the algorithmic implementation if it scores higher —
+    on the gate split: choosing the teacher is a decision.
     """
+    with deciding("teacher"):
+        return _teacher_for(task, exclude_model_id=exclude_model_id, min_score=min_score)
+
+
+def _teacher_for(task: Task, *, exclude_model_id: int | None, min_score: float):
     best_version = version_best_in_task(task=task, exclude_model=None)
     if best_version is not None and best_version.model_id == exclude_model_id:
         best_version = version_best_in_task(task=task, exclude_model=best_version.model)

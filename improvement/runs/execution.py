@@ -34,10 +34,11 @@ from improvement.runs.search import population_evaluator
 from improvement.runs.search_files import search_files_delete
 from improvement.strategies.registry import NEED_SHARED_SEARCH, Candidate, get_strategy
 from models_registry.evaluation import candidate_evaluate
-from models_registry.implementations import fresh_version_module
+from models_registry.implementations import fresh_version_module, task_dataset
 from models_registry.models import Task
 from models_registry.nn.evaluation import EvaluationResult
 from models_registry.nn.training import NonFiniteLossError
+from models_registry.sealed import deciding
 from models_registry.selectors import version_active
 
 logger = logging.getLogger(__name__)
@@ -56,17 +57,22 @@ def candidates_judge(
     *, strategy_objective: str, task: Task, baseline: EvaluationResult, candidates: list[Candidate],
     config: ImprovementConfig,
 ) -> tuple[Candidate, EvaluationResult, Decision]:
-    """Evaluate every candidate on the held-out split and keep the one with the best decision."""
+    """Evaluate every candidate on the gate split and keep the one with the best decision.
+
+    A decision: the sealed test split cannot be read in here (``models_registry.sealed``).
+    """
+    y_gate = task_dataset(task).gate[1]
     judged = []
-    for candidate in candidates:
-        evaluation = candidate_evaluate(task=task, module=candidate.module, runtime=candidate.runtime,
-                                        onnx_bytes=candidate.onnx_bytes)
-        decision = decide(
-            objective=strategy_objective, baseline=baseline, candidate=evaluation,
-            threshold=config.performance_threshold, score_tolerance=config.optimization_score_tolerance,
-            latency_budget_ms=task.latency_budget_ms,
-        )
-        judged.append((candidate, evaluation, decision))
+    with deciding("promotion"):
+        for candidate in candidates:
+            evaluation = candidate_evaluate(task=task, module=candidate.module, runtime=candidate.runtime,
+                                            onnx_bytes=candidate.onnx_bytes)
+            decision = decide(
+                objective=strategy_objective, baseline=baseline, candidate=evaluation, y_gate=y_gate,
+                threshold=config.performance_threshold, alpha=config.promotion_alpha,
+                score_tolerance=config.optimization_score_tolerance, latency_budget_ms=task.latency_budget_ms,
+            )
+            judged.append((candidate, evaluation, decision))
     # Promotable ones first, then the largest gain.
     return max(judged, key=lambda item: (item[2].promote, item[2].gain))
 
@@ -150,7 +156,7 @@ def _run_body(run: ImprovementRun, reporter: RunReporter) -> str:
     if not candidates:
         run_finish(run_id=run.pk, status=RunStatus.REJECTED, decision="rejected: the strategy built no candidate")
         return RunStatus.REJECTED
-    reporter(0.97, f"evaluating {len(candidates)} candidate(s) on the held-out split")
+    reporter(0.97, f"judging {len(candidates)} candidate(s) on the gate split")
     candidate, evaluation, decision = candidates_judge(
         strategy_objective=strategy.objective, task=task, baseline=baseline_eval, candidates=candidates,
         config=config,
@@ -159,7 +165,8 @@ def _run_body(run: ImprovementRun, reporter: RunReporter) -> str:
     reporter.flush(0.99, "deciding")
     if not decision.promote:
         run_finish(run_id=run.pk, status=RunStatus.REJECTED, decision=decision.reason, gain=decision.gain,
-                   candidate_metrics={**evaluation.as_dict(), "note": candidate.note, "genome": candidate.genome})
+                   candidate_metrics={**evaluation.as_dict(), "note": candidate.note, "genome": candidate.genome,
+                                      "gate_test": decision.evidence})
         return RunStatus.REJECTED
     version = version_promote(
         run=run, genome=candidate.genome, state_dict=candidate.module.state_dict(), evaluation=evaluation,

@@ -1,17 +1,31 @@
 """Promotion: the decision (pure) and the one service that promotes.
 
+Every decision is made on the task's **gate** split — never on the sealed test split — with
+the task's metric, comparing the candidate with the active version *measured now, the same way*.
+
 Gain, by the strategy's objective:
 
 * ``score``   — relative reduction of error: ``(err_base − err_cand) / err_base`` with
-  ``err = 1 − score`` (0.90 → 0.93 is a 30 % gain; a perfect baseline leaves no gain).
-* ``latency`` — relative reduction of latency, as the geometric mean of the p50 speed-ups
-  at batch 1 and batch 256: ``1 − sqrt(c1/b1 · c256/b256)``.
+  ``err = 1 − score`` (0.90 → 0.93 is a 30 % gain).
+* ``latency`` — relative reduction of latency: one minus the ratio candidate / baseline of the
+  median timed repeats, geometric mean over batch 1 and batch 256.
 * ``size``    — relative reduction of bytes.
 
-A candidate is promoted only when ``gain ≥ performance_threshold`` and the guard rails
-hold: a latency/size optimization may lose at most ``score_tolerance`` of absolute score;
-a score improvement must stay within the task's latency budget (p95 at batch 1), unless the
-baseline was already over it and the candidate is no slower.
+A candidate is promoted only when its gain reaches ``performance_threshold`` **and** a paired
+test on the gate rows rejects "no improvement" at ``promotion_alpha`` (one-sided):
+
+* score — McNemar's exact test for accuracy, a paired bootstrap for every other metric
+  (``models_registry.nn.significance``);
+* latency — a bootstrap of the timing ratio over the repeated timings.
+
+Ties do not lock a model in: a score candidate whose score is held (within ``score_tolerance``
+and not significantly worse) is promoted when it is significantly faster, or smaller, by the
+threshold — so even a model at a perfect score can be replaced by a faster equal one.
+
+Guard rails: a latency/size optimization may lose at most ``score_tolerance`` of score and must
+not be significantly worse; a score improvement must stay within the task's latency budget (p95
+at batch 1), unless the baseline was already over it and the candidate is no slower. The
+decision's text shows the gain, the p-value or interval and the number of gate rows.
 """
 
 from __future__ import annotations
@@ -19,12 +33,19 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 from django.db import transaction
 
 from improvement.models import ImprovementRun
 from improvement.runs.lifecycle import run_mark_promoted
 from models_registry.models import ModelVersion
 from models_registry.nn.evaluation import EvaluationResult
+from models_registry.nn.significance import (
+    PairedComparison,
+    TimingComparison,
+    compare_paired,
+    timing_comparison,
+)
 from models_registry.services import version_create, version_discard
 
 
@@ -33,6 +54,7 @@ class Decision:
     promote: bool
     gain: float
     reason: str
+    evidence: dict = dataclasses.field(default_factory=dict)
 
 
 def _error(score: float) -> float:
@@ -47,6 +69,7 @@ def score_gain(baseline: float, candidate: float) -> float:
 
 
 def latency_gain(baseline: dict, candidate: dict) -> float:
+    """From percentiles alone (no repeated timings): 1 − geometric mean of the p50 ratios."""
     ratios = []
     for key in ("p50_ms_b1", "p50_ms_b256"):
         b, c = baseline.get(key), candidate.get(key)
@@ -63,33 +86,96 @@ def size_gain(baseline: int | None, candidate: int | None) -> float:
     return (baseline - candidate) / baseline
 
 
+def _ms(latency: dict, key: str = "p95_ms_b1") -> str:
+    value = latency.get(key)
+    return "?" if value is None else f"{value:.3f}"
+
+
+def _score_text(metric: str, baseline: EvaluationResult, candidate: EvaluationResult, n: int) -> str:
+    return f"{metric} {baseline.score:.4f} → {candidate.score:.4f} on {n} gate rows"
+
+
+def _paired_text(cmp: PairedComparison) -> str:
+    if cmp.test == "mcnemar":
+        return f"McNemar p={cmp.p_better:.3g} (b={cmp.detail['b']}, c={cmp.detail['c']})"
+    lo, hi = cmp.ci95
+    return f"bootstrap p={cmp.p_better:.3g}, Δ 95% CI [{lo:+.4f}, {hi:+.4f}]"
+
+
+def _timing_text(tc: TimingComparison) -> str:
+    lo, hi = tc.ci95
+    return (f"{tc.gain:+.1%} latency (ratio {tc.ratio:.3f}, 95% CI {lo:.3f}–{hi:.3f}, p={tc.p_faster:.3g}, "
+            f"{min(n for n, _ in tc.repeats.values())}+ repeats)")
+
+
+def _timing(baseline: EvaluationResult, candidate: EvaluationResult) -> TimingComparison | None:
+    return timing_comparison(baseline.timings, candidate.timings) if baseline.timings and candidate.timings else None
+
+
+def _held(cmp: PairedComparison, tolerance: float, alpha: float) -> bool:
+    """The candidate's score is held: within the tolerance and not significantly worse."""
+    return cmp.candidate_score >= cmp.baseline_score - tolerance and cmp.p_worse > alpha
+
+
 def decide(
-    *, objective: str, baseline: EvaluationResult, candidate: EvaluationResult, threshold: float,
-    score_tolerance: float, latency_budget_ms: float,
+    *, objective: str, baseline: EvaluationResult, candidate: EvaluationResult, y_gate: np.ndarray,
+    threshold: float, alpha: float, score_tolerance: float, latency_budget_ms: float,
 ) -> Decision:
+    """Promote or reject, on the gate split, with a paired test (see the module docstring). Pure."""
+    if objective not in ("score", "latency", "size"):
+        raise ValueError(f"unknown objective {objective!r}")
+    if baseline.predictions is None or candidate.predictions is None:
+        raise ValueError("the gate needs each row's predictions of both implementations")
+    n = len(y_gate)
+    metric = candidate.metric
+    cmp = compare_paired(metric, y_gate, baseline.predictions, candidate.predictions)
+    tc = _timing(baseline, candidate)
+    evidence: dict = {"objective": objective, "split": "gate", "n_gate": n, "alpha": alpha, "threshold": threshold,
+                      "paired": cmp.as_dict(), "timing": tc.as_dict() if tc else None}
+    scores = _score_text(metric, baseline, candidate, n)
+
+    def verdict(promote: bool, gain: float, text: str, rule: str) -> Decision:
+        return Decision(promote, gain, text, {**evidence, "gain": gain, "rule": rule})
+
     if objective == "score":
         gain = score_gain(baseline.score, candidate.score)
-    elif objective == "latency":
-        gain = latency_gain(baseline.latency, candidate.latency)
-    elif objective == "size":
-        gain = size_gain(baseline.size_bytes, candidate.size_bytes)
-    else:
-        raise ValueError(f"unknown objective {objective!r}")
-    numbers = (f"score {baseline.score:.4f} → {candidate.score:.4f}, "
-               f"p95@1 {baseline.latency.get('p95_ms_b1', float('nan')):.3f} → "
-               f"{candidate.latency.get('p95_ms_b1', float('nan')):.3f} ms, {objective} gain {gain:+.1%}")
-    if objective in ("latency", "size") and candidate.score < baseline.score - score_tolerance:
-        return Decision(False, gain, f"rejected: score loss {baseline.score - candidate.score:.4f} exceeds "
-                                     f"tolerance {score_tolerance:.4f} ({numbers})")
-    if objective == "score":
-        cand_p95 = candidate.latency.get("p95_ms_b1")
-        base_p95 = baseline.latency.get("p95_ms_b1")
+        cand_p95, base_p95 = candidate.latency.get("p95_ms_b1"), baseline.latency.get("p95_ms_b1")
         if cand_p95 is not None and cand_p95 > latency_budget_ms and (base_p95 is None or cand_p95 > base_p95):
-            return Decision(False, gain, f"rejected: p95 {cand_p95:.1f} ms exceeds the {latency_budget_ms:g} ms "
-                                         f"budget ({numbers})")
-    if gain < threshold:
-        return Decision(False, gain, f"rejected: gain {gain:+.1%} below the {threshold:.0%} threshold ({numbers})")
-    return Decision(True, gain, f"promoted: {numbers}")
+            return verdict(False, gain, f"rejected: p95 {cand_p95:.1f} ms exceeds the {latency_budget_ms:g} ms "
+                                        f"budget ({scores})", "latency_budget")
+        if gain >= threshold and cmp.p_better <= alpha:
+            return verdict(True, gain, f"promoted: error {-gain:+.1%} (≥ {threshold:.0%}), {_paired_text(cmp)} "
+                                       f"≤ α {alpha:g}; {scores}", "score")
+        if _held(cmp, score_tolerance, alpha):
+            # An equal score (a model already at the top included) can still win on cost.
+            if tc is not None and tc.gain >= threshold and tc.p_faster <= alpha:
+                return verdict(True, tc.gain, f"promoted: score held ({scores}), {_timing_text(tc)}", "tie_faster")
+            size = size_gain(baseline.size_bytes, candidate.size_bytes)
+            if size >= threshold:
+                return verdict(True, size, f"promoted: score held ({scores}), {size:+.1%} smaller", "tie_smaller")
+        if gain < threshold:
+            why = f"error {-gain:+.1%} short of the {threshold:.0%} threshold"
+        else:
+            why = f"error {-gain:+.1%} not significant: {_paired_text(cmp)} > α {alpha:g}"
+        return verdict(False, gain, f"rejected: {why}; {scores}", "score")
+
+    held = f"score held ({scores}, {_paired_text(cmp)})"
+    if candidate.score < baseline.score - score_tolerance or cmp.p_worse <= alpha:
+        return verdict(False, 0.0, f"rejected: score loss {baseline.score - candidate.score:.4f} exceeds the "
+                                   f"{score_tolerance:.4f} tolerance or is significant (p={cmp.p_worse:.3g}; "
+                                   f"{scores})", "score_guard")
+    if objective == "size":
+        gain = size_gain(baseline.size_bytes, candidate.size_bytes)
+        if gain >= threshold:
+            return verdict(True, gain, f"promoted: {gain:+.1%} smaller; {held}", "size")
+        return verdict(False, gain, f"rejected: {gain:+.1%} smaller, short of {threshold:.0%}; {held}", "size")
+    if tc is None:
+        gain = latency_gain(baseline.latency, candidate.latency)
+        return verdict(False, gain, f"rejected: no repeated timings to judge a {gain:+.1%} latency gain", "latency")
+    if tc.gain >= threshold and tc.p_faster <= alpha:
+        return verdict(True, tc.gain, f"promoted: {_timing_text(tc)}; {held}", "latency")
+    why = "short of the threshold" if tc.gain < threshold else f"not significant (p > α {alpha:g})"
+    return verdict(False, tc.gain, f"rejected: {_timing_text(tc)} {why}; {held}", "latency")
 
 
 def version_promote(
@@ -110,7 +196,7 @@ def version_promote(
             note=f"run #{run.pk} {run.strategy}", reason=f"run #{run.pk} {run.strategy}: {decision.reason}"[:200],
         )
         if not run_mark_promoted(run_id=run.pk, version=version, gain=decision.gain, decision=decision.reason,
-                                 candidate_metrics=evaluation.as_dict()):
+                                 candidate_metrics={**evaluation.as_dict(), "gate_test": decision.evidence}):
             # The run was cancelled or taken over meanwhile: nothing of this promotion may stay.
             raise RunNoLongerRunning(f"run #{run.pk} is no longer running; promotion abandoned")
         if not backup and parent is not None:

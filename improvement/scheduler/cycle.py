@@ -43,7 +43,7 @@ from hormones.services import hormone_release
 from improvement.choices import IN_FLIGHT, RunOrigin, RunStatus
 from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, LoopState
 from improvement.neural_hormones import stress_release
-from improvement.predictor import gain_predictions, run_features
+from improvement.predictor import gain_predictions, predictor_maintain, run_features
 from improvement.runs.lifecycle import run_create
 from improvement.scheduler.genetic_triggers import genetic_trigger_detect, genetic_trigger_record
 from improvement.scheduler.triggers import config_triggers, model_metrics
@@ -58,6 +58,7 @@ from improvement.strategies.registry import (
     strategy_weightings,
 )
 from models_registry.models import NeuralModel
+from models_registry.sealed import deciding
 from models_registry.selectors import version_active
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,8 @@ def _staleness(model_id: int, now) -> float:
     return 1.0 + min(1.0, hours)
 
 
-def proposals_predict(proposals: list[Proposal], *, config: ImprovementConfig, levels: dict[str, float]) -> str:
+def proposals_predict(proposals: list[Proposal], *, config: ImprovementConfig, levels: dict[str, float],
+                      refreshed: str = "") -> str:
     """Annotate every proposal with its run's predicted gain; returns the note saying which predictor."""
     if not proposals:
         return ""
@@ -183,7 +185,8 @@ def proposals_predict(proposals: list[Proposal], *, config: ImprovementConfig, l
             proposal.features = run_features(model=models[proposal.model_id], strategy=proposal.strategy,
                                              levels=levels)
         # every proposal's features were set just above
-        gains, label, note = gain_predictions([cast(dict, p.features) for p in proposals], config=config)
+        gains, label, note = gain_predictions([cast(dict, p.features) for p in proposals], config=config,
+                                              refreshed=refreshed)
     except Exception as exc:  # noqa: BLE001 - a cycle never fails for want of a prediction
         logger.exception("no gain predictions this cycle")
         return f"predictor: unavailable ({type(exc).__name__}: {exc}); priorities without predictions"[:300]
@@ -294,15 +297,29 @@ def effective_interval_s(config: ImprovementConfig, levels: Mapping[str, float] 
 
 def cycle_run(*, trigger: str) -> CycleRecord:
     """One cycle. A scheduled, forced or boot cycle sets when the next scheduled one is due
-    (its own start + ``effective_interval_s``); a cycle that fills a freed slot leaves that alone."""
+    (its own start + ``effective_interval_s``); a cycle that fills a freed slot leaves that alone.
+
+    Every choice in it is a decision on gate scores: the sealed test split cannot be read inside.
+    """
     started = time.perf_counter()
     config = ImprovementConfig.load()
     levels = hormone_levels_current()
     strategies = all_strategies()
     weights = (strategy_weights(levels, strategy_weightings()) if config.hormone_driven
                else {name: 1.0 for name in strategies})
+    refreshed = predictor_maintain(config=config)  # data upkeep, before any decision
+    with deciding("cycle"):
+        record, ordered = _cycle_decide(trigger, config, levels, weights, refreshed, started)
+    cycle_signals(ordered)
+    return record
+
+
+def _cycle_decide(trigger: str, config: ImprovementConfig, levels: dict[str, float], weights: dict[str, float],
+                  refreshed: str, started: float) -> tuple[CycleRecord, list[Proposal]]:
+    strategies = all_strategies()
     proposals = proposals_collect(config, levels)
-    notes: list[str] = [note for note in [proposals_predict(proposals, config=config, levels=levels)] if note]
+    notes: list[str] = [note for note in [proposals_predict(proposals, config=config, levels=levels,
+                                                             refreshed=refreshed)] if note]
     ordered = proposals_prioritise(proposals, hormone_driven=config.hormone_driven, weights=weights)
     with transaction.atomic():
         state = LoopState.objects.select_for_update().get_or_create(pk=1)[0]
@@ -333,8 +350,7 @@ def cycle_run(*, trigger: str) -> CycleRecord:
             cycle_id=record.pk, trigger=trigger, enqueued=len(chosen), slots=slots,
             next_cycle_at=state.next_cycle_at.isoformat() if state.next_cycle_at else None,
         ))
-    cycle_signals(ordered)
-    return record
+    return record, ordered
 
 
 def cycles_trim(*, keep: int = 500) -> int:

@@ -32,8 +32,10 @@ from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, L
 from improvement.releases import resource_pressure_signal
 from improvement.runs.lifecycle import runs_reconcile
 from improvement.scheduler.cycle import cycle_run, cycles_trim, effective_interval_s
+from models_registry.evaluation import versions_rescore_legacy
 
 SCHEDULE_NAME = "plasticity-tick"
+LEGACY_RESCORE_PER_TICK = 20
 
 
 def schedule_ensure() -> None:
@@ -115,6 +117,8 @@ def loop_due(state: LoopState, config: ImprovementConfig) -> bool:
 def loop_tick() -> dict:
     """One scheduler tick (every minute)."""
     reconciled = runs_reconcile()
+    # Versions scored before their task had a gate split are re-measured on it, a few per tick.
+    rescored = versions_rescore_legacy(limit=LEGACY_RESCORE_PER_TICK)
     config = ImprovementConfig.load()
     state = LoopState.load()
     snapshot = brain_state_snapshot(
@@ -128,7 +132,7 @@ def loop_tick() -> dict:
         cycle = cycle_run(trigger=CycleRecord.Trigger.SCHEDULE)
     history_trim(keep=config.improvement_history_size)
     cycles_trim()
-    return {"reconciled": reconciled, "cycle": cycle.pk if cycle else None}
+    return {"reconciled": reconciled, "rescored": rescored, "cycle": cycle.pk if cycle else None}
 
 
 def cycle_after_run() -> CycleRecord | None:

@@ -8,21 +8,30 @@ from rest_framework import serializers
 from models_registry.choices import OutputKind
 from models_registry.models import ModelVersion, NeuralModel, Task
 from models_registry.nn.genome import GenomeError, validate_genome
+from models_registry.nn.metrics import METRIC_CHOICES
 from project.api.fields import MAX_ID, FiniteRepresentationMixin
 
 # ----------------------------------------------------------------------------------- tasks
 
 
 class TaskSerializer(serializers.ModelSerializer):
+    warnings = serializers.ListField(child=serializers.CharField(), read_only=True,
+                                     help_text="What the task's creation found worth saying (a small gate split, ...).")
+
     class Meta:
         model = Task
         fields = [
-            "slug", "name", "description", "output_kind", "source", "builtin_key", "input_shape", "n_outputs",
-            "class_labels", "feature_names", "target_name", "algorithm_path", "sampler_spec", "n_samples",
-            "n_train", "n_val", "n_test", "split_seed", "latency_budget_ms", "score_tolerance",
-            "dataset_sha256", "created_at",
+            "slug", "name", "description", "output_kind", "metric", "source", "builtin_key", "input_shape",
+            "n_outputs", "class_labels", "feature_names", "target_name", "algorithm_path", "sampler_spec",
+            "n_samples", "n_train", "n_val", "n_gate", "n_test", "split_seed", "latency_budget_ms",
+            "score_tolerance", "warnings", "dataset_sha256", "created_at",
         ]
         read_only_fields = fields
+
+
+_METRIC_HELP = ("The task's metric (decides every promotion, trigger and serving choice): accuracy, "
+                "balanced_accuracy, macro_f1, roc_auc (two classes) for classes; r2, mae_skill for values; "
+                "reconstruction_r2. Default: balanced_accuracy when the classes are imbalanced, else accuracy; r2.")
 
 
 class TaskUploadSerializer(serializers.Serializer):
@@ -40,6 +49,7 @@ class TaskUploadSerializer(serializers.Serializer):
     algorithm_path = serializers.CharField(required=False, allow_blank=True, max_length=200,
                                            help_text="Dotted path of the algorithmic implementation; "
                                                      "a classical default by output kind when omitted.")
+    metric = serializers.ChoiceField(choices=METRIC_CHOICES, required=False, allow_blank=True, help_text=_METRIC_HELP)
 
 
 class TaskGeneratorSerializer(serializers.Serializer):
@@ -53,15 +63,34 @@ class TaskGeneratorSerializer(serializers.Serializer):
         help_text='e.g. {"shape": [3], "distribution": "uniform", "low": -1, "high": 1, "n_samples": 2000}',
     )
     latency_budget_ms = serializers.FloatField(required=False, min_value=0.001, max_value=3_600_000)
+    metric = serializers.ChoiceField(choices=METRIC_CHOICES, required=False, allow_blank=True, help_text=_METRIC_HELP)
 
 
 # ---------------------------------------------------------------------------------- models
 
 
-class VersionBriefSerializer(FiniteRepresentationMixin, serializers.ModelSerializer):
+class VersionScoresMixin(serializers.Serializer):
+    """Every score says which split it is: the gate score (decisions) and the sealed test score (reports)."""
+
+    gate_score = serializers.FloatField(source="score", read_only=True, allow_null=True,
+                                        help_text="Score on the gate split: what every decision compares.")
+    test_score = serializers.FloatField(read_only=True, allow_null=True,
+                                        help_text="Score on the sealed test split (reports only; no decision reads it).")
+    test_ci95 = serializers.SerializerMethodField(help_text="95 % interval of test_score (Wilson or bootstrap).")
+
+    @extend_schema_field(serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2,
+                                               allow_null=True))
+    def get_test_ci95(self, obj: ModelVersion) -> list[float] | None:
+        if obj.test_ci95_low is None or obj.test_ci95_high is None:
+            return None
+        return [obj.test_ci95_low, obj.test_ci95_high]
+
+
+class VersionBriefSerializer(FiniteRepresentationMixin, VersionScoresMixin, serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
-        fields = ["id", "number", "runtime", "score", "metric", "latency_p95_ms", "n_parameters", "created_at"]
+        fields = ["id", "number", "runtime", "gate_score", "test_score", "test_ci95", "score_split", "metric",
+                  "latency_p95_ms", "n_parameters", "created_at"]
         read_only_fields = fields
 
 
@@ -134,7 +163,7 @@ class ActivateSerializer(serializers.Serializer):
 # -------------------------------------------------------------------------------- versions
 
 
-class ModelVersionSerializer(FiniteRepresentationMixin, serializers.ModelSerializer):
+class ModelVersionSerializer(FiniteRepresentationMixin, VersionScoresMixin, serializers.ModelSerializer):
     model_name = serializers.CharField(source="model.name", read_only=True)
     task = serializers.CharField(source="model.task.slug", read_only=True)
     metrics = serializers.JSONField(read_only=True)
@@ -145,7 +174,8 @@ class ModelVersionSerializer(FiniteRepresentationMixin, serializers.ModelSeriali
         model = ModelVersion
         fields = [
             "id", "model", "model_name", "task", "number", "genome", "runtime", "is_active", "parent",
-            "score", "metric", "latency_p50_ms", "latency_p95_ms", "latency_p95_ms_batch", "n_parameters",
+            "gate_score", "test_score", "test_ci95", "score_split", "metric", "latency_p50_ms", "latency_p95_ms",
+            "latency_p95_ms_batch", "n_parameters",
             "size_bytes", "metrics", "weights_sha256", "artifact_sha256", "note", "produced_by_run", "created_at",
         ]
         read_only_fields = fields

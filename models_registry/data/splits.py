@@ -1,10 +1,19 @@
-"""Deterministic train/validation/test splits.
+"""Deterministic splits of a task's rows, four roles:
 
-A task fixes its splits once, when it is created, so every model version is
-judged on exactly the same held-out rows. The splits are therefore a pure
-function of ``(n, y, stratify, seed, fractions)``: same arguments, same indices,
-on any machine (``numpy.random.Generator`` with PCG64 is stable across versions
-for ``permutation``).
+* ``train`` — what models learn from;
+* ``val`` (validation) — choices *inside* a run: early stopping, candidate selection;
+* ``gate`` — every decision *between* runs: promotion, triggers, the teacher, the serving floor,
+  the predictor's checks;
+* ``test`` — sealed: scored for every version for reporting, read by no decision.
+
+A task fixes its splits once, when it is created, so every model version is judged on exactly
+the same rows. The splits are a pure function of ``(n, y, stratify, seed, fractions)``: same
+arguments, same indices, on any machine (``numpy.random.Generator`` with PCG64 is stable
+across versions for ``permutation``).
+
+Tasks created before the gate existed had three splits; ``legacy_gate_split`` divides their
+old test rows into gate and test deterministically (``models_registry.datasets`` applies it
+when such a dataset is read).
 """
 
 from __future__ import annotations
@@ -15,41 +24,40 @@ import numpy as np
 
 from models_registry.data.errors import DatasetError
 
-#: Fewer rows than this cannot give a validation and a test split that mean anything.
+#: Fewer rows than this cannot give held-out splits that mean anything.
 MIN_ROWS = 20
-#: Stratification puts at least one row of every class in each of the three splits.
-MIN_ROWS_PER_CLASS = 3
-SPLIT_NAMES = ("train", "val", "test")
+#: Stratification puts at least one row of every class in each of the four splits.
+MIN_ROWS_PER_CLASS = 4
+SPLIT_NAMES = ("train", "val", "gate", "test")
+HELD_OUT = ("val", "gate", "test")
+#: Train, validation, gate, test.
+DEFAULT_FRACTIONS = (0.6, 0.1, 0.15, 0.15)
 
 
-def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    if len(fractions) != 3:
-        raise DatasetError(f"fractions must be three numbers (train, val, test); got {len(fractions)}")
-    train, val, test = (float(f) for f in fractions)
-    if min(train, val, test) <= 0 or not np.isclose(train + val + test, 1.0, atol=1e-6):
-        raise DatasetError(
-            f"fractions must be positive and add up to 1; got train={train}, val={val}, test={test}"
-        )
-    return train, val, test
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
+    if len(fractions) != len(SPLIT_NAMES):
+        raise DatasetError(f"fractions must be four numbers (train, val, gate, test); got {len(fractions)}")
+    values = tuple(float(f) for f in fractions)
+    if min(values) <= 0 or not np.isclose(sum(values), 1.0, atol=1e-6):
+        named = ", ".join(f"{name}={v}" for name, v in zip(SPLIT_NAMES, values, strict=True))
+        raise DatasetError(f"fractions must be positive and add up to 1; got {named}")
+    return values
 
 
-def _allocate(count: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
-    """Split ``count`` rows into (train, val, test) sizes, each at least 1.
+def _allocate(count: int, held_out: Sequence[float]) -> list[int]:
+    """Split ``count`` rows into (train, *held-out) sizes, each at least 1.
 
     Rounding per group (rather than flooring) keeps small classes close to the
     requested proportions; the adjustments below only matter for tiny groups.
     """
-    n_val = max(1, round(count * val_fraction))
-    n_test = max(1, round(count * test_fraction))
-    while count - n_val - n_test < 1:
-        # Take the missing training row from whichever held-out split is larger.
-        if n_val >= n_test and n_val > 1:
-            n_val -= 1
-        elif n_test > 1:
-            n_test -= 1
-        else:  # pragma: no cover - unreachable for count >= 3
-            raise DatasetError(f"cannot split {count} rows three ways")
-    return count - n_val - n_test, n_val, n_test
+    sizes = [max(1, round(count * f)) for f in held_out]
+    while count - sum(sizes) < 1:
+        # Take the missing training row from the largest held-out split that can spare one.
+        largest = max(range(len(sizes)), key=lambda i: (sizes[i], -i))
+        if sizes[largest] <= 1:  # pragma: no cover - unreachable for count >= MIN_ROWS_PER_CLASS
+            raise DatasetError(f"cannot split {count} rows {len(sizes) + 1} ways")
+        sizes[largest] -= 1
+    return [count - sum(sizes), *sizes]
 
 
 def make_splits(
@@ -58,23 +66,23 @@ def make_splits(
     y: np.ndarray | Sequence | None = None,
     stratify: bool,
     seed: int,
-    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
 ) -> dict[str, np.ndarray]:
-    """Return ``{"train", "val", "test"}`` → sorted ``int64`` row indices.
+    """Return ``{"train", "val", "gate", "test"}`` → sorted ``int64`` row indices.
 
-    The three arrays are disjoint and together cover ``range(n)``. With
+    The four arrays are disjoint and together cover ``range(n)``. With
     ``stratify=True`` the rows of each class (``y``, any hashable-valued 1-D
     array) are split separately, so every class appears in every split in
     roughly the requested proportion.
 
     Raises ``DatasetError`` when ``n < 20``, when ``fractions`` is malformed,
     when ``y`` is missing or of the wrong length for stratification, or when a
-    class has fewer than 3 rows (it could not appear in all three splits).
+    class has fewer than 4 rows (it could not appear in all four splits).
     """
     n = int(n)
     if n < MIN_ROWS:
         raise DatasetError(f"a dataset needs at least {MIN_ROWS} rows to be split; got {n}")
-    _, val_fraction, test_fraction = _check_fractions(fractions)
+    held_out = _check_fractions(fractions)[1:]
     rng = np.random.default_rng(seed)
 
     groups: list[np.ndarray]
@@ -90,7 +98,7 @@ def make_splits(
             listed = ", ".join(f"{cls!s} ({c} row{'s' if c != 1 else ''})" for cls, c in too_small[:10])
             raise DatasetError(
                 f"every class needs at least {MIN_ROWS_PER_CLASS} rows so that it appears in the "
-                f"train, validation and test splits; too few rows for class {listed}"
+                f"train, validation, gate and test splits; too few rows for class {listed}"
             )
         # Classes in sorted order, rows in index order: the permutation below is the only randomness.
         groups = [np.flatnonzero(inverse == k) for k in range(len(classes))]
@@ -100,8 +108,31 @@ def make_splits(
     parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLIT_NAMES}
     for rows in groups:
         shuffled = rng.permutation(rows)
-        n_train, n_val, _ = _allocate(len(rows), val_fraction, test_fraction)
-        parts["train"].append(shuffled[:n_train])
-        parts["val"].append(shuffled[n_train : n_train + n_val])
-        parts["test"].append(shuffled[n_train + n_val :])
+        start = 0
+        for name, size in zip(SPLIT_NAMES, _allocate(len(rows), held_out), strict=True):
+            parts[name].append(shuffled[start:start + size])
+            start += size
     return {name: np.sort(np.concatenate(chunks)).astype(np.int64) for name, chunks in parts.items()}
+
+
+def legacy_gate_split(test: np.ndarray, y: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(gate, test) from a three-split dataset's old test rows, deterministically.
+
+    For class labels (1-D integer ``y``) each class's old test rows are shuffled with a fixed
+    seed and alternately assigned, gate first; otherwise the rows are shuffled and the first
+    half (rounded up) is the gate. Same inputs, same halves, on any machine.
+    """
+    test = np.sort(np.asarray(test, dtype=np.int64))
+    rng = np.random.default_rng(seed + 7919)
+    labels = np.asarray(y)
+    if labels.ndim == 1 and labels.dtype.kind in "iu":
+        groups = [test[labels[test] == k] for k in np.unique(labels[test])]
+    else:
+        groups = [test]
+    gate, rest = [], []
+    for rows in groups:
+        shuffled = rng.permutation(rows)
+        gate.append(shuffled[0::2])
+        rest.append(shuffled[1::2])
+    return (np.sort(np.concatenate(gate)).astype(np.int64) if gate else test[:0],
+            np.sort(np.concatenate(rest)).astype(np.int64) if rest else test[:0])

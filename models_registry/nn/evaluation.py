@@ -1,9 +1,11 @@
 """Scoring and latency measurement shared by every implementation.
 
 ``evaluate`` judges a neural version and an algorithmic implementation the same
-way: both are a ``predict_fn(X) -> ndarray`` run on the task's held-out split.
-Scores are in [0, 1], higher is better, so the promotion rule can compare any
-two implementations of the same task.
+way: both are a ``predict_fn(X) -> ndarray`` run on one of the task's held-out
+splits with the task's metric (``models_registry.nn.metrics``). Scores are in
+[0, 1], higher is better, so the promotion rule can compare any two
+implementations of the same task. The result keeps each row's prediction and
+every timed repeat in memory, for the paired tests of the promotion gate.
 
 This module has no Django import.
 """
@@ -20,9 +22,11 @@ import torch
 from torch import nn
 
 from models_registry.nn.kinds import CLASSES, RECONSTRUCTION, VALUES
+from models_registry.nn.metrics import Predictions, metric_score, predictions_from_raw
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
+#: The metric of an output kind when a task names none (and inside runs, for validation).
 METRICS = {CLASSES: "accuracy", VALUES: "r2", RECONSTRUCTION: "reconstruction_r2"}
 
 
@@ -119,6 +123,7 @@ def measure_latency(
     warmup: int = 5,
     repeats: int = 50,
     max_seconds: float = 5.0,
+    timings: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
     """Warm latency percentiles (milliseconds) per batch size.
 
@@ -126,6 +131,7 @@ def measure_latency(
     size B. Each batch size gets an equal share of ``max_seconds`` for its timed
     repeats (at least one repeat always runs), so a slow implementation cannot
     stall an evaluation. Batches are drawn from ``X_pool`` with a fixed seed.
+    ``timings``, when given, receives every timed repeat (ms) under ``b{B}``.
     """
     X_pool = np.asarray(X_pool, dtype=np.float32)
     if X_pool.shape[0] == 0:
@@ -150,6 +156,8 @@ def measure_latency(
             times.append((t1 - t0) * 1000.0)
             if t1 >= deadline:
                 break
+        if timings is not None:
+            timings[f"b{b}"] = times
         arr = np.asarray(times)
         for q in (50, 95, 99):
             # Clamp to a nanosecond so "positive" holds even for trivially fast functions.
@@ -159,51 +167,57 @@ def measure_latency(
 
 @dataclasses.dataclass
 class EvaluationResult:
-    """How one implementation did on a task's held-out test split."""
+    """How one implementation did on one held-out split of a task.
+
+    ``predictions`` (each row's answer) and ``timings`` (every timed repeat) stay in memory
+    for the paired tests; ``as_dict`` leaves them out.
+    """
 
     score: float
-    metric: str  # "accuracy" | "r2" | "reconstruction_r2"
+    metric: str  # a name in models_registry.nn.metrics.METRICS
     latency: dict[str, float]
     n_parameters: int | None
     size_bytes: int | None
-    n_test: int
+    n_rows: int
+    split: str = "gate"
+    predictions: Predictions | None = dataclasses.field(default=None, repr=False)
+    timings: dict[str, list[float]] = dataclasses.field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"score": self.score, "metric": self.metric, "split": self.split, "n_rows": self.n_rows,
+                "latency": self.latency, "n_parameters": self.n_parameters, "size_bytes": self.size_bytes}
 
 
 def evaluate(
     predict_fn: PredictFn,
-    X_test: np.ndarray,
-    y_test: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
     output_kind: str,
     *,
+    metric: str | None = None,
+    split: str = "gate",
     n_parameters: int | None = None,
     size_bytes: int | None = None,
     measure: bool = True,
     latency_kwargs: dict[str, Any] | None = None,
 ) -> EvaluationResult:
-    """Score any implementation on a test split, and optionally time it.
+    """Score any implementation on one split with the task's ``metric``, and optionally time it.
 
     ``predict_fn`` may return raw outputs (a neural module: logits for classes)
     or final predictions (an algorithm: labels); for classes, a 2-D result is
-    taken as logits/probabilities and reduced with argmax.
+    taken as logits/probabilities (argmax labels, and a class-1 score for two classes).
     """
     if output_kind not in METRICS:
         raise ValueError(f"unknown output_kind {output_kind!r}")
-    X_test = np.asarray(X_test, dtype=np.float32)
-    raw = np.asarray(predict_fn(X_test))
-    if output_kind == CLASSES and raw.ndim == 2:
-        preds = to_predictions(output_kind, raw)
-    else:
-        preds = raw
-    score = score_predictions(output_kind, np.asarray(y_test), preds)
-    latency = measure_latency(predict_fn, X_test, **(latency_kwargs or {})) if measure else {}
+    metric = metric or METRICS[output_kind]
+    X = np.asarray(X, dtype=np.float32)
+    raw = np.asarray(predict_fn(X))
+    targets = X if output_kind == RECONSTRUCTION and y is None else np.asarray(y)
+    predictions = predictions_from_raw(output_kind, raw)
+    score = metric_score(metric, targets, predictions)
+    timings: dict[str, list[float]] = {}
+    latency = measure_latency(predict_fn, X, timings=timings, **(latency_kwargs or {})) if measure else {}
     return EvaluationResult(
-        score=score,
-        metric=METRICS[output_kind],
-        latency=latency,
-        n_parameters=n_parameters,
-        size_bytes=size_bytes,
-        n_test=int(X_test.shape[0]),
+        score=score, metric=metric, latency=latency, n_parameters=n_parameters, size_bytes=size_bytes,
+        n_rows=int(X.shape[0]), split=split, predictions=predictions, timings=timings,
     )

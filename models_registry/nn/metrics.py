@@ -58,6 +58,8 @@ METRICS: dict[str, MetricSpec] = {
     )
 }
 
+METRIC_CHOICES = [(spec.name, spec.label) for spec in METRICS.values()]
+
 
 def metrics_for(output_kind: str, *, n_classes: int | None = None) -> list[str]:
     """The metrics a task of this kind may choose."""

@@ -37,6 +37,7 @@ from events.publisher import publish
 from models_registry.choices import Implementation
 from models_registry.errors import RegistryError
 from models_registry.models import ModelVersion, Task
+from models_registry.sealed import deciding
 from models_registry.selectors import algorithm_latest_sample, version_best_in_task, version_latest_sample
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.conf import serving_setting
@@ -295,7 +296,7 @@ def serving_reevaluate(*, task: Task, now: datetime | None = None) -> Reevaluati
     state keeps its implementation; a pinned neural state still follows the active version.
     """
     now = now or timezone.now()
-    with transaction.atomic():
+    with transaction.atomic(), deciding("serving"):
         state = _state_for_update(task)
         candidate = version_best_in_task(task=task)
         measurements = serving_measurements(task=task, version=candidate, state=state)

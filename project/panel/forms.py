@@ -15,7 +15,7 @@ from models_registry.models import NeuralModel
 CONFIG_FIELDS = (
     "enabled", "auto_start", "improvement_interval", "max_concurrent_improvements", "performance_threshold",
     "hormone_driven", "genetic_enhanced", "cross_model_distillation", "model_backup_enabled",
-    "improvement_history_size", "training_score_below", "architecture_score_low", "architecture_score_high",
+    "improvement_history_size", "promotion_alpha", "training_score_below", "architecture_score_low", "architecture_score_high",
     "distillation_teacher_min_score", "optimization_latency_ms", "optimization_score_tolerance",
     "rejection_cooldown_s", "run_time_budget_s",
 )

@@ -94,7 +94,7 @@ def test_the_seeds_export_carries_the_same_runs_as_the_rest_export(bob):
 
 def test_csv_export_and_filters(bob):
     model, _ = model_with_versions(1)
-    other = model_create(task=csv_task("other", n=60, seed=5), name="other")
+    other = model_create(task=csv_task("other", n=80, seed=5), name="other")
     _history(6, model)
     ImprovementRun.objects.create(model=other, strategy="training", status=RunStatus.QUEUED)
     response = bob.get("/api/export", {"format": "csv"})

@@ -60,7 +60,7 @@ def test_run_requests_are_validated(alice, model, payload, field):
 
 
 def test_a_model_without_an_active_version_cannot_be_improved(alice):
-    empty = model_create(task=csv_task(n=60), name="empty")
+    empty = model_create(task=csv_task(n=80), name="empty")
     response = alice.post("/api/runs", {"model": empty.pk, "strategy": "training"}, format="json")
     assert response.status_code == 400
     assert "no active version" in response.json()["error"]["message"]

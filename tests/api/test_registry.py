@@ -45,7 +45,7 @@ def test_create_a_model_trains_and_activates_its_initial_version(alice):
     ],
 )
 def test_bad_genomes_are_400_and_create_nothing(alice, genome, message):
-    task = csv_task(n=60)
+    task = csv_task(n=80)
     response = alice.post("/api/models", {"task": task.slug, "name": "m", "genome": genome}, format="json")
     assert response.status_code == 400
     error = response.json()["error"]
@@ -99,7 +99,7 @@ def test_onnx_download_is_exported_from_the_weights_and_runs(bob):
     assert response.status_code == 200
     assert response["Content-Disposition"].endswith('-v1.onnx"')
     session = ort.InferenceSession(response.content, providers=["CPUExecutionProvider"])
-    X, _ = task_dataset(model.task).test
+    X, _ = task_dataset(model.task).gate
     (out,) = session.run(None, {session.get_inputs()[0].name: X.astype(np.float32)})
     with torch.no_grad():
         expected = version_module(v1)(torch.from_numpy(X)).numpy()

@@ -110,7 +110,7 @@ def test_a_schema_only_client_improves_a_model_and_runs_it_as_onnx(operator, wsg
 
     model = client.ok("models_retrieve", path={"id": model["id"]}).json()
     version = model["active_version"]
-    assert version["id"] == run["result_version"] != first["id"] and version["score"] > first["score"]
+    assert version["id"] == run["result_version"] != first["id"] and version["gate_score"] > first["gate_score"] and version["test_score"] is not None
     history = client.ok("history_list", query={"model": model["id"], "limit": 5}).json()
     assert history["results"][0]["id"] == run["id"]
 

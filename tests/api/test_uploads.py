@@ -50,7 +50,7 @@ def test_csv_upload_creates_a_task_with_fixed_splits(alice):
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["slug"] == "blobs-api" and body["source"] == "upload" and body["output_kind"] == "classes"
-    assert body["n_train"] + body["n_val"] + body["n_test"] == body["n_samples"] == 120
+    assert body["n_train"] + body["n_val"] + body["n_gate"] + body["n_test"] == body["n_samples"] == 120
     assert body["class_labels"] == ["c0", "c1", "c2"]
     task = Task.objects.get(slug="blobs-api")
     assert len(_stored_datasets()) == 1 and task.dataset_file.startswith("datasets/")
@@ -60,7 +60,7 @@ def test_csv_upload_creates_a_task_with_fixed_splits(alice):
 def test_npz_upload_keeps_image_shapes(alice):
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
-    np.savez(buffer, X=rng.normal(size=(60, 1, 4, 4)).astype(np.float32), y=np.arange(60) % 2)
+    np.savez(buffer, X=rng.normal(size=(80, 1, 4, 4)).astype(np.float32), y=np.arange(80) % 2)
     response = _upload(alice, buffer.getvalue(), filename="images.npz")
     assert response.status_code == 201, response.content
     assert response.json()["input_shape"] == [1, 4, 4]
@@ -89,8 +89,8 @@ def test_generator_refusals_name_the_problem(alice):
 
 
 def test_a_duplicate_slug_is_a_400_and_keeps_one_dataset(alice):
-    assert _upload(alice, blobs_csv(n=60)).status_code == 201
-    response = _upload(alice, blobs_csv(n=60))
+    assert _upload(alice, blobs_csv(n=80)).status_code == 201
+    response = _upload(alice, blobs_csv(n=80))
     assert response.status_code == 400
     assert response.json()["error"]["details"] == {"slug": ["slug: a task named 'uploaded' already exists"]}
     assert Task.objects.count() == 1 and len(_stored_datasets()) == 1
@@ -146,7 +146,7 @@ def test_too_many_rows_is_a_400(alice, settings):
 
 
 def test_viewer_upload_is_refused_and_leaves_nothing(bob):
-    response = _upload(bob, blobs_csv(n=60))
+    response = _upload(bob, blobs_csv(n=80))
     assert response.status_code == 403
     assert_nothing_left_behind()
 
@@ -218,7 +218,7 @@ def test_the_limit_applies_when_the_csrf_check_parses_the_body_first(operator, s
 
 
 def test_a_file_just_under_the_limit_is_accepted(alice, settings):
-    content = blobs_csv(n=60)
+    content = blobs_csv(n=80)
     settings.PLASTICITY_UPLOAD_MAX_BYTES = max(1024, len(content))
     assert _upload(alice, content).status_code == 201
 
@@ -229,7 +229,7 @@ def test_uploads_are_throttled_by_their_own_scope(alice, settings):
                                                           "upload": "2/hour"}}
     assert _upload(alice, b"").status_code == 400
     assert _upload(alice, b"").status_code == 400
-    response = _upload(alice, blobs_csv(n=60))
+    response = _upload(alice, blobs_csv(n=80))
     assert response.status_code == 429 and response.json()["error"]["code"] == "throttled"
     assert alice.get("/api/tasks").status_code == 200  # reads are not in the upload scope
     assert_nothing_left_behind()

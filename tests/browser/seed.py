@@ -33,7 +33,7 @@ def version_made(model: NeuralModel, *, score: float, latency_ms: float, hidden:
                "p50_ms_b256": latency_ms * 4, "p95_ms_b256": latency_ms * 5, "p99_ms_b256": latency_ms * 5}
     n_parameters = count_parameters(module)
     evaluation = EvaluationResult(score=score, metric="accuracy", latency=latency, n_parameters=n_parameters,
-                                  size_bytes=n_parameters * 4, n_test=36)
+                                  size_bytes=n_parameters * 4, n_rows=36)
     return version_create(model=model, genome=genome, state_dict=module.state_dict(), evaluation=evaluation,
                           activate=activate, parent=parent, note=note or f"hidden {hidden}",
                           reason="seeded for the panel")

@@ -27,7 +27,7 @@ def test_forced_cycle_shows_a_run_and_its_progress_without_reload(page, operator
         "hormone_driven": False, "genetic_enhanced": False, "run_time_budget_s": 5.0,
         "max_concurrent_improvements": 1,
     })
-    task = csv_task("tiny", n=6000)
+    task = csv_task("tiny", n=8000)
     model = model_create(task=task, name="weak")
     trained_version(model, genome=WEAK, epochs=1)
 

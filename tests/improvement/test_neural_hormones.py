@@ -38,7 +38,7 @@ def _surrogate(model, *, amplitude_weight: float, duration_weight: float):
         module.out.bias.zero_()
         module.out.weight[0, 0], module.out.weight[0, 2] = amplitude_weight, duration_weight
     evaluation = EvaluationResult(score=0.99, metric="r2", latency={"p50_ms_b1": 0.05, "p95_ms_b1": 0.1},
-                                  n_parameters=45, size_bytes=200, n_test=10)
+                                  n_parameters=45, size_bytes=200, n_rows=10)
     return version_create(model=model, genome=LINEAR_GENOME, state_dict=module.state_dict(),
                           evaluation=evaluation, activate=True)
 

@@ -84,7 +84,8 @@ def _setup(settings):
 @pytest.fixture
 def task():
     t = csv_task()
-    PerformanceSample.objects.create(task=t, implementation="algorithmic", score=TEACHER, metric="accuracy")
+    PerformanceSample.objects.create(task=t, implementation="algorithmic", score=TEACHER, metric="accuracy",
+                                     split="gate")
     return t
 
 
@@ -198,12 +199,15 @@ def test_task_dataset_replace_swaps_file_and_counts(task, django_capture_on_comm
     with django_capture_on_commit_callbacks(execute=True):
         task_dataset_replace(task=task, X=X, y=y, splits=chronological_splits(30))
     task.refresh_from_db()
-    assert (task.n_samples, task.n_train, task.n_val, task.n_test) == (30, 22, 4, 4)
+    assert (task.n_samples, task.n_train, task.n_val, task.n_gate, task.n_test) == (30, 19, 3, 4, 4)
     assert task.dataset_file != old_file and not default_storage.exists(old_file)
     with pytest.raises(RegistryError, match="shape"):
         task_dataset_replace(task=task, X=np.zeros((30, 5)), y=y, splits=chronological_splits(30))
     with pytest.raises(RegistryError, match="cover"):
-        task_dataset_replace(task=task, X=X, y=y, splits={"train": np.arange(10), "val": [10], "test": [11]})
+        task_dataset_replace(task=task, X=X, y=y, splits={"train": np.arange(10), "val": [10], "gate": [11],
+                                                         "test": [12]})
+    with pytest.raises(RegistryError, match="missing gate"):
+        task_dataset_replace(task=task, X=X, y=y, splits={"train": np.arange(28), "val": [28], "test": [29]})
 
 
 # ------------------------------------------------------------------------ used only when it wins
@@ -263,7 +267,7 @@ def test_pure_noise_falls_back_with_the_scores_in_the_note(task, history_model):
     record = cycle_run(trigger="forced")
     note = _note(record)
     assert note.startswith("predictor: fallback to mean gain per strategy — neural R² "), note
-    assert "≤ baseline" in note and "on the newest 18 runs" in note
+    assert "≤ baseline" in note and "on the 18 gate runs" in note
     assert predictor_task() is not None  # registered, measured, and not trusted
     decision = next(d for d in record.decisions if d["model"].endswith("/weak"))
     assert decision["predictor"] == "mean gain per strategy"
@@ -333,4 +337,5 @@ def test_the_dataset_is_refreshed_when_the_history_has_grown(task, history_model
     # The baseline and the neural version were measured again, on the new newest runs.
     samples = PerformanceSample.objects.filter(task=predictor_task_row)
     assert samples.filter(implementation="algorithmic", extra__runs=112).count() == 1
-    assert samples.filter(implementation="neural").count() == 2
+    assert samples.filter(implementation="neural", split="gate").count() == 2  # at creation and now
+    assert samples.filter(implementation="neural", split="test").count() == 1  # re-measured for the record

@@ -28,7 +28,11 @@ def test_version_evaluation_returns_documented_fields():
     assert sample.n_parameters == v1.n_parameters > 0
     assert sample.size_bytes > 0
     assert LATENCY_KEYS <= set(v1.metrics["latency"])
-    assert v1.metrics["n_test"] == model.task.n_test
+    assert v1.metrics["n_rows"] == model.task.n_gate and v1.metrics["split"] == "gate"
+    assert sample.split == "gate"
+    # The version's sealed test score, recorded for reports, with its 95 % interval.
+    assert v1.test_score is not None and v1.test_ci95_low <= v1.test_score <= v1.test_ci95_high
+    assert v1.metrics["test"]["n_rows"] == model.task.n_test
 
 
 def test_algorithm_evaluation_is_recorded_without_version():
@@ -36,4 +40,6 @@ def test_algorithm_evaluation_is_recorded_without_version():
     sample = algorithm_evaluate(task=task)
     assert sample.implementation == Implementation.ALGORITHMIC and sample.version is None
     assert sample.score > 0.9  # well separated blobs
-    assert PerformanceSample.objects.filter(task=task, implementation="algorithmic").count() == 1
+    assert sample.split == "gate"
+    samples = PerformanceSample.objects.filter(task=task, implementation="algorithmic")
+    assert sorted(samples.values_list("split", flat=True)) == ["gate", "test"]  # the decision's and the report's

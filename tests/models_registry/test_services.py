@@ -36,12 +36,12 @@ def test_csv_upload_creates_task_with_stratified_splits():
     task = csv_task(n=300, classes=3)
     assert task.output_kind == "classes"
     assert task.class_labels == ["c0", "c1", "c2"]
-    assert task.n_train + task.n_val + task.n_test == 300
+    assert task.n_train + task.n_val + task.n_gate + task.n_test == 300
     dataset = task_dataset(task)
-    all_idx = np.concatenate([dataset.splits[s] for s in ("train", "val", "test")])
+    all_idx = np.concatenate([dataset.splits[s] for s in ("train", "val", "gate", "test")])
     assert sorted(all_idx.tolist()) == list(range(300))
-    for split in ("train", "val", "test"):
-        _, y = dataset.part(split)
+    for split in ("train", "val", "gate", "test"):
+        y = dataset.y[dataset.splits[split]]
         shares = np.bincount(y, minlength=3) / len(y)
         np.testing.assert_allclose(shares, [1 / 3] * 3, atol=0.05)
 
@@ -50,7 +50,7 @@ def test_splits_are_fixed_and_deterministic():
     a = csv_task(name="a")
     b = csv_task(name="b")
     da, db = task_dataset(a), task_dataset(b)
-    for split in ("train", "val", "test"):
+    for split in ("train", "val", "gate", "test"):
         np.testing.assert_array_equal(da.splits[split], db.splits[split])
 
 
@@ -101,7 +101,7 @@ def test_versions_are_immutable():
 
 def test_rollback_restores_previous_outputs_bit_for_bit():
     model, (v1, v2) = model_with_versions(2)
-    X, _ = task_dataset(model.task).test
+    X, _ = task_dataset(model.task).gate
     before = version_predict_fn(v1)(X)
     assert not np.array_equal(before, version_predict_fn(v2)(X))
     restored = version_rollback(model=model)

@@ -66,11 +66,11 @@ def test_training_promotes_and_keeps_the_old_version_as_backup(weak_model):
 def test_candidate_below_threshold_is_rejected_and_nothing_changes(weak_model):
     ImprovementConfig.objects.filter(pk=1).update(performance_threshold=10.0)
     old = version_active(model=weak_model)
-    X, _ = task_dataset(weak_model.task).test
+    X, _ = task_dataset(weak_model.task).gate
     before = version_predict_fn(old)(X)
     run = _run(weak_model, "training")
     assert run.status == RunStatus.REJECTED
-    assert "below the 1000% threshold" in run.decision
+    assert "short of the 1000% threshold" in run.decision and "gate rows" in run.decision
     weak_model.refresh_from_db()
     assert version_active(model=weak_model).pk == old.pk
     assert weak_model.versions.count() == 1

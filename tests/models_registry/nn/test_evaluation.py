@@ -152,7 +152,7 @@ def test_evaluate_algorithm_labels_and_neural_logits_alike():
     assert a.score == b.score == 0.75
     assert a.metric == "accuracy"
     assert a.latency == {}
-    assert a.n_test == 4
+    assert a.n_rows == 4 and a.split == "gate"
 
 
 def test_evaluate_with_latency_and_as_dict():

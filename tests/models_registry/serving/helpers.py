@@ -12,7 +12,7 @@ def sample(task: Task, *, version: ModelVersion | None = None, score: float, p50
            p95: float | None = None) -> PerformanceSample:
     """A hand-built held-out evaluation sample (what serving decisions read)."""
     return PerformanceSample.objects.create(
-        task=task, version=version, source=SampleSource.EVALUATION, score=score, metric="accuracy",
+        task=task, version=version, source=SampleSource.EVALUATION, split="gate", score=score, metric="accuracy",
         implementation=Implementation.NEURAL if version is not None else Implementation.ALGORITHMIC,
         latency_p50_ms=p50, latency_p95_ms=p95 if p95 is not None else p50,
     )

@@ -32,8 +32,8 @@ def _serve_neural(task, version, *, fraction: float) -> None:
     serving_router().invalidate()
 
 
-def _predict_test_rows(client, task, *, batches: int, size: int) -> list[dict]:
-    X_test, _ = task_dataset(task).test
+def _predict_gate_rows(client, task, *, batches: int, size: int) -> list[dict]:
+    X_test, _ = task_dataset(task).gate
     answers = []
     for i in range(batches):
         rows = X_test[(i * size) % len(X_test):][:size]
@@ -51,13 +51,13 @@ def test_shadow_disagreement_switches_back_and_raises_adrenaline(blobs_task, vie
     model = model_create(task=task, name="drifting")
     module = build_module(MLP, seed=0)
     claimed = EvaluationResult(score=0.95, metric="accuracy", latency={}, n_parameters=None, size_bytes=None,
-                               n_test=task.n_test)
+                               n_rows=task.n_gate)
     version = version_create(model=model, genome=MLP, state_dict=module.state_dict(), evaluation=claimed,
                              activate=True)
     _serve_neural(task, version, fraction=1.0)
     adrenaline_before = Hormone.objects.filter(name="adrenaline").first()
 
-    answers = _predict_test_rows(client_for(viewer), task, batches=12, size=4)
+    answers = _predict_gate_rows(client_for(viewer), task, batches=12, size=4)
     assert answers[0]["implementation"] == "neural"  # the request path is never held up
     assert serving_shadow().drain(timeout=60)
 
@@ -90,7 +90,7 @@ def test_an_agreeing_version_is_left_alone(blobs_task, viewer, client_for):
     version = trained_version(model, seed=0, epochs=30)
     _serve_neural(task, version, fraction=0.5)
 
-    _predict_test_rows(client_for(viewer), task, batches=40, size=4)
+    _predict_gate_rows(client_for(viewer), task, batches=40, size=4)
     checker = serving_shadow()
     assert checker.drain(timeout=60)
     assert 8 <= checker.submitted <= 32  # about half the requests were sampled
