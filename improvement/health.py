@@ -1,5 +1,8 @@
 """The health report, per model and for the fleet.
 
+Scores are named by their split: ``gate_score`` (what decisions compare; the health formula uses
+it) and ``test_score`` (the sealed split, reported beside it, read by no decision).
+
 Every metric is a small pure function over plain numbers (tested on hand-built histories);
 ``system_health_report`` gathers the numbers from the database.
 
@@ -9,9 +12,9 @@ Every metric is a small pure function over plain numbers (tested on hand-built h
 * system stability — the success rate (promoted / finished) is computed in consecutive
   windows of ``window`` runs; stability = 1 − std(rates) / 0.5, clipped to [0, 1] (0.5 is the
   largest possible standard deviation of a rate). One window or fewer: 1.0.
-* learning rate — least-squares slope of the running-best score against time, in score per
+* learning rate — least-squares slope of the running-best gate score against time, in score per
   hour (0.0 with fewer than two points).
-* overall health — ``0.5·mean score + 0.2·success rate + 0.15·stability + 0.15·(1 − resource pressure)``
+* overall health — ``0.5·mean gate score + 0.2·success rate + 0.15·stability + 0.15·(1 − resource pressure)``
   where resource pressure = max(cpu %, memory %) / 100.
 """
 
@@ -108,11 +111,11 @@ def _score_points(model: NeuralModel) -> list[tuple[float, float]]:
 
 
 def _model_entry(model: NeuralModel, *, runs: list[dict], score: float | None,
-                 points: list[tuple[float, float]], pressure: float) -> dict:
+                 points: list[tuple[float, float]], pressure: float, test_score: float | None = None) -> dict:
     summary = _runs_summary(runs)
     score = score if score is not None else 0.0
     summary.update({
-        "model": str(model), "model_id": model.pk, "score": score,
+        "model": str(model), "model_id": model.pk, "gate_score": score, "test_score": test_score,
         "learning_rate_per_hour": round(learning_rate(points), 6),
         "overall_health": overall_health(mean_score=score, success=summary["success_rate"],
                                          stable=summary["system_stability"], pressure=pressure),
@@ -125,7 +128,7 @@ def model_health(model: NeuralModel, *, pressure: float) -> dict:
                 .values(*RUN_FIELDS))
     active = version_active(model=model)
     return _model_entry(model, runs=runs, score=active.score if active else None, points=_score_points(model),
-                        pressure=pressure)
+                        pressure=pressure, test_score=active.test_score if active else None)
 
 
 def resource_usage() -> dict:
@@ -151,20 +154,24 @@ def system_health_report() -> dict:
     runs_of: dict[int, list[dict]] = defaultdict(list)
     for run in runs:
         runs_of[run["model_id"]].append(run)
-    active_score = dict(ModelVersion.objects.filter(is_active=True).values_list("model_id", "score"))
+    active = {model_id: (score, test) for model_id, score, test in
+              ModelVersion.objects.filter(is_active=True).values_list("model_id", "score", "test_score")}
     scored: dict[int, list[tuple]] = defaultdict(list)
     for model_id, created_at, score in (ModelVersion.objects.filter(score__isnull=False).order_by("created_at")
                                         .values_list("model_id", "created_at", "score")):
         scored[model_id].append((created_at, score))
     models = [
-        _model_entry(m, runs=runs_of.get(m.pk, []), score=active_score.get(m.pk), points=_points(scored.get(m.pk, [])),
+        _model_entry(m, runs=runs_of.get(m.pk, []), score=active.get(m.pk, (None, None))[0],
+                     test_score=active.get(m.pk, (None, None))[1], points=_points(scored.get(m.pk, [])),
                      pressure=pressure)
         for m in NeuralModel.objects.select_related("task").order_by("pk")
     ]
     fleet = _runs_summary(runs)
-    mean_score = mean_gain([m["score"] for m in models])
+    mean_score = mean_gain([m["gate_score"] for m in models])
+    tested = [m["test_score"] for m in models if m["test_score"] is not None]
     fleet.update({
-        "models": len(models), "mean_score": round(mean_score, 6),
+        "models": len(models), "mean_gate_score": round(mean_score, 6),
+        "mean_test_score": round(mean_gain(tested), 6) if tested else None,
         "learning_rate_per_hour": round(mean_gain([m["learning_rate_per_hour"] for m in models]), 6),
         "overall_health": overall_health(mean_score=mean_score, success=fleet["success_rate"],
                                          stable=fleet["system_stability"], pressure=pressure),

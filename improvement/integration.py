@@ -34,6 +34,7 @@ import math
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db.models import F
 
 from hormones.models import HormoneEvent
 from hormones.services import hormones_ensure
@@ -140,9 +141,10 @@ class SelfImprovementIntegration:
 def export_improvement_data() -> dict:
     """Everything needed to analyse the loop offline, as JSON-serialisable data."""
     versions = list(ModelVersion.objects.select_related("model__task").order_by("id").values(
-        "id", "model_id", "model__name", "model__task__slug", "number", "runtime", "is_active", "score", "metric",
-        "latency_p50_ms", "latency_p95_ms", "latency_p95_ms_batch", "n_parameters", "size_bytes", "parent_id",
-        "genome", "weights_sha256", "created_at",
+        "id", "model_id", "model__name", "model__task__slug", "number", "runtime", "is_active", "metric",
+        "score_split", "test_score", "test_ci95_low", "test_ci95_high", "latency_p50_ms", "latency_p95_ms",
+        "latency_p95_ms_batch", "n_parameters", "size_bytes", "parent_id", "genome", "weights_sha256", "created_at",
+        gate_score=F("score"),
     ))
     events = list(HormoneEvent.objects.select_related("hormone").order_by("id").values(
         "id", "hormone__name", "delta", "level_before", "level_after", "cause", "created_at"))

@@ -270,7 +270,9 @@ def version_rows(model: NeuralModel) -> list[dict]:
         stack.extend((c, depth + 1) for c in reversed(children.get(version.pk, [])))
     return [{
         "id": v.pk, "number": v.number, "at": charts.ms(v.created_at), "created_at": v.created_at,
-        "score": v.score, "metric": v.metric, "latency_p50_ms": v.latency_p50_ms, "latency_p95_ms": v.latency_p95_ms,
+        "score": v.score, "score_split": v.score_split, "test_score": v.test_score,
+        "test_ci95": (v.test_ci95_low, v.test_ci95_high) if v.test_ci95_low is not None else None,
+        "metric": v.metric, "latency_p50_ms": v.latency_p50_ms, "latency_p95_ms": v.latency_p95_ms,
         "n_parameters": v.n_parameters, "size_bytes": v.size_bytes, "runtime": v.runtime,
         "runtime_label": v.get_runtime_display(), "is_active": v.is_active, "note": v.note,
         "parent_number": by_id[v.parent_id].number if v.parent_id in by_id else None,

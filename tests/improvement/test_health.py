@@ -72,7 +72,7 @@ def test_report_has_fleet_and_model_sections():
     assert 0.0 <= fleet["overall_health"] <= 1.0
     assert {"cpu_percent", "memory_percent"} <= set(fleet["resource_usage"])
     (entry,) = report["models"]
-    assert entry["model"] == str(model) and entry["score"] == 0.6
+    assert entry["model"] == str(model) and entry["gate_score"] == 0.6 and "test_score" in entry
 
 
 @pytest.mark.django_db
@@ -101,4 +101,4 @@ def test_report_reads_the_fleet_in_a_fixed_number_of_queries():
     for entry, model in zip(report["models"], NeuralModel.objects.order_by("pk"), strict=True):
         expected = model_health(model, pressure=pressure)
         assert entry == expected, model.name
-    assert [m["finished_runs"] for m in report["models"]] == [4, 2, 0] and report["models"][2]["score"] == 0.0
+    assert [m["finished_runs"] for m in report["models"]] == [4, 2, 0] and report["models"][2]["gate_score"] == 0.0
