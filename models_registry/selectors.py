@@ -66,12 +66,3 @@ def version_latest_sample(*, version: ModelVersion) -> PerformanceSample | None:
         .first()
     )
 
-
-def sealed_sample_latest(*, task: Task, version: ModelVersion | None) -> PerformanceSample | None:
-    """The latest sealed-test report of an implementation (reports only: read by no decision)."""
-    return (
-        PerformanceSample.objects.filter(task=task, version=version, source=SampleSource.EVALUATION,
-                                         split=ScoreSplit.TEST)
-        .order_by("-created_at", "-id")
-        .first()
-    )

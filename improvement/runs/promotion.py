@@ -148,13 +148,13 @@ def decide(
                                        f"≤ α {alpha:g}; {scores}", "score")
         if _held(cmp, score_tolerance, alpha):
             # An equal score (a model already at the top included) can still win on cost.
-            if tc is not None and tc.gain >= threshold and tc.p_faster <= alpha:
+            if tc is not None and tc.gain > 0 and tc.gain >= threshold and tc.p_faster <= alpha:
                 return verdict(True, tc.gain, f"promoted: score held ({scores}), {_timing_text(tc)}", "tie_faster")
             size = size_gain(baseline.size_bytes, candidate.size_bytes)
-            if size >= threshold:
+            if size > 0 and size >= threshold:
                 return verdict(True, size, f"promoted: score held ({scores}), {size:+.1%} smaller", "tie_smaller")
         if gain < threshold:
-            why = f"error {-gain:+.1%} short of the {threshold:.0%} threshold"
+            why = f"error {-gain:+.1%} short of the {threshold:.0%} threshold ({_paired_text(cmp)})"
         else:
             why = f"error {-gain:+.1%} not significant: {_paired_text(cmp)} > α {alpha:g}"
         return verdict(False, gain, f"rejected: {why}; {scores}", "score")
@@ -166,13 +166,13 @@ def decide(
                                    f"{scores})", "score_guard")
     if objective == "size":
         gain = size_gain(baseline.size_bytes, candidate.size_bytes)
-        if gain >= threshold:
+        if gain > 0 and gain >= threshold:
             return verdict(True, gain, f"promoted: {gain:+.1%} smaller; {held}", "size")
         return verdict(False, gain, f"rejected: {gain:+.1%} smaller, short of {threshold:.0%}; {held}", "size")
     if tc is None:
         gain = latency_gain(baseline.latency, candidate.latency)
         return verdict(False, gain, f"rejected: no repeated timings to judge a {gain:+.1%} latency gain", "latency")
-    if tc.gain >= threshold and tc.p_faster <= alpha:
+    if tc.gain > 0 and tc.gain >= threshold and tc.p_faster <= alpha:
         return verdict(True, tc.gain, f"promoted: {_timing_text(tc)}; {held}", "latency")
     why = "short of the threshold" if tc.gain < threshold else f"not significant (p > α {alpha:g})"
     return verdict(False, tc.gain, f"rejected: {_timing_text(tc)} {why}; {held}", "latency")

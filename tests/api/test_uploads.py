@@ -233,3 +233,33 @@ def test_uploads_are_throttled_by_their_own_scope(alice, settings):
     assert response.status_code == 429 and response.json()["error"]["code"] == "throttled"
     assert alice.get("/api/tasks").status_code == 200  # reads are not in the upload scope
     assert_nothing_left_behind()
+
+
+# ------------------------------------------------------------------------- gate size and metric
+
+
+def test_an_upload_too_small_for_a_gate_is_refused_with_the_size_needed(alice):
+    response = _upload(alice, blobs_csv(n=50))
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "gate split" in message and "at least 10" in message and "67 rows" in message
+    assert not Task.objects.exists() and _stored_datasets() == []
+
+
+def test_a_small_upload_is_accepted_with_the_smallest_detectable_gain(alice):
+    response = _upload(alice, blobs_csv(n=200), slug="smallish")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["n_gate"] == 30 and len(body["warnings"]) == 1
+    assert "smallest accuracy gain the promotion gate can detect is 16.7%" in body["warnings"][0]
+    large = _upload(alice, blobs_csv(n=2000, seed=1), slug="large")
+    assert large.status_code == 201 and large.json()["warnings"] == []
+
+
+def test_the_metric_is_chosen_at_creation_and_checked(alice):
+    response = _upload(alice, blobs_csv(n=200), slug="f1", metric="macro_f1")
+    assert response.status_code == 201 and response.json()["metric"] == "macro_f1"
+    refused = _upload(alice, blobs_csv(n=200), slug="auc", metric="roc_auc")  # three classes
+    message = refused.json()["error"]["message"]
+    assert refused.status_code == 400 and "metric: expected one of accuracy, balanced_accuracy, macro_f1 " in message
+    assert not Task.objects.filter(slug="auc").exists()

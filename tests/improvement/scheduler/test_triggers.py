@@ -1,0 +1,59 @@
+"""Triggers read the task's metric: on an imbalanced task the metric decides what fires."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from improvement.scheduler.triggers import triggered_strategies
+from models_registry.evaluation import candidate_evaluate
+from models_registry.nn.genome import build_module
+from models_registry.services import model_create, task_create_from_upload, version_create
+
+pytestmark = pytest.mark.django_db
+
+MAJORITY = {"kind": "mlp", "input_shape": [4], "output_dim": 2, "hidden": [4], "activation": "tanh",
+            "dropout": 0.0, "norm": "none"}
+
+
+def _imbalanced_csv(n: int = 600, minority: float = 0.1) -> bytes:
+    rng = np.random.default_rng(0)
+    y = (rng.random(n) < minority).astype(int)
+    X = rng.normal(size=(n, 4)) + y[:, None] * 0.5
+    lines = ["a,b,c,d,label"] + [",".join(f"{v:.4f}" for v in row) + f",{'rare' if t else 'common'}"
+                                  for row, t in zip(X, y, strict=True)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _majority_model(task):
+    """A model that always answers the majority class: 90 % accurate, useless for the rare class."""
+    module = build_module(MAJORITY)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.zero_()
+        last = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+        common = task.class_labels.index("common")
+        last.bias[common] = 5.0
+    model = model_create(task=task, name="majority")
+    version = version_create(model=model, genome=MAJORITY, state_dict=module.state_dict(),
+                             evaluation=candidate_evaluate(task=task, module=module, measure=False), activate=True)
+    return model, version
+
+
+def test_an_imbalanced_task_defaults_to_balanced_accuracy_and_its_trigger_fires():
+    task = task_create_from_upload(name="rare", filename="rare.csv", content=_imbalanced_csv())
+    assert task.metric == "balanced_accuracy"
+    model, version = _majority_model(task)
+    assert version.score == pytest.approx(0.5) and version.metric == "balanced_accuracy"
+    fired = [name for name, _, _ in triggered_strategies(model)]
+    assert "training" in fired
+
+
+def test_the_same_model_judged_by_accuracy_looks_fine_and_nothing_fires():
+    task = task_create_from_upload(name="rare-acc", filename="rare.csv", content=_imbalanced_csv(),
+                                   metric="accuracy")
+    model, version = _majority_model(task)
+    assert version.score > 0.85 and version.metric == "accuracy"
+    fired = [name for name, _, _ in triggered_strategies(model)]
+    assert "training" not in fired and "architecture" not in fired
