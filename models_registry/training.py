@@ -6,6 +6,7 @@ fresh algorithm-labelled samples for tasks that have a generator — and reports
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -80,7 +81,11 @@ def neural_fit(
     task: Task, genome: dict, *, config: TrainConfig, module: torch.nn.Module | None = None,
     progress=None, extra_data: ExtraData | None = None, loss_fn=None,
 ) -> tuple[torch.nn.Module, TrainResult]:
-    """Train ``module`` (or a fresh build of ``genome``) on the task; returns the best weights."""
+    """Train ``module`` (or a fresh build of ``genome``) on the task; returns the best weights.
+
+    Validation uses the task's metric unless ``config`` names one.
+    """
+    config = dataclasses.replace(config, metric=config.metric or task.metric)
     data = task_train_data(task)
     if module is None:
         torch.manual_seed(config.seed)

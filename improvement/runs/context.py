@@ -116,7 +116,7 @@ def context_build(run: ImprovementRun, baseline: ModelVersion, config: Improveme
     train_cfg = TrainConfig(
         epochs=int(run.params.get("epochs", 200)), batch_size=int(run.params.get("batch_size", 128)),
         lr=float(run.params.get("lr", 3e-3)), patience=int(run.params.get("patience", 12)), seed=seed,
-        max_seconds=budget,
+        max_seconds=budget, metric=task.metric,
     )
     teacher = None
     if config.cross_model_distillation or NEED_TEACHER in strategy.needs:

@@ -41,9 +41,9 @@ from improvement.strategies.registry import (
     Triggers,
     register,
 )
-from models_registry.nn.evaluation import measure_latency, score_predictions, to_predictions, torch_predict_fn
+from models_registry.nn.evaluation import measure_latency, raw_score, torch_predict_fn
 from models_registry.nn.genome import build_module, count_parameters, set_normalisation
-from models_registry.nn.kinds import CLASSES, RECONSTRUCTION
+from models_registry.nn.kinds import RECONSTRUCTION
 from models_registry.nn.training import TrainConfig, TrainData, train_module
 
 PRESCREEN_FACTOR_PARAM = "prescreen_factor"
@@ -81,7 +81,7 @@ def train_genome_candidate(
     y_val = data.y_val if output_kind != RECONSTRUCTION else data.X_val
     if y_val is None:
         raise ValueError(f"output_kind {output_kind!r} needs validation targets")
-    score = score_predictions(output_kind, y_val, to_predictions(output_kind, raw) if output_kind == CLASSES else raw)
+    score = raw_score(output_kind, y_val, raw, config.metric)
     latency = measure_latency(predict, np.asarray(data.X_val[:256], dtype=np.float32), batch_sizes=(1,),
                               warmup=3, repeats=30, max_seconds=0.5)
     return CandidateResult(module=module, val_score=float(score), latency_ms=float(latency["p50_ms_b1"]),

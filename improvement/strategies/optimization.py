@@ -38,9 +38,9 @@ from improvement.strategies.registry import (
     Triggers,
     register,
 )
-from models_registry.nn.evaluation import measure_latency, score_predictions, to_predictions
+from models_registry.nn.evaluation import measure_latency, raw_score
 from models_registry.nn.genome import GenomeError, build_module, set_normalisation, validate_genome
-from models_registry.nn.kinds import CLASSES, RECONSTRUCTION
+from models_registry.nn.kinds import RECONSTRUCTION
 from models_registry.nn.runtimes import export_onnx, make_predict_fn, quantize_onnx_dynamic
 from models_registry.nn.training import train_module
 
@@ -86,8 +86,7 @@ def _val_score(predict, context: StrategyContext) -> float:
     y_val = context.data.y_val if context.output_kind != RECONSTRUCTION else X_val
     if y_val is None:
         raise ValueError(f"output_kind {context.output_kind!r} needs validation targets")
-    preds = to_predictions(context.output_kind, raw) if context.output_kind == CLASSES and raw.ndim == 2 else raw
-    return float(score_predictions(context.output_kind, y_val, preds))
+    return raw_score(context.output_kind, y_val, raw, context.train_config.metric)
 
 
 def runtime_variants(genome: dict, module: torch.nn.Module, context: StrategyContext, label: str) -> list[Variant]:

@@ -34,9 +34,9 @@ from improvement.strategies.registry import (
     Triggers,
     register,
 )
-from models_registry.nn.evaluation import score_predictions, to_predictions, torch_predict_fn
+from models_registry.nn.evaluation import raw_score, torch_predict_fn
 from models_registry.nn.genome import build_module, set_normalisation, validate_genome
-from models_registry.nn.kinds import CLASSES, RECONSTRUCTION
+from models_registry.nn.kinds import RECONSTRUCTION
 from models_registry.nn.training import train_module
 
 
@@ -131,8 +131,7 @@ def _val_score(context: StrategyContext) -> float:
     y_val = context.data.y_val if context.output_kind != RECONSTRUCTION else X_val
     if y_val is None:
         raise ValueError(f"output_kind {context.output_kind!r} needs validation targets")
-    preds = to_predictions(context.output_kind, raw) if context.output_kind == CLASSES else raw
-    return float(score_predictions(context.output_kind, y_val, preds))
+    return raw_score(context.output_kind, y_val, raw, context.train_config.metric)
 
 
 def _summary(result) -> dict:

@@ -77,6 +77,15 @@ def score_predictions(output_kind: str, y_true: np.ndarray, y_pred: np.ndarray) 
     return float(min(max(_r2(yt.ravel(), yp.ravel()), 0.0), 1.0))
 
 
+def raw_score(output_kind: str, y_true: np.ndarray, raw: np.ndarray, metric: str | None = None) -> float:
+    """Score raw implementation outputs with ``metric`` (the output kind's default when None); 0 if not finite.
+
+    What every choice inside a run uses on the validation split: the same metric as the gate.
+    """
+    score = metric_score(metric or METRICS[output_kind], np.asarray(y_true), predictions_from_raw(output_kind, raw))
+    return score if np.isfinite(score) else 0.0
+
+
 def to_predictions(output_kind: str, raw: np.ndarray) -> np.ndarray:
     """Turn raw module outputs into predictions: argmax labels for classes, as-is otherwise."""
     raw = np.asarray(raw)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models_registry.nn.evaluation import score_predictions, to_predictions
+from models_registry.nn.evaluation import raw_score
 from models_registry.nn.kinds import CLASSES, RECONSTRUCTION, VALUES
 
 LRSchedule = Literal["plateau", "cosine", "onecycle"]
@@ -53,6 +53,8 @@ class TrainConfig:
     # False keeps the final weights of a fixed schedule run to its end (e.g. a teacher whose
     # validation accuracy saturates early); True restores the best-validation weights.
     restore_best: bool = True
+    # The validation metric (the task's, models_registry.nn.metrics); None: the output kind's default.
+    metric: str | None = None
 
 
 @dataclasses.dataclass
@@ -141,13 +143,12 @@ def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _validation_score(module: nn.Module, X_val: torch.Tensor, y_val: np.ndarray, output_kind: str) -> float:
+def _validation_score(module: nn.Module, X_val: torch.Tensor, y_val: np.ndarray, output_kind: str,
+                      metric: str | None = None) -> float:
     module.eval()
     with torch.inference_mode():
         chunks = [module(X_val[i : i + _EVAL_CHUNK]).float().cpu() for i in range(0, len(X_val), _EVAL_CHUNK)]
-    raw = torch.cat(chunks).numpy()
-    score = score_predictions(output_kind, y_val, to_predictions(output_kind, raw))
-    return score if math.isfinite(score) else 0.0
+    return raw_score(output_kind, y_val, torch.cat(chunks).numpy(), metric)
 
 
 def _scheduled_lr(schedule: str, base_lr: float, t: float) -> float:
@@ -199,7 +200,7 @@ def train_module(
 ) -> TrainResult:
     """Train ``module`` in place with AdamW and return a ``TrainResult``.
 
-    - The validation score (``score_predictions`` on ``X_val``) drives early
+    - The validation score (``config.metric`` on ``X_val``) drives early
       stopping and the plateau schedule; the best-scoring weights, including the
       starting weights, are restored at the end (of epochs tied at the best
       accuracy, the last one's: further down the schedule), so training never makes a model
@@ -259,7 +260,7 @@ def _train(
         )
     drop_singleton = _has_batchnorm(module)
 
-    initial = _validation_score(module, X_val_t, y_val, output_kind)
+    initial = _validation_score(module, X_val_t, y_val, output_kind, config.metric)
     best_score, best_epoch, kept_epoch = initial, 0, 0
     best_state = _snapshot(module)
     history: list[EpochEvent] = []
@@ -310,7 +311,7 @@ def _train(
 
         epochs_run = epoch
         lr_used = optimizer.param_groups[0]["lr"]
-        score = _validation_score(module, X_val_t, y_val, output_kind)
+        score = _validation_score(module, X_val_t, y_val, output_kind, config.metric)
         if plateau is not None:
             plateau.step(score)
         improved = score > best_score + _MIN_DELTA
