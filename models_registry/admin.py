@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.db.models import Count
 
 from models_registry.errors import RegistryError
+from models_registry.evaluation import task_metric_change
 from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
 from models_registry.selectors import version_active
 from models_registry.services import version_activate, version_rollback
@@ -10,13 +11,27 @@ from models_registry.serving import admin as _serving_admin  # noqa: F401  (regi
 
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "output_kind", "source", "n_samples", "n_train", "n_val", "n_test",
+    list_display = ("slug", "name", "output_kind", "metric", "source", "n_samples", "n_train", "n_val", "n_gate",
+                    "n_test",
                     "latency_budget_ms", "model_count", "created_at")
     list_filter = ("output_kind", "source")
     search_fields = ("slug", "name", "description", "algorithm_path")
     readonly_fields = ("output_kind", "source", "builtin_key", "input_shape", "n_outputs", "class_labels",
                        "feature_names", "target_name", "dataset_file", "dataset_sha256", "n_samples", "n_train",
-                       "n_val", "n_test", "split_seed", "sampler_spec", "created_at")
+                       "n_val", "n_gate", "n_test", "split_seed", "sampler_spec", "warnings", "created_at")
+
+    def save_model(self, request, obj: Task, form, change: bool) -> None:
+        """A new metric goes through ``task_metric_change``: every version is re-measured with it."""
+        metric = obj.metric
+        if change and "metric" in form.changed_data:
+            obj.metric = Task.objects.values_list("metric", flat=True).get(pk=obj.pk)
+        super().save_model(request, obj, form, change)
+        if change and "metric" in form.changed_data:
+            try:
+                task_metric_change(task=obj, metric=metric)
+                self.message_user(request, f"{obj}: every version re-measured with {metric}")
+            except RegistryError as exc:
+                self.message_user(request, f"{obj}: {exc}", level=messages.ERROR)
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(_models=Count("neural_models"))

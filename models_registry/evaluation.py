@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from django.db import transaction
 
-from models_registry.choices import Implementation, Runtime, SampleSource, ScoreSplit
+from models_registry.choices import Implementation, OutputKind, Runtime, SampleSource, ScoreSplit
+from models_registry.errors import RegistryError
 from models_registry.implementations import (
     PredictFn,
     algorithm_predict_fn,
@@ -27,6 +28,7 @@ from models_registry.implementations import (
 from models_registry.models import ModelVersion, PerformanceSample, Task
 from models_registry.nn.evaluation import EvaluationResult, evaluate
 from models_registry.nn.genome import count_parameters
+from models_registry.nn.metrics import check_metric
 from models_registry.nn.runtimes import make_predict_fn
 from models_registry.nn.significance import score_interval
 from models_registry.weights import state_dict_to_bytes
@@ -170,3 +172,25 @@ def versions_rescore_legacy(*, limit: int = 20) -> int:
         if not PerformanceSample.objects.filter(task=task, version=None, split=ScoreSplit.GATE).exists():
             algorithm_evaluate(task=task)
     return done
+
+
+def task_metric_change(*, task: Task, metric: str) -> Task:
+    """Judge a task by another metric from now on: every version and the algorithm are re-measured with it.
+
+    Scores of different metrics are not comparable, so nothing is left scored the old way.
+    """
+    n_classes = task.n_outputs if task.output_kind == OutputKind.CLASSES else None
+    try:
+        check_metric(metric, task.output_kind, n_classes=n_classes)
+    except ValueError as exc:
+        raise RegistryError(str(exc)) from None
+    if metric == task.metric:
+        return task
+    Task.objects.filter(pk=task.pk).update(metric=metric)
+    task.metric = metric
+    for version in ModelVersion.objects.filter(model__task=task).select_related("model__task"):
+        version.model.task = task
+        version_rescore(version=version)
+    if task.algorithm_path:
+        algorithm_evaluate(task=task)
+    return task

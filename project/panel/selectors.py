@@ -342,6 +342,7 @@ def run_page(run: ImprovementRun) -> dict:
         "curve_figure": charts.run_curve_figure(run.curve or []), "curve_len": len(run.curve or []),
         "last_point_t": (run.curve[-1].get("t") or 0) if run.curve else 0,
         "threshold": config.performance_threshold, "tolerance": config.optimization_score_tolerance,
+        "alpha": config.promotion_alpha,
         "note": (run.candidate_metrics or {}).get("note", ""),
     }
 
