@@ -254,6 +254,13 @@ def run() -> dict[str, Any]:
             by_effect.append({"true error reduction": f"{lo:.0%}–{min(hi, 1.0):.0%}", "candidates": len(group),
                               "power new": round(sum(r["new"] for r in group) / len(group), 3),
                               "power old": round(sum(r["old"] for r in group) / len(group), 3)})
+    null_by_truth = []
+    for label, group in (("truly not better (true gain ≤ 0)", [r for r in null if r["true_gain"] <= 0]),
+                         ("better by less than the threshold", [r for r in null if 0 < r["true_gain"] < THRESHOLD]),
+                         ("better by the threshold or more (a lucky seed)",
+                          [r for r in null if r["true_gain"] >= THRESHOLD])):
+        null_by_truth.append({"null candidates": label, "n": len(group),
+                              "promoted new": sum(r["new"] for r in group), "promoted old": sum(r["old"] for r in group)})
     strong_effect = [r for r in real if r["true_gain"] >= 0.5]
     power_strong = _rate([r["new"] for r in strong_effect]) if strong_effect else {"rate": None, "ci95": [0, 1]}
     return {
@@ -268,8 +275,9 @@ def run() -> dict[str, Any]:
                      "false_promotion_rate_not_better": false_true_null_old["rate"],
                      "power": power_old["rate"], "power_ci95": power_old["ci95"]},
         "cpu_seconds": round(time.process_time() - cpu_start, 1), "wall_seconds": round(time.perf_counter() - start, 1),
-        "power_by_effect": by_effect,
-        "tables": {"per task": per_task, "power by true effect size": by_effect, "overall": [
+        "power_by_effect": by_effect, "null_by_true_gain": null_by_truth,
+        "tables": {"per task": per_task, "null candidates by true gain": null_by_truth,
+                   "power by true effect size": by_effect, "overall": [
             {"gate": "new (gain ≥ 10 % and paired test at α 0.05)", "false promotions": false_new["rate"],
              "95% CI": false_new["ci95"], "power": power_new["rate"], "power 95% CI": power_new["ci95"]},
             {"gate": "old (gain ≥ 10 %, no test)", "false promotions": false_old["rate"], "95% CI": false_old["ci95"],

@@ -225,7 +225,7 @@ def _fleet() -> dict[str, Any]:
         task = task_create_builtin(key=key)
         model = model_create(task=task, name=f"model-{len(tasks):03d}")
         evaluation = EvaluationResult(score=0.5, metric=metric[spec.output_kind], latency=latency,
-                                      n_parameters=1000, size_bytes=4000, n_test=task.n_test)
+                                      n_parameters=1000, size_bytes=4000, n_rows=task.n_gate)
         templates[task.pk] = version_create(
             model=model, genome=spec.weak_genome, state_dict=build_module(spec.weak_genome, seed=0).state_dict(),
             evaluation=evaluation, note="bench: real weights")

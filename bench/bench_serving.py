@@ -75,7 +75,7 @@ SETUP = textwrap.dedent("""
                              evaluation=candidate_evaluate(task=task, module=module), activate=True)
     user = get_user_model().objects.create_user("bench", password="bench-pass-123-xyz", is_staff=True)
     token = Token.objects.create(user=user)
-    X_test, _ = task_dataset(task).test
+    X_test, _ = task_dataset(task).gate
     print(json.dumps({"token": token.key, "version": version.number, "neural_score": version.score,
                       "algorithm_score": algo.score, "neural_p50_ms": version.latency_p50_ms,
                       "algorithm_p50_ms": algo.latency_p50_ms, "input": np.round(X_test[0], 4).tolist()}))

@@ -65,7 +65,7 @@ class ServingSerializer(serializers.Serializer):
     state = ServingStateSerializer(allow_null=True, help_text="Null until the task's first serving decision.")
     route = RouteSerializer(allow_null=True, help_text="What this server process routes predictions to now.")
     comparison = serializers.JSONField(
-        help_text="Neural vs algorithmic: `held_out` (latest evaluation samples), `live` (flushed tracker "
+        help_text="Neural vs algorithmic: `held_out` (latest gate-split evaluation samples: `split` is \"gate\"), `live` (flushed tracker "
                   "windows of the last hour), `shadow` (agreement with the algorithm), floor and tolerance."
     )
 

@@ -38,7 +38,7 @@ def _held_out(sample: PerformanceSample | None, version: ModelVersion | None = N
 
     return {
         "version_id": version.pk if version else None, "version": version.number if version else None,
-        "score": pick("score"), "metric": pick("metric"), "latency_p50_ms": pick("latency_p50_ms"),
+        "split": "gate", "score": pick("score"), "metric": pick("metric"), "latency_p50_ms": pick("latency_p50_ms"),
         "latency_p95_ms": pick("latency_p95_ms"),
         "latency_p99_ms": sample.latency_p99_ms if sample is not None else None,
         "measured_at": sample.created_at if sample is not None else None,
