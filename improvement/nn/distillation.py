@@ -464,6 +464,7 @@ def distill(
             augment=augment,
             extra_data=extra_data,
             loss_fn=loss_fn,
+            device="cpu",  # the teacher (a module, an algorithm) answers on the CPU
         )
     finally:
         if feature_loss is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Literal, TypedDict, cast
@@ -196,9 +197,13 @@ def train_module(
     augment: AugmentFn | None = None,
     extra_data: ExtraDataFn | None = None,
     loss_fn: LossFn | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train ``module`` in place with AdamW and return a ``TrainResult``.
+
+    - ``device``: where to train; None reads ``PLASTICITY_DEVICE`` (``auto``, the default:
+      CUDA when a GPU is present, else the CPU; or ``cpu`` / ``cuda``). The module is back on
+      the CPU when training ends, whatever the device, ready for evaluation, export and storage.
 
     - The validation score (``config.metric`` on ``X_val``) drives early
       stopping and the plateau schedule; the best-scoring weights, including the
@@ -220,7 +225,7 @@ def train_module(
     config = config or TrainConfig()
     if config.lr_schedule not in ("plateau", "cosine", "onecycle"):
         raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
-    device = torch.device(device)
+    device = resolve_device(device)
     cuda_devices = (
         [device.index if device.index is not None else torch.cuda.current_device()]
         if device.type == "cuda"
@@ -228,7 +233,30 @@ def train_module(
     )
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(config.seed)
-        return _train(module, data, output_kind, config, progress, augment, extra_data, loss_fn, device)
+        try:
+            return _train(module, data, output_kind, config, progress, augment, extra_data, loss_fn, device)
+        finally:
+            module.to("cpu")
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to train on: ``device``, else ``PLASTICITY_DEVICE`` (auto | cpu | cuda; default auto).
+
+    ``auto`` is CUDA when a GPU is available, else the CPU. Asking for ``cuda`` without one fails loudly.
+    """
+    if isinstance(device, torch.device):
+        return device
+    name = (device or os.environ.get("PLASTICITY_DEVICE") or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] not in DEVICES[1:]:
+        raise ValueError(f"PLASTICITY_DEVICE must be one of {', '.join(DEVICES)}, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("PLASTICITY_DEVICE asks for cuda, but no GPU is available")
+    return torch.device(name)
 
 
 def _train(

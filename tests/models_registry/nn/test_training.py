@@ -312,3 +312,32 @@ def test_cnn_trains_with_augmentation():
     cfg = TrainConfig(epochs=8, batch_size=33)  # 160 % 33 == 28: uneven last batch with BatchNorm
     result = train_module(module, data, output_kind="classes", config=cfg, augment=shift_augment(1))
     assert result.best_val_score > 0.9
+
+
+def test_the_training_device_follows_plasticity_device(monkeypatch):
+    from models_registry.nn.training import resolve_device
+
+    monkeypatch.setenv("PLASTICITY_DEVICE", "cpu")
+    assert resolve_device().type == "cpu"
+    monkeypatch.setenv("PLASTICITY_DEVICE", "auto")
+    assert resolve_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("PLASTICITY_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="auto, cpu, cuda"):
+        resolve_device()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine: the CUDA training path is "
+                                                          "checked where one exists (PLASTICITY_DEVICE=cuda)")
+def test_training_on_the_gpu_learns_and_hands_back_a_cpu_module():
+    from models_registry.nn.genome import build_module, set_normalisation
+    from models_registry.nn.training import TrainConfig, TrainData, train_module
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(256, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    module = build_module({"kind": "mlp", "input_shape": [4], "output_dim": 2, "hidden": [16]}, seed=0)
+    set_normalisation(module, X, y, "classes")
+    result = train_module(module, TrainData(X, y, X, y), output_kind="classes",
+                          config=TrainConfig(epochs=30, patience=30), device="cuda")
+    assert result.best_val_score > 0.9
+    assert all(p.device.type == "cpu" for p in module.parameters())
