@@ -39,9 +39,8 @@ from typing import Any
 import torch
 
 from bench.common import digits_splits, target
-from improvement.nn.evolution import Individual, SearchConfig, evolve
+from improvement.nn.evolution import Individual, SearchConfig, evolve, train_genome_candidate
 from improvement.nn.gain_model import GenomeObservation, Prescreen
-from improvement.strategies.architecture import train_genome_candidate
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.nn.evaluation import score_predictions, to_predictions, torch_predict_fn
 from models_registry.nn.genome import build_module, genome_summary, set_normalisation

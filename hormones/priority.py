@@ -13,7 +13,7 @@ expensive search); distillation raised by oxytocin (1.5, bonding: learn from the
 
 Other effects, each in one function here:
 
-* ``mutation_rate``: dopamine widens genetic exploration, ``0.2 + 0.4·dopamine``.
+* ``search_breadth``: dopamine widens the architecture search, ``0.75 + 0.5·dopamine`` × its trials.
 * ``exploration_share``: the share of free slots the loop may spend on exploration when no
   trigger fires, ``0.3 + 0.5·dopamine − 0.3·cortisol`` clipped to [0.1, 1].
 * ``exploration_order``: which exploring strategy goes first — the one whose declared drive
@@ -56,8 +56,8 @@ def strategy_weights(levels: Mapping[str, float], weightings: Mapping[str, Hormo
     return {name: weighting.weight(levels) for name, weighting in weightings.items()}
 
 
-def mutation_rate(levels: Mapping[str, float]) -> float:
-    return 0.2 + 0.4 * _level(levels, DOPAMINE)
+def search_breadth(levels: Mapping[str, float]) -> float:
+    return 0.75 + 0.5 * _level(levels, DOPAMINE)
 
 
 def exploration_share(levels: Mapping[str, float]) -> float:

@@ -11,7 +11,8 @@ from improvement.services import config_update
 class ImprovementConfigAdmin(admin.ModelAdmin):
     fieldsets = (
         ("Loop", {"fields": ("enabled", "auto_start", "improvement_interval", "max_concurrent_improvements",
-                             "improvement_history_size", "rejection_cooldown_s", "run_time_budget_s")}),
+                             "improvement_history_size", "rejection_cooldown_s", "search_patience_trials",
+                             "run_time_budget_s")}),
         ("Promotion", {"fields": ("performance_threshold", "promotion_alpha", "model_backup_enabled")}),
         ("Signals", {"fields": ("hormone_driven", "genetic_enhanced", "cross_model_distillation", "neural_hormones",
                                 "predictor_min_history")}),

@@ -63,6 +63,11 @@ class ImprovementConfig(models.Model):
         default=900.0, validators=[MinValueValidator(0.0), MaxValueValidator(30 * 86400.0)],
         help_text="After a rejection, the same strategy waits this long before it is tried on that model again.",
     )
+    search_patience_trials = models.PositiveIntegerField(
+        default=40, validators=[MinValueValidator(5), MaxValueValidator(100_000)],
+        help_text="When nothing else runs, a model's architecture search keeps exploring until this many of its "
+                  "latest trials found nothing better than its best.",
+    )
     run_time_budget_s = models.FloatField(
         default=240.0, validators=[MinValueValidator(5.0), MaxValueValidator(86400.0)],
         help_text="Wall-clock budget of one run's training."
@@ -174,7 +179,8 @@ class ImprovementRun(models.Model):
 
 
 class SearchCandidate(models.Model):
-    """One genome of an architecture search, trained by whichever worker claims it first.
+    """One trial of an architecture search (a genome and its training settings), trained by whichever
+    worker claims it first; the model's Optuna study holds the same trial by ``trial_number``.
 
     pending → running (claimed by a conditional UPDATE) → done | failed. A running candidate
     whose heartbeat went stale is claimed again by the search's own worker.
@@ -188,8 +194,11 @@ class SearchCandidate(models.Model):
 
     run = models.ForeignKey(ImprovementRun, on_delete=models.CASCADE, related_name="search_candidates")
     generation = models.PositiveIntegerField()
-    index = models.PositiveIntegerField(help_text="Position in the whole search (seeds its training).")
+    index = models.PositiveIntegerField(help_text="Position in the run's search (seeds its training).")
     genome = models.JSONField()
+    train_params = models.JSONField(default=dict, blank=True,
+                                    help_text="The trial's training settings (learning rate, batch size, augmentation, ...).")
+    trial_number = models.PositiveIntegerField(null=True, blank=True, help_text="The trial's number in the model's study.")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
     worker = models.CharField(max_length=120, blank=True)
     score = models.FloatField(null=True, blank=True, help_text="Validation score.")

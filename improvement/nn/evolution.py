@@ -1,4 +1,8 @@
-"""Genetic architecture search over genomes: operators, multi-objective selection, a driver.
+"""The previous architecture search (genetic): operators, multi-objective selection, a driver.
+
+The running system searches with Optuna (``improvement.strategies.architecture``); this engine
+is kept as the baseline that search is measured against (``bench/bench_search.py``), with
+``train_genome_candidate``, its way of training one candidate (weights inherited from the parent).
 
 The operators work on genome dicts (``models_registry.nn.genome``) and always
 return genomes that pass ``validate_genome``; the fixed task contract
@@ -32,7 +36,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from models_registry.nn.genome import ACTIVATIONS, MAX_DEPTH, MAX_KERNEL, MAX_WIDTH, NORMS, validate_genome
+from models_registry.nn.evaluation import measure_latency, raw_score, torch_predict_fn
+from models_registry.nn.genome import (
+    ACTIVATIONS,
+    MAX_DEPTH,
+    MAX_KERNEL,
+    MAX_WIDTH,
+    NORMS,
+    build_module,
+    count_parameters,
+    set_normalisation,
+    validate_genome,
+)
+from models_registry.nn.kinds import RECONSTRUCTION
+from models_registry.nn.training import TrainConfig, TrainData, train_module
 
 # Search bounds: mutations never leave these, though a parent outside them is accepted
 # (a user's hand-written genome) and only moves back towards them.
@@ -739,3 +756,45 @@ def evolve(
     front = pareto_front(history, config.objectives)
     best = _best_of(front) or history[0]
     return SearchResult(best=best, front=front, history=history)
+
+
+# ------------------------------------------------------------------ training one candidate
+
+
+@dataclasses.dataclass
+class CandidateResult:
+    module: torch.nn.Module
+    val_score: float
+    latency_ms: float
+    n_parameters: int
+    seconds: float
+
+
+def train_genome_candidate(
+    genome: dict, *, parent_state: dict | None, data: TrainData, output_kind: str, config: TrainConfig,
+    augment=None, extra_data=None,
+) -> CandidateResult:
+    """Build a genome, inherit what fits from the parent, train it briefly, score it on validation.
+
+    Deterministic for a given (genome, parent weights, data, config), so the same candidate
+    gives the same result whichever worker trains it.
+    """
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    module = build_module(genome)
+    if parent_state is not None:
+        inherit_weights(module, parent_state)
+    # The child's own statistics (inherit_weights copied the parent's; same data, so equal).
+    set_normalisation(module, data.X_train, data.y_train, output_kind)
+    train_module(module, data, output_kind=output_kind, config=config, augment=augment, extra_data=extra_data)
+    module.eval()
+    predict = torch_predict_fn(module)
+    raw = predict(np.asarray(data.X_val, dtype=np.float32))
+    y_val = data.y_val if output_kind != RECONSTRUCTION else data.X_val
+    if y_val is None:
+        raise ValueError(f"output_kind {output_kind!r} needs validation targets")
+    score = raw_score(output_kind, y_val, raw, config.metric)
+    latency = measure_latency(predict, np.asarray(data.X_val[:256], dtype=np.float32), batch_sizes=(1,),
+                              warmup=3, repeats=30, max_seconds=0.5)
+    return CandidateResult(module=module, val_score=float(score), latency_ms=float(latency["p50_ms_b1"]),
+                           n_parameters=count_parameters(module), seconds=time.perf_counter() - start)

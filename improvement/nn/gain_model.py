@@ -173,13 +173,19 @@ def splits_are_chronological(splits: dict[str, np.ndarray]) -> bool:
 
 # --------------------------------------------------------------------------------- genome level
 
-_DENSE_KEY = {"mlp": "hidden", "cnn": "hidden", "autoencoder": "encoder"}
+_DENSE_KEY = {
+    "mlp": "hidden", "cnn": "hidden", "conv1d": "hidden", "transformer": "hidden", "autoencoder": "encoder",
+}
 
 #: Descriptors of one genome; a child is described by its own and by the difference to its parent.
+#: The conv columns describe cnn and conv1d stacks (0 for other kinds), the attention columns
+#: a transformer's encoder (0 for other kinds).
 GENOME_FEATURES: tuple[str, ...] = (
     *(f"kind_{k}" for k in KINDS),
     "dense_depth", "log_width_first", "log_width_mean", "log_width_min", "log_width_max",
     "conv_depth", "log_channels_mean", "log_channels_max", "kernel_mean", "pools",
+    "log_dilation_max", "residual", "global_pool",
+    "attn_layers", "log_d_model", "log_heads", "log_ff_dim", "cls_pooling", "feature_tokens",
     "log_params", "dropout",
     *(f"act_{a}" for a in ACTIVATIONS),
     *(f"norm_{n}" for n in NORMS),
@@ -187,7 +193,7 @@ GENOME_FEATURES: tuple[str, ...] = (
 
 
 def genome_descriptor(genome: dict) -> np.ndarray:
-    """float32 (len(GENOME_FEATURES),): kind, depth, widths, conv stack, size, activation, norm."""
+    """float32 (len(GENOME_FEATURES),): kind, depth, widths, conv stack, attention, size, activation, norm."""
     return _descriptor(json.dumps(validate_genome(genome), sort_keys=True)).copy()
 
 
@@ -198,11 +204,21 @@ def _descriptor(key: str) -> np.ndarray:
     widths = [math.log2(w) for w in g[_DENSE_KEY[g["kind"]]]] or [0.0]
     channels = [math.log2(c) for c in g.get("channels", [])] or [0.0]
     kernels = g.get("kernels", []) or [0]
+    dilations = g.get("dilations", []) or [1]
+    transformer = g["kind"] == "transformer"
     values = [
         *(float(g["kind"] == k) for k in KINDS),
         float(len(g[_DENSE_KEY[g["kind"]]])), widths[0], float(np.mean(widths)), min(widths), max(widths),
         float(len(g.get("channels", []))), float(np.mean(channels)), max(channels), float(np.mean(kernels)),
-        float(sum(g.get("pool", []))),
+        # cnn pools are true/false, conv1d pools "none"/"max"/"avg"
+        float(sum(p not in (False, "none") for p in g.get("pool", []))),
+        math.log2(max(dilations)), float(bool(g.get("residual", False))),
+        float(g.get("global_pool", "none") != "none"),
+        float(g.get("layers", 0)) if transformer else 0.0,
+        math.log2(g["d_model"]) if transformer else 0.0,
+        math.log2(g["heads"]) if transformer else 0.0,
+        math.log2(g["ff_dim"]) if transformer else 0.0,
+        float(g.get("pooling") == "cls"), float(g.get("tokens") == "features"),
         math.log10(1 + count_parameters(build_module(g))), float(g["dropout"]),
         *(float(g["activation"] == a) for a in ACTIVATIONS),
         *(float(g["norm"] == n) for n in NORMS),

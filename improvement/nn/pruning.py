@@ -3,7 +3,7 @@
 Only structured pruning is done here. Zeroing individual weights (unstructured
 sparsity) leaves every dense CPU kernel doing the same work, so it buys no
 latency and is never counted as an optimisation. Removing whole hidden units
-(rows of a Linear, output channels of a Conv2d) shrinks the matrices the
+(rows of a Linear, output channels of a Conv1d/Conv2d) shrinks the matrices the
 kernels multiply, and the result is an ordinary, smaller genome: it is stored,
 exported to ONNX and rebuilt with ``build_module`` like any other version.
 
@@ -35,7 +35,7 @@ from torch import nn
 
 from models_registry.nn.genome import build_module, validate_genome
 
-# Both Linear weights and Conv2d weights keep the unit on dim 0 (producer) and dim 1 (consumer).
+# Linear, Conv1d and Conv2d weights all keep the unit on dim 0 (producer) and dim 1 (consumer).
 _PRODUCER_DIM = 0
 _CONSUMER_DIM = 1
 _NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
@@ -70,7 +70,13 @@ def _dense_groups(
 
 
 def _groups(genome: dict) -> list[_Group]:
-    """Every prunable layer of a (validated) genome, in forward order."""
+    """Every prunable layer of a (validated) genome, in forward order.
+
+    Conv channels are pruned only in plain (non-residual) cnn and conv1d stacks: a residual
+    block adds its input to its output, which ties a block's channels to its neighbours'.
+    Residual stacks and transformers (whose residual stream ties every layer to ``d_model``)
+    have only their dense head pruned.
+    """
     kind = genome["kind"]
     if kind == "mlp":
         return _dense_groups("hidden", genome["hidden"], "hidden", "out")
@@ -80,19 +86,26 @@ def _groups(genome: dict) -> list[_Group]:
             *_dense_groups("encoder", enc, "encoder", _AE_CODE_LAYER),
             *_dense_groups("decoder", list(reversed(enc)), "encoder", "out", mirrored=True),
         ]
-    # cnn: conv channels, then the dense head.
-    _, h, w = genome["input_shape"]
-    for p in genome["pool"]:
-        if p:
-            h, w = h // 2, w // 2
+    head = _dense_groups("hidden", genome["hidden"], "hidden", "out")
+    if kind not in ("cnn", "conv1d") or genome.get("residual", False):
+        return head
+    # cnn / conv1d: conv channels, then the dense head. A cnn without global pooling feeds
+    # its flattened maps to the head: each last-block channel owns H' * W' columns there.
+    spatial_last = 1
+    if kind == "cnn" and genome.get("global_pool", "none") == "none":
+        _, h, w = genome["input_shape"]
+        for p in genome["pool"]:
+            if p:
+                h, w = h // 2, w // 2
+        spatial_last = h * w
     channels = genome["channels"]
     after_convs = "hidden.0.linear" if genome["hidden"] else "out"
     groups = []
     for i in range(len(channels)):
         last = i + 1 == len(channels)
         consumer = after_convs if last else f"convs.{i + 1}.conv"
-        groups.append(_Group(f"convs.{i}", "conv", consumer, "channels", i, spatial=h * w if last else 1))
-    return groups + _dense_groups("hidden", genome["hidden"], "hidden", "out")
+        groups.append(_Group(f"convs.{i}", "conv", consumer, "channels", i, spatial=spatial_last if last else 1))
+    return groups + head
 
 
 def pruned_width(width: int, fraction: float) -> int:
@@ -102,7 +115,7 @@ def pruned_width(width: int, fraction: float) -> int:
 
 def _unit_importance(sd: dict[str, torch.Tensor], group: _Group, norm: str, norm_ord: float) -> torch.Tensor:
     """Importance of each unit of ``group``: (units,)."""
-    w_in = sd[f"{group.block}.{group.layer}.weight"].float()  # (U, in) or (U, C_in, k, k)
+    w_in = sd[f"{group.block}.{group.layer}.weight"].float()  # (U, in), (U, C_in, k) or (U, C_in, k, k)
     bias = sd[f"{group.block}.{group.layer}.bias"].float()  # (U,)
     incoming = w_in.flatten(1).norm(p=norm_ord, dim=1)  # (U,)
     if norm == "batch":
@@ -119,12 +132,12 @@ def _unit_importance(sd: dict[str, torch.Tensor], group: _Group, norm: str, norm
     else:
         magnitude = torch.sqrt(incoming**2 + bias**2)
 
-    w_out = sd[f"{group.consumer}.weight"].float()  # (O, U * spatial) or (O, U, k, k)
+    w_out = sd[f"{group.consumer}.weight"].float()  # (O, U * spatial), (O, U, k) or (O, U, k, k)
     units = w_in.shape[0]
     if w_out.dim() == 2:
         per_unit = w_out.reshape(w_out.shape[0], units, group.spatial).transpose(0, 1)  # (U, O, spatial)
     else:
-        per_unit = w_out.transpose(0, 1)  # (U, O, k, k)
+        per_unit = w_out.transpose(0, 1)  # (U, O, k) or (U, O, k, k)
     outgoing = per_unit.flatten(1).norm(p=norm_ord, dim=1)  # (U,)
     return magnitude * outgoing
 
@@ -180,6 +193,12 @@ def prune_genome_and_module(
     other tensors (normalisation buffers included) copied, in the old module's
     train/eval mode and on its device. ``module`` itself is left untouched.
 
+    Conv1d channels are pruned like conv2d ones; residual cnn/conv1d stacks and
+    transformers only have their dense head (``hidden``) pruned (``_groups``). A genome
+    with nothing to prune (e.g. a transformer without a dense head) comes back as given:
+    ``(genome, module)``, the very objects passed in, so ``new_genome == genome`` tells
+    the caller there is nothing to fine-tune or compare.
+
     With no norm or with BatchNorm in eval mode, pruning units whose outgoing
     weights are zero leaves the outputs unchanged. LayerNorm/GroupNorm statistics
     are taken over all units, so removing any unit shifts them a little; fine-tune
@@ -191,6 +210,8 @@ def prune_genome_and_module(
     sd = {k: v.detach() for k, v in module.state_dict().items()}
     _check_matches(g, sd)
     groups = _groups(g)
+    if not groups:
+        return genome, module
 
     new_genome = {k: list(v) if isinstance(v, list) else v for k, v in g.items()}
     keeps = []

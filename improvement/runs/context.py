@@ -18,6 +18,7 @@ from models_registry.choices import OutputKind, Runtime
 from models_registry.evaluation import candidate_evaluate
 from models_registry.implementations import algorithm_for_task, fresh_version_module
 from models_registry.models import ModelVersion, Task
+from models_registry.nn.augment import input_kind
 from models_registry.nn.evaluation import EvaluationResult
 from models_registry.nn.training import TrainConfig
 from models_registry.sealed import deciding
@@ -131,9 +132,7 @@ def context_build(run: ImprovementRun, baseline: ModelVersion, config: Improveme
         latency_budget_ms=task.latency_budget_ms, augment=task_augment(task), extra_data=extra,
         sample_inputs=task_sampler(task), teacher_fn=teacher[0] if teacher else None,
         teacher_module=teacher[1] if teacher else None, teacher_label=teacher[2] if teacher else "",
-        mutation_rate=float(run.params.get("mutation_rate", 0.3)),
-        population_size=int(run.params.get("population_size", 6)),
-        generations=int(run.params.get("generations", 3)), params=dict(run.params),
+        input_kind=input_kind(task.input_shape, named_columns=bool(task.feature_names)), params=dict(run.params),
     )
 
 

@@ -30,7 +30,7 @@ from improvement.runs.lifecycle import (
     worker_name,
 )
 from improvement.runs.promotion import Decision, RunNoLongerRunning, decide, version_promote
-from improvement.runs.search import population_evaluator
+from improvement.runs.search import SharedTrialRunner
 from improvement.runs.search_files import search_files_delete
 from improvement.strategies.registry import NEED_SHARED_SEARCH, Candidate, get_strategy
 from models_registry.evaluation import candidate_evaluate
@@ -145,7 +145,7 @@ def _run_body(run: ImprovementRun, reporter: RunReporter) -> str:
     reporter.log(f"strategy {strategy.name}, objective {strategy.objective}, baseline v{baseline.number}")
     context = context_build(run, baseline, config)
     if NEED_SHARED_SEARCH in strategy.needs:
-        context.evaluate_population = population_evaluator(run, context, reporter)
+        context.trial_runner = SharedTrialRunner(run, context, reporter)
     baseline_eval = baseline_evaluate(task, baseline, fresh_version_module(baseline))
     ImprovementRun.objects.filter(pk=run.pk).update(
         baseline_version=baseline, baseline_metrics=baseline_eval.as_dict(), objective=strategy.objective,

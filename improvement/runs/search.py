@@ -1,45 +1,92 @@
-"""Architecture search shared by several workers.
+"""The architecture search shared by every worker: one persistent Optuna study per model.
 
-The run's worker writes each generation as ``SearchCandidate`` rows and enqueues one
-django-q2 task per candidate; any free worker claims a candidate with a conditional UPDATE
-and trains it. The run's own worker claims candidates too while it waits, so a search
-finishes even when it is the only worker. Candidate training is deterministic, so the
-result does not depend on which worker trained what.
+* **Storage** — the study lives in the project's database: the same PostgreSQL in the
+  distributed mode (Optuna's RDB storage), a SQLite file beside the project's SQLite database
+  in the embedded mode (``optuna_storage_url``). It is named by model, metric, objectives and
+  search-space version, so a model's search continues across runs: a later run's sampler knows
+  every earlier trial and starts where they stopped.
+* **Fan-out** — the run's worker asks the study for a batch of trials (``parallel`` at a time;
+  TPE's constant liar keeps a batch diverse), writes them as ``SearchCandidate`` rows and
+  enqueues one django-q2 task per trial; any free worker claims a trial with a conditional
+  UPDATE and trains it. The run's own worker claims trials too while it waits, so a search
+  finishes even when it is the only worker. Only the run's worker tells the study results.
+* **Determinism** — a trial's training depends only on its parameters, the data and its seed,
+  so the result does not depend on which worker trained it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
 
+import optuna
 import torch
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
 from improvement.choices import RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun, SearchCandidate
-from improvement.nn.evolution import Individual
-from improvement.nn.gain_model import Prescreen
-from improvement.predictor import genome_history
+from improvement.nn.search_space import SPACE_VERSION, SearchSpace, TrialSpec, genome_params, suggest
+from improvement.nn.trials import TrialResult, directions, study_sampler
 from improvement.runs.context import context_build, torch_threads_configure
-from improvement.runs.lifecycle import worker_name
-from improvement.runs.search_files import search_files_delete
-from improvement.strategies.architecture import (
-    PRESCREEN_FACTOR_PARAM,
-    candidate_train_config,
-    train_genome_candidate,
-)
+from improvement.runs.lifecycle import RunReporter, worker_name
+from improvement.strategies.architecture import n_trials, trial_trainer
 from improvement.strategies.registry import StrategyContext
-from models_registry.nn.genome import build_module
+from models_registry.nn.genome import GenomeError, build_module
 from models_registry.selectors import version_active
 from models_registry.weights import blob_delete, weights_load, weights_save
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
+#: Trials asked at once (run param ``parallel``): about the number of workers that may help.
+DEFAULT_PARALLEL = 2
+
+
+# ------------------------------------------------------------------------------ storage
+
+
+def optuna_storage_url() -> str:
+    """Where studies live: ``PLASTICITY_OPTUNA_STORAGE``, else the project's own database."""
+    explicit = getattr(settings, "PLASTICITY_OPTUNA_STORAGE", "")
+    if explicit:
+        return explicit
+    db = connection.settings_dict
+    if "postgresql" in db["ENGINE"]:
+        auth = db["USER"] or ""
+        if db.get("PASSWORD"):
+            auth += f":{db['PASSWORD']}"
+        return (f"postgresql+psycopg://{auth}{'@' if auth else ''}{db.get('HOST') or '127.0.0.1'}:"
+                f"{db.get('PORT') or 5432}/{db['NAME']}")
+    name = Path(str(db["NAME"]))
+    return f"sqlite:///{name.with_name(name.stem + '-optuna.sqlite3')}"
+
+
+@lru_cache(maxsize=4)
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def study_name(run: ImprovementRun, objectives: Sequence[str]) -> str:
+    return (f"plasticity-model-{run.model_id}-{run.model.task.metric}-{'+'.join(objectives)}"
+            f"-space{SPACE_VERSION}")
+
+
+def study_for(run: ImprovementRun, objectives: Sequence[str]) -> optuna.Study:
+    """The model's persistent study (created on first use)."""
+    return optuna.create_study(storage=_storage(optuna_storage_url()), study_name=study_name(run, objectives),
+                               directions=directions(objectives),
+                               sampler=study_sampler(objectives, seed=run.pk or 0), load_if_exists=True)
+
+
+# ------------------------------------------------------------------------------ workers
 
 
 def _claim(candidate_id: int, worker: str) -> bool:
@@ -49,14 +96,16 @@ def _claim(candidate_id: int, worker: str) -> bool:
     ))
 
 
-def _train_and_store(candidate: SearchCandidate, context: StrategyContext, n_total: int) -> None:
-    parent_state = {k: v.detach().clone() for k, v in context.module.state_dict().items()}
+def _spec(candidate: SearchCandidate) -> TrialSpec:
+    return TrialSpec(genome=candidate.genome, **candidate.train_params)
+
+
+def _train_and_store(candidate: SearchCandidate, train: Callable[[TrialSpec, int], TrialResult]
+                     ) -> TrialResult | None:
+    """Train a claimed trial, store its weights and mark it done (or failed); the result when trained."""
     try:
-        result = train_genome_candidate(
-            candidate.genome, parent_state=parent_state, data=context.data, output_kind=context.output_kind,
-            config=candidate_train_config(context, n_candidates=n_total, index=candidate.index),
-            augment=context.augment, extra_data=context.extra_data,
-        )
+        result = train(_spec(candidate), candidate.index)
+        assert result.module is not None
         name, sha, _ = weights_save(result.module.state_dict(), folder=f"search/run-{candidate.run_id}")
         done = SearchCandidate.objects.filter(pk=candidate.pk, status=SearchCandidate.Status.RUNNING,
                                               worker=candidate.worker).update(
@@ -66,11 +115,14 @@ def _train_and_store(candidate: SearchCandidate, context: StrategyContext, n_tot
         )
         if not done:
             blob_delete(name)
-    except Exception as exc:  # noqa: BLE001 - a broken genome fails that candidate only
-        logger.exception("search candidate %s failed", candidate.pk)
+            return None
+        return result
+    except Exception as exc:  # noqa: BLE001 - a broken trial fails that trial only
+        logger.exception("search trial %s failed", candidate.pk)
         SearchCandidate.objects.filter(pk=candidate.pk, status=SearchCandidate.Status.RUNNING).update(
             status=SearchCandidate.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000],
         )
+        return None
 
 
 def search_context(run: ImprovementRun) -> StrategyContext:
@@ -82,7 +134,7 @@ def search_context(run: ImprovementRun) -> StrategyContext:
 
 
 def search_candidate_execute(*, candidate_id: int) -> str:
-    """django-q2 entry: train one candidate if nobody has claimed it yet."""
+    """django-q2 entry: train one trial if nobody has claimed it yet."""
     worker = worker_name()
     if not _claim(candidate_id, worker):
         return "skipped"
@@ -93,84 +145,121 @@ def search_candidate_execute(*, candidate_id: int) -> str:
                                                               error="the search's run is no longer running")
         return "abandoned"
     context = search_context(run)
-    n_total = int(run.params.get("n_candidates_total", context.population_size * context.generations))
-    _train_and_store(candidate, context, n_total)
+    _train_and_store(candidate, trial_trainer(context, int(run.params.get("trials_total", n_trials(context)))))
     return "done"
 
 
-def population_evaluator(run: ImprovementRun, context: StrategyContext, reporter):
-    """An ``evaluate(genomes) -> individuals`` for ``evolve`` that fans out to all workers."""
-    n_total = context.population_size * context.generations
-    # A requeued run (its worker vanished) searches again from the start: the previous attempt's
-    # candidates would collide with the new ones on (run, index).
-    search_files_delete(run_id=run.pk)
-    SearchCandidate.objects.filter(run=run).delete()
-    ImprovementRun.objects.filter(pk=run.pk).update(params={**run.params, "n_candidates_total": n_total})
-    state = {"generation": 0, "next_index": 0, "done": 0}
-    worker = worker_name()
-    stale_after = timedelta(seconds=settings.PLASTICITY_HEARTBEAT_TIMEOUT)
+# ------------------------------------------------------------------------------ the runner
 
-    def evaluate(genomes: list[dict]) -> list[Individual]:
+
+class SharedTrialRunner:
+    """``TrialRunner`` for a run: the model's persistent study, trials fanned out to every worker."""
+
+    def __init__(self, run: ImprovementRun, context: StrategyContext, reporter: RunReporter) -> None:
+        self.run_row = run
+        self.context = context
+        self.reporter = reporter
+        self.objectives = tuple(context.params.get("objectives", ("score",)))
+        self.parallel = max(1, int(context.params.get("parallel", DEFAULT_PARALLEL)))
+        self.worker = worker_name()
+        self.stale_after = timedelta(seconds=settings.PLASTICITY_HEARTBEAT_TIMEOUT)
+        self.fraction = 0.05  # the run's progress, for the reports made while a batch trains
+
+    def _restart(self, study: optuna.Study) -> None:
+        """A requeued run (its worker vanished) starts again: its old trials are failed, their files gone."""
+        old = SearchCandidate.objects.filter(run=self.run_row)
+        for number in old.exclude(trial_number=None).values_list("trial_number", flat=True):
+            if number is None:
+                continue
+            try:
+                study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            except (KeyError, ValueError, RuntimeError):
+                pass
+        names = list(old.exclude(weights_file="").values_list("weights_file", flat=True))
+        for name in names:
+            blob_delete(name)
+        old.delete()
+
+    def run(self, space: SearchSpace, *, n_trials: int, deadline: float,
+            train: Callable[[TrialSpec, int], TrialResult], progress: Callable[[int, int, TrialResult], None],
+            ) -> list[TrialResult]:
+        run = self.run_row
+        study = study_for(run, self.objectives)
+        self._restart(study)
+        if not study.trials:
+            start = genome_params(self.context.genome, space)
+            if start is not None:
+                study.enqueue_trial(start, skip_if_exists=True)
+        ImprovementRun.objects.filter(pk=run.pk).update(params={**run.params, "trials_total": n_trials,
+                                                                 "study": study.study_name})
+        self.reporter.log(f"search: study {study.study_name} ({len(study.trials)} earlier trials), "
+                          f"{n_trials} trials, {self.parallel} at a time")
+        results: list[TrialResult] = []
+        asked = 0
+        batch_number = 0
+        while asked < n_trials and (not results or time.monotonic() < deadline):
+            rows: list[SearchCandidate] = []
+            for _ in range(min(self.parallel, n_trials - asked)):
+                trial = study.ask()
+                try:
+                    spec = suggest(trial, space)
+                except GenomeError as exc:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    self.reporter.log(f"trial {trial.number}: invalid genome ({exc})")
+                    continue
+                rows.append(SearchCandidate(run=run, generation=batch_number, index=asked + len(rows),
+                                            genome=spec.genome, train_params=spec.train_params(),
+                                            trial_number=trial.number))
+            asked += self.parallel
+            batch_number += 1
+            if not rows:
+                continue
+            finished = self._batch(rows, train)
+            for row, local in finished:
+                result = self._tell(study, row, local)
+                results.append(result)
+                progress(len(results), n_trials, result)
+                self.fraction = 0.05 + 0.9 * len(results) / n_trials
+        return results
+
+    def _batch(self, rows: list[SearchCandidate], train) -> list[tuple[SearchCandidate, TrialResult | None]]:
         with transaction.atomic():
-            rows = [SearchCandidate(run=run, generation=state["generation"], index=state["next_index"] + i,
-                                    genome=genome) for i, genome in enumerate(genomes)]
-            rows = SearchCandidate.objects.bulk_create(rows)
-            ids = list(SearchCandidate.objects.filter(
-                run=run, index__gte=state["next_index"], index__lt=state["next_index"] + len(genomes)
-            ).order_by("index").values_list("pk", flat=True))
+            created = SearchCandidate.objects.bulk_create(rows)
+            ids = list(SearchCandidate.objects.filter(run=self.run_row, index__in=[r.index for r in created])
+                       .order_by("index").values_list("pk", flat=True))
             transaction.on_commit(lambda: _enqueue(ids))
-        state["next_index"] += len(genomes)
-        state["generation"] += 1
+        local: dict[int, TrialResult] = {}
         while True:
             pending = list(SearchCandidate.objects.filter(pk__in=ids, status=SearchCandidate.Status.PENDING)
                            .values_list("pk", flat=True))
             for candidate_id in pending:
-                if _claim(candidate_id, worker):
-                    _train_and_store(SearchCandidate.objects.get(pk=candidate_id), context, n_total)
+                if _claim(candidate_id, self.worker):
+                    result = _train_and_store(SearchCandidate.objects.get(pk=candidate_id), train)
+                    if result is not None:
+                        local[candidate_id] = result
                     break
             else:
-                _reclaim_stale(ids, stale_after)
-            rows = list(SearchCandidate.objects.filter(pk__in=ids).order_by("index"))
-            finished = sum(r.status in (SearchCandidate.Status.DONE, SearchCandidate.Status.FAILED) for r in rows)
-            reporter(0.05 + 0.9 * (state["done"] + finished) / n_total,
-                     f"search: {state['done'] + finished}/{n_total} candidates trained "
-                     f"({len({r.worker for r in rows if r.worker})} worker(s))")
-            if finished == len(rows):
-                break
+                _reclaim_stale(ids, self.stale_after)
+            current = list(SearchCandidate.objects.filter(pk__in=ids).order_by("index"))
+            done = sum(r.status in (SearchCandidate.Status.DONE, SearchCandidate.Status.FAILED) for r in current)
+            self.reporter(self.fraction, f"search: batch of {len(current)}, {done} trained "
+                                         f"({len({r.worker for r in current if r.worker})} worker(s))")
+            if done == len(current):
+                return [(row, local.get(row.pk)) for row in current]
             if not pending:
                 time.sleep(POLL_S)
-        state["done"] += len(rows)
-        individuals = []
-        for row in rows:
-            extra = {"candidate_id": row.pk, "worker": row.worker}
-            if row.status == SearchCandidate.Status.DONE:
-                extra["load_module"] = _loader(row)
-            individuals.append(Individual(genome=row.genome, score=row.score, latency_ms=row.latency_ms,
-                                          n_parameters=row.n_parameters, error=row.error or None, extra=extra))
-        return individuals
 
-    return _prescreened(run, context, evaluate, keep=context.population_size, log=reporter.log)
-
-
-PRESCREEN_FACTOR = 2  # breed twice the candidates, train the better half by predicted score
-
-
-def _prescreened(run: ImprovementRun, context: StrategyContext, evaluate, *, keep: int, log):
-    """Wrap ``evaluate`` in the predictor's pre-screen, unless the run opts out (``params["prescreen"]: false``).
-
-    The genome scorer learns from the task's earlier searches and from this one as it goes;
-    while it does not rank held-out candidates better than chance, each generation trains the
-    first ``keep`` genomes in bred order, as an unscreened search would.
-    """
-    if run.params.get("prescreen", True) is False:
-        context.params[PRESCREEN_FACTOR_PARAM] = 1
-        return evaluate
-    history = genome_history(task=run.model.task, exclude_run_id=run.pk)
-    context.params[PRESCREEN_FACTOR_PARAM] = PRESCREEN_FACTOR
-    log(f"pre-screen: breeding {PRESCREEN_FACTOR}× per generation, training the best {keep} by predicted "
-        f"score; {len(history)} candidates of earlier searches to learn from")
-    return Prescreen(evaluate, parent=context.genome, keep=keep, history=history, seed=context.seed,
-                     individual_factory=Individual, log=log)
+    def _tell(self, study: optuna.Study, row: SearchCandidate, local: TrialResult | None) -> TrialResult:
+        spec = _spec(row)
+        number = row.trial_number if row.trial_number is not None else -1
+        if row.status != SearchCandidate.Status.DONE:
+            study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            return TrialResult(number=number, spec=spec, val_score=None, error=row.error or "failed")
+        result = TrialResult(number=number, spec=spec, val_score=row.score,
+                             latency_ms=row.latency_ms, n_parameters=row.n_parameters, seconds=row.seconds or 0.0,
+                             module=local.module if local is not None else None, load_module=_loader(row))
+        study.tell(number, result.values(self.objectives), skip_if_finished=True)
+        return result
 
 
 def _enqueue(ids: list[int]) -> None:
@@ -185,7 +274,7 @@ def _reclaim_stale(ids: list[int], stale_after: timedelta) -> None:
                                    heartbeat_at__lt=cutoff).update(status=SearchCandidate.Status.PENDING, worker="")
 
 
-def _loader(row: SearchCandidate):
+def _loader(row: SearchCandidate) -> Callable[[], torch.nn.Module]:
     def load() -> torch.nn.Module:
         module = build_module(row.genome)
         module.load_state_dict(weights_load(row.weights_file, sha256=row.weights_sha256))
@@ -194,4 +283,4 @@ def _loader(row: SearchCandidate):
     return load
 
 
-__all__ = ["population_evaluator", "search_candidate_execute", "search_files_delete"]
+__all__ = ["SharedTrialRunner", "optuna_storage_url", "search_candidate_execute", "study_for"]

@@ -46,7 +46,7 @@ from improvement.neural_hormones import stress_release
 from improvement.predictor import gain_predictions, predictor_maintain, run_features
 from improvement.runs.lifecycle import run_create
 from improvement.scheduler.genetic_triggers import genetic_trigger_detect, genetic_trigger_record
-from improvement.scheduler.triggers import config_triggers, model_metrics
+from improvement.scheduler.triggers import config_triggers, model_metrics, search_progress
 from improvement.strategies.registry import (
     NEED_TEACHER,
     ROLE_EVOLVE,
@@ -84,6 +84,7 @@ class Proposal:
     predictor: str = ""  # which predictor made predicted_gain
     predictor_factor: float = 1.0  # what the prediction multiplied the priority by
     features: dict | None = None  # run_features when predicted; stored on the run it becomes
+    bypass_cooldown: bool = False  # a search continuing its study is not held by an earlier rejection
     metrics: ModelMetrics | None = None  # what the trigger saw (for the cycle's hormone releases)
 
     def as_dict(self) -> dict:
@@ -104,20 +105,57 @@ def _last_finished(model: NeuralModel) -> list[ImprovementRun]:
                 .order_by("-finished_at")[:EXHAUSTED_AFTER])
 
 
-def _exploration_choice(model: NeuralModel, metrics: ModelMetrics, *, config: ImprovementConfig,
-                        levels: Mapping[str, float], now) -> str | None:
-    """The exploring strategy for a model nothing else serves: first by drive, skipping cooling ones."""
+def _exploration_order(metrics: ModelMetrics, *, config: ImprovementConfig, levels: Mapping[str, float]) -> list[str]:
+    """The exploring strategies for a model nothing else serves, first choice first (by hormone drive)."""
     has_teacher = (config.cross_model_distillation and metrics.teacher_score is not None
                    and (metrics.score or 0.0) < metrics.teacher_score)
     strategies = all_strategies()
     drives = {name: hormone for name, hormone in exploration_drives().items()
               if has_teacher or NEED_TEACHER not in strategies[name].needs}
-    order = exploration_order(levels, drives,
-                              learns_from_teacher=[n for n in drives if NEED_TEACHER in strategies[n].needs])
-    if not order:
+    return exploration_order(levels, drives,
+                             learns_from_teacher=[n for n in drives if NEED_TEACHER in strategies[n].needs])
+
+
+def _exploration(model: NeuralModel, metrics: ModelMetrics, fired: list[Proposal], *, config: ImprovementConfig,
+                 levels: Mapping[str, float], now) -> Proposal | None:
+    """What a model explores when nothing that fired can run: the search, while it keeps finding better.
+
+    The rule that stops it: a search (a strategy with the evolve role) explores on — past the
+    rejection cool-down, since each run continues the model's persistent study — until its last
+    ``search_patience_trials`` trials found nothing better than its best; another exploring
+    strategy (distillation) is tried when it is not cooling down, and pauses once the model's
+    last ``EXHAUSTED_AFTER`` runs were all rejected. The decision says which rule applied.
+    """
+    strategies = all_strategies()
+    why = "no trigger fired" if not fired else "what fired is cooling down"
+    headroom = max(0.05, 1.0 - (metrics.score or 0.0))
+    urgency = EXPLORATION_URGENCY * (0.5 + headroom)  # the more headroom, the larger the expected gain
+    paused: list[str] = []
+    for name in _exploration_order(metrics, config=config, levels=levels):
+        if ROLE_EVOLVE in strategies[name].roles:
+            progress = search_progress(model)
+            if progress.stalled(config.search_patience_trials):
+                paused.append(f"{name}: no better trial in the last {progress.since_best} (best val "
+                              f"{progress.best_score:.4f} at trial {progress.best_trial} of {progress.trials}; "
+                              f"patience {config.search_patience_trials})")
+                continue
+            so_far = (f"{progress.trials} trials so far, {progress.since_best} since the best"
+                      if progress.trials else "a new search")
+            return Proposal(model.pk, str(model), name, f"{why} (score {metrics.score or 0:.4f}); searching: {so_far}",
+                            urgency, kind="exploration", bypass_cooldown=True)
+        if _cooling_down(model.pk, name, config.rejection_cooldown_s, now) is not None:
+            paused.append(f"{name}: cooling down")
+            continue
+        recent = _last_finished(model)
+        if len(recent) >= EXHAUSTED_AFTER and all(r.status == RunStatus.REJECTED for r in recent):
+            paused.append(f"{name}: the last {EXHAUSTED_AFTER} runs gained nothing")
+            continue
+        return Proposal(model.pk, str(model), name, f"{why} (score {metrics.score or 0:.4f}); exploring", urgency,
+                        kind="exploration")
+    if not paused:
         return None
-    warm = [name for name in order if _cooling_down(model.pk, name, config.rejection_cooldown_s, now) is None]
-    return (warm or order)[0]
+    return Proposal(model.pk, str(model), "", "exploration paused: " + "; ".join(paused), 0.0, kind="exploration",
+                    why="gains stopped")
 
 
 def proposals_collect(config: ImprovementConfig, levels: dict[str, float]) -> list[Proposal]:
@@ -145,22 +183,12 @@ def proposals_collect(config: ImprovementConfig, levels: dict[str, float]) -> li
         now = timezone.now()
         available = [p for p in fired
                      if _cooling_down(p.model_id, p.strategy, config.rejection_cooldown_s, now) is None]
-        choice = None if available else _exploration_choice(model, metrics, config=config, levels=levels, now=now)
-        if choice is not None:
-            # Nothing fired, or everything that fired is cooling down: explore, so a model that is
-            # merely good keeps improving until its gains stop.
-            recent = _last_finished(model)
-            exhausted = len(recent) >= EXHAUSTED_AFTER and all(r.status == RunStatus.REJECTED for r in recent)
-            why = "no trigger fired" if not fired else "what fired is cooling down"
-            if exhausted:
-                proposals.extend(fired)
-                proposals.append(Proposal(model.pk, str(model), choice, "exploration paused: the last "
-                                          f"{EXHAUSTED_AFTER} runs gained nothing", 0.0, kind="exploration",
-                                          why="gains stopped"))
-                continue
-            fired.append(Proposal(model.pk, str(model), choice,
-                                  f"{why} (score {metrics.score or 0:.4f}); exploring", EXPLORATION_URGENCY,
-                                  kind="exploration"))
+        if not available:
+            # Nothing fired, or everything that fired is cooling down: explore, so no slot idles
+            # while a model's search still finds better architectures.
+            exploration = _exploration(model, metrics, fired, config=config, levels=levels, now=now)
+            if exploration is not None:
+                fired.append(exploration)
         proposals.extend(fired)
     return proposals
 
@@ -230,13 +258,14 @@ def proposals_select(proposals: list[Proposal], *, slots: int, config: Improveme
     exploration_cap = max(1, math.ceil(config.max_concurrent_improvements * exploration_share(levels)))
     chosen: list[Proposal] = []
     explorations = 0
-    for proposal in proposals:
+    for index, proposal in enumerate(proposals):
         if proposal.why:  # already explained (e.g. exploration paused)
             continue
         if proposal.model_id in busy:
             proposal.why = "a run is already in flight for this model"
             continue
-        cooling = _cooling_down(proposal.model_id, proposal.strategy, config.rejection_cooldown_s, now)
+        cooling = (None if proposal.bypass_cooldown
+                   else _cooling_down(proposal.model_id, proposal.strategy, config.rejection_cooldown_s, now))
         if cooling is not None:
             # _cooling_down returns finished runs only (finished_at__isnull=False)
             until = cast(datetime, cooling.finished_at) + timedelta(seconds=config.rejection_cooldown_s)
@@ -245,7 +274,11 @@ def proposals_select(proposals: list[Proposal], *, slots: int, config: Improveme
         if len(chosen) >= slots:
             proposal.why = "no free slot" if slots <= 0 else "lower priority than the runs given the free slots"
             continue
-        if proposal.kind == "exploration" and explorations >= exploration_cap:
+        # The exploration share binds only while a triggered run still waits for a slot: with nothing
+        # else to run, exploration may use every free slot rather than leave it idle.
+        others_waiting = any(p.kind != "exploration" and not p.why and p.model_id not in busy
+                             for p in proposals[index + 1:])
+        if proposal.kind == "exploration" and explorations >= exploration_cap and others_waiting:
             proposal.why = "exploration share of the slots used"
             continue
         proposal.chosen = True

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from improvement.choices import RunStatus
-from improvement.models import ImprovementConfig, ImprovementRun
+from improvement.models import ImprovementConfig, ImprovementRun, SearchCandidate
 from improvement.strategies.registry import (
     ROLE_RETRAIN,
     ModelMetrics,
@@ -65,3 +67,26 @@ def triggered_strategies(
         if verdict.applies:
             fired.append((name, verdict.reason, verdict.urgency))
     return fired
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchProgress:
+    """How a model's architecture search is going: its trained trials, oldest first."""
+
+    trials: int
+    best_score: float | None
+    best_trial: int | None  # the best trial's position among the model's trials (1-based)
+    since_best: int  # trials trained after the best one
+
+    def stalled(self, patience: int) -> bool:
+        return self.trials >= patience and self.since_best >= patience
+
+
+def search_progress(model: NeuralModel) -> SearchProgress:
+    """The model's search so far, from its runs' trials (validation scores), in the order they were asked."""
+    scores = list(SearchCandidate.objects.filter(run__model=model, status=SearchCandidate.Status.DONE,
+                                                 score__isnull=False).order_by("id").values_list("score", flat=True))
+    if not scores:
+        return SearchProgress(0, None, None, 0)
+    best_index = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    return SearchProgress(len(scores), scores[best_index], best_index + 1, len(scores) - best_index - 1)

@@ -48,14 +48,24 @@ RUNTIMES = ("torch_fp32", "onnx_fp32", "onnx_int8", "torch_int8")
 
 
 def half_genome(genome: dict) -> dict | None:
-    g = copy.deepcopy(genome)
-    changed = False
+    """The same architecture at half the widths (a distillation student), or None if nothing halves.
+
+    Hidden widths, conv channels and encoder widths halve; a transformer's ``d_model`` and
+    ``ff_dim`` too, its ``heads`` dropping to the largest count that still divides the new
+    ``d_model``. The input, output and an autoencoder's code size never change.
+    """
+    try:
+        g = validate_genome(genome)
+    except GenomeError:
+        return None
+    original = copy.deepcopy(g)
     for key in ("hidden", "channels", "encoder"):
         if g.get(key):
-            new = [max(1, w // 2) for w in g[key]]
-            changed |= new != g[key]
-            g[key] = new
-    if not changed:
+            g[key] = [max(1, w // 2) for w in g[key]]
+    if g["kind"] == "transformer":
+        d_model = max(1, g["d_model"] // 2)
+        g.update(d_model=d_model, heads=math.gcd(g["heads"], d_model), ff_dim=max(1, g["ff_dim"] // 2))
+    if g == original:
         return None
     try:
         return validate_genome(g)

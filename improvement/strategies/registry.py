@@ -108,11 +108,11 @@ class StrategyContext:
     teacher_fn: Callable[[torch.Tensor], torch.Tensor] | None = None  # raw outputs of the teacher
     teacher_module: torch.nn.Module | None = None
     teacher_label: str = ""
-    # Architecture search fans a generation out to other workers through this, when set.
-    evaluate_population: Callable[[list[dict]], list[Any]] | None = None
-    mutation_rate: float = 0.3
-    population_size: int = 8
-    generations: int = 3
+    # image | signal | table (models_registry.nn.augment.input_kind): what augmentations and families fit.
+    input_kind: str = "table"
+    # The architecture search asks its trials through this runner when set (a study shared by every
+    # worker and persisted across runs: improvement.runs.search); otherwise it runs one in memory.
+    trial_runner: Any | None = None
     params: dict = dataclasses.field(default_factory=dict)
 
     @property

@@ -35,21 +35,34 @@ from improvement.strategies.registry import (
     register,
 )
 from models_registry.nn.evaluation import raw_score, torch_predict_fn
-from models_registry.nn.genome import build_module, set_normalisation, validate_genome
+from models_registry.nn.genome import MAX_D_MODEL, build_module, set_normalisation, validate_genome
 from models_registry.nn.kinds import RECONSTRUCTION
 from models_registry.nn.training import train_module
 
 
 def widen_genome(genome: dict, factor: float = 2.0, cap: int = 512, floor: int = 32) -> dict:
-    """The same architecture with every hidden width (and CNN channel count) scaled up.
+    """The same architecture with every hidden width (and conv channel count) scaled up.
 
-    Widths below ``floor`` jump to it: a 2-unit layer doubled is still a bottleneck.
+    Widths below ``floor`` jump to it: a 2-unit layer doubled is still a bottleneck. A
+    transformer's ``d_model`` and ``ff_dim`` scale the same way, ``d_model`` rounded to a
+    multiple of ``heads``. A supervised genome without a dense head gets one of 32 units.
     """
     g = copy.deepcopy(genome)
+
+    def wider(w: int) -> int:
+        return min(cap, max(floor, w + 1, int(round(w * factor))))
+
     for key in ("hidden", "channels", "encoder"):
         if key in g:
-            g[key] = [min(cap, max(floor, w + 1, int(round(w * factor)))) for w in g[key]]
-    if g.get("kind") in ("mlp", "cnn") and not g.get("hidden"):
+            g[key] = [wider(w) for w in g[key]]
+    if g.get("kind") == "transformer":
+        v = validate_genome(g)  # fills heads / ff_dim defaults before they are scaled
+        heads = v["heads"]
+        d_model = -(-wider(v["d_model"]) // heads) * heads  # up to a multiple of heads
+        if d_model > max(cap, v["d_model"]):
+            d_model = max(heads, cap // heads * heads)
+        g.update(d_model=min(d_model, MAX_D_MODEL // heads * heads), heads=heads, ff_dim=wider(v["ff_dim"]))
+    if g.get("kind") in ("mlp", "cnn", "conv1d", "transformer") and not g.get("hidden"):
         g["hidden"] = [32]
     return validate_genome(g)
 

@@ -7,7 +7,7 @@ from rest_framework import serializers
 
 from models_registry.choices import OutputKind
 from models_registry.models import ModelVersion, NeuralModel, Task
-from models_registry.nn.genome import GenomeError, validate_genome
+from models_registry.nn.genome import KINDS, GenomeError, validate_genome
 from models_registry.nn.metrics import METRIC_CHOICES
 from project.api.fields import MAX_ID, FiniteRepresentationMixin
 
@@ -137,7 +137,8 @@ class NeuralModelCreateSerializer(serializers.Serializer):
             if genome["kind"] != "autoencoder":
                 problems.append("a reconstruction task needs kind 'autoencoder'")
         elif genome["kind"] == "autoencoder":
-            problems.append(f"a {task.output_kind} task needs kind 'mlp' or 'cnn'")
+            supervised = [k for k in KINDS if k != "autoencoder"]
+            problems.append(f"a {task.output_kind} task needs a supervised kind ({', '.join(supervised)})")
         elif genome["output_dim"] != task.n_outputs:
             problems.append(f"output_dim must be the task's n_outputs ({task.n_outputs}), got {genome['output_dim']}")
         if genome["kind"] == "cnn" and len(task.input_shape) != 3:

@@ -17,7 +17,7 @@ CONFIG_FIELDS = (
     "hormone_driven", "genetic_enhanced", "cross_model_distillation", "model_backup_enabled",
     "improvement_history_size", "promotion_alpha", "training_score_below", "architecture_score_low", "architecture_score_high",
     "distillation_teacher_min_score", "optimization_latency_ms", "optimization_score_tolerance",
-    "rejection_cooldown_s", "run_time_budget_s",
+    "rejection_cooldown_s", "search_patience_trials", "run_time_budget_s",
 )
 LOOP_FIELDS = CONFIG_FIELDS[:10]
 

@@ -39,8 +39,8 @@ def test_create_a_model_trains_and_activates_its_initial_version(alice):
     [
         ({**MLP, "input_shape": [5]}, "input_shape must be the task's [4]"),
         ({**MLP, "output_dim": 7}, "output_dim must be the task's n_outputs (3)"),
-        ({**MLP, "kind": "transformer"}, "kind"),
-        ({"kind": "autoencoder", "input_shape": [4], "code_dim": 2}, "needs kind 'mlp' or 'cnn'"),
+        ({**MLP, "kind": "rnn"}, "kind"),
+        ({"kind": "autoencoder", "input_shape": [4], "code_dim": 2}, "needs a supervised kind"),
         ("not an object", "must be a JSON object"),
     ],
 )

@@ -16,8 +16,8 @@ from hormones.priority import (
     interval_multiplier,
     latency_severity,
     model_urgency_boost,
-    mutation_rate,
     resource_severity,
+    search_breadth,
     strategy_weights,
 )
 from hormones.selectors import hormone_levels_current
@@ -98,7 +98,7 @@ def test_each_hormone_moves_priorities_the_documented_way():
 
 
 def test_other_hormone_effects():
-    assert mutation_rate({"dopamine": 1.0}) > mutation_rate({"dopamine": 0.0})
+    assert search_breadth({"dopamine": 1.0}) > search_breadth({"dopamine": 0.0})
     assert exploration_share({"dopamine": 1.0}) > exploration_share({"dopamine": 0.0})
     assert exploration_share({"cortisol": 1.0, "dopamine": 0.0}) == 0.1
     # Serotonin stretches the cycle period only above its baseline (0.5), up to 2x.

@@ -97,7 +97,9 @@ def test_second_delivery_of_the_same_run_does_nothing(weak_model):
 def test_architecture_search_produces_a_decision(weak_model):
     run = _run(weak_model, "architecture")
     assert run.status in (RunStatus.PROMOTED, RunStatus.REJECTED), run.error
-    assert run.search_candidates.count() == FAST["population_size"] * FAST["generations"]
+    trials = run.search_candidates.count()
+    assert 1 <= trials <= FAST["population_size"] * FAST["generations"]  # the time budget may stop it early
+    assert run.search_candidates.filter(trial_number__isnull=False).count() == trials
     assert not run.search_candidates.exclude(weights_file="").exists(), "candidate files are cleaned up"
 
 

@@ -11,7 +11,7 @@ from hormones.priority import strategy_weights
 from hormones.selectors import hormone_levels_current
 from hormones.services import hormone_release, hormones_ensure
 from improvement.choices import RunStatus
-from improvement.models import ImprovementConfig, ImprovementRun
+from improvement.models import ImprovementConfig, ImprovementRun, SearchCandidate
 from improvement.scheduler.cycle import cycle_run, proposals_collect, proposals_prioritise
 from improvement.strategies.registry import strategy_weightings
 from models_registry.models import PerformanceSample
@@ -25,7 +25,8 @@ pytestmark = pytest.mark.django_db
 def task():
     t = csv_task()
     # Algorithmic baseline 0.80: below the distillation teacher threshold, so it stays quiet.
-    PerformanceSample.objects.create(task=t, implementation="algorithmic", score=0.80, metric="accuracy")
+    PerformanceSample.objects.create(task=t, implementation="algorithmic", score=0.80, metric="accuracy",
+                                     split="gate")
     return t
 
 
@@ -118,14 +119,44 @@ def test_a_good_model_is_explored_when_no_trigger_fires(task):
     assert decision["strategy"] in ("architecture", "distillation")
 
 
-def test_exploration_pauses_when_gains_stop(task):
+def _search(model, scores, *, minutes_ago=180):
+    run = ImprovementRun.objects.create(model=model, strategy="architecture", status=RunStatus.REJECTED,
+                                        finished_at=timezone.now() - timedelta(minutes=minutes_ago))
+    for i, score in enumerate(scores):
+        SearchCandidate.objects.create(run=run, generation=0, index=i, genome={}, status="done", score=score,
+                                       trial_number=i)
+    return run
+
+
+def test_exploration_pauses_when_the_search_stops_finding_better(task):
+    ImprovementConfig.objects.filter(pk=1).update(search_patience_trials=10)
     model = _model(task, "good", 0.95)
-    for _ in range(3):
-        ImprovementRun.objects.create(model=model, strategy="architecture", status=RunStatus.REJECTED,
-                                      finished_at=timezone.now() - timedelta(hours=3))
+    _search(model, [0.80, 0.91] + [0.85] * 10)  # the best was trial 2; 10 trials since found nothing better
     record = cycle_run(trigger="forced")
     (decision,) = record.decisions
     assert not decision["chosen"] and decision["why"] == "gains stopped"
+    assert "no better trial in the last 10 (best val 0.9100 at trial 2 of 12; patience 10)" in decision["reason"]
+
+
+def test_a_search_that_still_improves_explores_past_the_cooldown(task):
+    """Every trigger is quiet or cooling down and a slot is free: the model's search goes on."""
+    ImprovementConfig.objects.filter(pk=1).update(search_patience_trials=10, rejection_cooldown_s=3600)
+    model = _model(task, "good", 0.95)
+    _search(model, [0.80, 0.85, 0.91], minutes_ago=1)  # rejected a minute ago, still improving
+    record = cycle_run(trigger="forced")
+    (decision,) = [d for d in record.decisions if d["strategy"] == "architecture"]
+    assert decision["chosen"] and decision["kind"] == "exploration"
+    assert "searching: 3 trials so far, 0 since the best" in decision["reason"]
+
+
+def test_with_nothing_else_to_run_exploration_fills_every_free_slot(task):
+    """The exploration share limits exploration only while triggered runs wait for slots."""
+    for name in ("a", "b", "c"):
+        _model(task, name, 0.95)
+    hormone_release(name="cortisol", delta=0.8, cause="test: stress")  # share 0.3 − 0.3·cortisol: one slot of three
+    record = cycle_run(trigger="forced")
+    assert {m for m, s in _chosen(record)} == {"a", "b", "c"}
+    assert all(d["kind"] == "exploration" for d in record.decisions if d["chosen"])
 
 
 def test_plateau_fires_a_genetic_trigger(task):

@@ -68,7 +68,7 @@ def _context(seed: int = 0, *, epochs: int = 3) -> StrategyContext:
     return StrategyContext(
         output_kind="classes", input_shape=(4,), genome=GENOME, module=module, data=data,
         train_config=TrainConfig(epochs=epochs, seed=seed, patience=5), seed=seed, time_budget_s=8.0,
-        population_size=3, generations=2,
+        params={"trials": 6}, input_kind="table",
     )
 
 

@@ -60,7 +60,7 @@ def test_error_message_names_the_field_and_value():
     ("genome", "field"),
     [
         ({"input_shape": [4], "output_dim": 2}, "kind"),
-        (with_(MLP, kind="transformer"), "kind"),
+        (with_(MLP, kind="rnn"), "kind"),
         (with_(MLP, foo=1, bar=2), "bar"),
         (with_(MLP, activation="swish"), "activation"),
         (with_(MLP, norm="group"), "norm"),
