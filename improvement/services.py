@@ -13,15 +13,20 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django_q.tasks import async_task
 
 from events.payloads import ConfigChangedPayload
 from events.publisher import publish
 from hormones.services import hormones_ensure
 from improvement.models import ImprovementConfig
 from improvement.predictor import PREDICTOR_TASK_SLUG, gain_predictor, history_load
+from models_registry.choices import OutputKind
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.evaluation import algorithm_evaluate
 from models_registry.models import NeuralModel, Task
+from models_registry.nn.families import default_genome, family_for
+from models_registry.nn.genome import GenomeError, genome_summary, validate_genome
+from models_registry.nn.training import TrainConfig
 from models_registry.selectors import algorithm_latest_sample
 from models_registry.services import model_create, task_create_builtin
 from models_registry.training import version_seed
@@ -54,7 +59,11 @@ def demo_seed(*, interval: float = 60.0, budget: float = 150.0) -> Iterator[str]
         task = Task.objects.filter(slug=spec.slug).first()
         if task is None:
             task = task_create_builtin(key=key)
-            yield f"task {task.slug}: created ({task.n_train}/{task.n_val}/{task.n_test} train/val/test)"
+            measured = algorithm_latest_sample(task=task)
+            scores = f"; algorithm scores {measured.score:.4f}" if measured is not None else ""
+            yield f"task {task.slug}: created ({task.n_train}/{task.n_val}/{task.n_test} train/val/test){scores}"
+        # Task creation measures the algorithm; this catches a task whose measurement failed
+        # then (or that predates it), and leaves a measured one alone.
         if algorithm_latest_sample(task=task) is None:
             sample = algorithm_evaluate(task=task)
             yield f"task {task.slug}: algorithm scores {sample.score:.4f}"
@@ -77,3 +86,61 @@ def predictor_seed() -> str:
         return (f"task {PREDICTOR_TASK_SLUG}: not yet ({n} < {config.predictor_min_history} finished runs); "
                 "the loop creates it once the history is long enough")
     return f"task {PREDICTOR_TASK_SLUG}: {gain_predictor(config=config).note}"
+
+
+# --------------------------------------------------------------------------- a task's first model
+
+FIRST_MODEL_NAME = "auto"
+#: The first version's training: brief (the loop improves it), bounded in time whatever the data.
+BOOTSTRAP_TRAIN = TrainConfig(epochs=10, batch_size=64, lr=3e-3, patience=4, seed=0, max_seconds=60.0)
+
+
+def first_genome(task: Task) -> dict:
+    """A modest genome for the task's data (``models_registry.nn.families.default_genome``)."""
+    return default_genome(task.input_shape, task.output_kind, task.n_outputs,
+                          named_columns=bool(task.feature_names))
+
+
+def genome_for_task(task: Task, genome: dict) -> dict:
+    """A user's genome fitted to the task: its ``input_shape`` and outputs are the task's; the kind must suit it.
+
+    Raises ``GenomeError`` naming the field when it cannot serve the task.
+    """
+    kinds = family_for(task.input_shape, task.output_kind, named_columns=bool(task.feature_names))
+    if not isinstance(genome, dict):
+        raise GenomeError("genome", f"must be a JSON object, got {type(genome).__name__}")
+    if genome.get("kind") not in kinds:
+        raise GenomeError("kind", f"must be one of {', '.join(kinds)} for this task, got {genome.get('kind')!r}")
+    fitted = {**genome, "input_shape": list(task.input_shape)}
+    if task.output_kind != OutputKind.RECONSTRUCTION:
+        fitted["output_dim"] = task.n_outputs
+    return validate_genome(fitted)
+
+
+def model_bootstrap_queue(*, task: Task, genome: dict | None = None) -> NeuralModel:
+    """Give a new task its first neural model: created now, its first version trained by a worker.
+
+    No genome needed: by default it comes from the data's shape (an image gets a small residual
+    CNN, a signal a 1-D CNN, a table an MLP, reconstruction an autoencoder). The worker trains
+    it briefly and fills a free slot at once, so the loop starts improving it.
+    """
+    source = "the given genome" if genome is not None else "the data's shape"
+    genome = validate_genome(genome) if genome is not None else first_genome(task)
+    model = model_create(task=task, name=FIRST_MODEL_NAME, description=f"First model, from {source}: "
+                                                                        f"{genome_summary(genome)}")
+    transaction.on_commit(lambda: async_task(BOOTSTRAP_TASK, model.pk, genome, task_name=f"bootstrap-{model.pk}",
+                                             group="improvement"))
+    return model
+
+
+BOOTSTRAP_TASK = "improvement.tasks.model_bootstrap"
+
+
+def model_bootstrap(*, model: NeuralModel, genome: dict | None = None) -> str:
+    """Train the model's first version (once: a model with versions is left alone). Returns what was done."""
+    if model.versions.exists():
+        return f"{model}: has versions already"
+    genome = genome or first_genome(model.task)
+    version = version_seed(model=model, genome=genome, config=BOOTSTRAP_TRAIN,
+                           note=f"first version: {genome_summary(genome)}")
+    return f"{model}: v{version.number} gate {version.metric} {version.score:.4f}"

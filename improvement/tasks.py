@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from django.db import close_old_connections
 
+from improvement import services
 from improvement.models import CycleRecord
 from improvement.runs.execution import run_execute
 from improvement.runs.lifecycle import run_pick
 from improvement.runs.search import search_candidate_execute
 from improvement.scheduler import loop
+from models_registry.models import NeuralModel
 
 
 def run_improvement(run_id: int) -> str:
@@ -42,3 +44,14 @@ def cycle_after_run() -> int | None:
     close_old_connections()
     record: CycleRecord | None = loop.cycle_after_run()
     return record.pk if record is not None else None
+
+
+def model_bootstrap(model_id: int, genome: dict | None = None) -> str:
+    """A new task's first model: train its first version, then fill the free slot so improving starts."""
+    close_old_connections()
+    model = NeuralModel.objects.select_related("task").filter(pk=model_id).first()
+    if model is None:
+        return f"model #{model_id} no longer exists"
+    done = services.model_bootstrap(model=model, genome=genome)
+    loop.cycle_after_run()
+    return done

@@ -1,7 +1,9 @@
 """Writes to the model registry. Each state change has exactly one service here.
 
 * ``task_create_*``   — the dataset file is written first, then the row; a failed row
-  removes the file, so a rejected task leaves nothing behind.
+  removes the file, so a rejected task leaves nothing behind. Once the row has committed, the
+  task's algorithm is evaluated (gate and sealed test samples), so serving can compare it with
+  the first neural version; a failed evaluation leaves the task, with a warning saying why.
 * ``task_dataset_replace`` — the same order for a task whose data grows: new file, then the
   row; the old file goes after commit.
 * ``version_create``  — weights (and ONNX artifact) written first, then the version row and,
@@ -25,7 +27,7 @@ from django.utils.text import slugify
 
 from events.payloads import TaskCreatedPayload, VersionActivatedPayload
 from events.publisher import publish
-from models_registry.algorithms import load_callable, load_implementation
+from models_registry.algorithms import default_implementation, load_callable, load_implementation
 from models_registry.choices import DataSource, OutputKind, Runtime
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.data.errors import DatasetError
@@ -39,7 +41,7 @@ from models_registry.data.upload import (
 )
 from models_registry.datasets import dataset_save
 from models_registry.errors import RegistryError
-from models_registry.evaluation import performance_sample_record, sealed_test_report
+from models_registry.evaluation import algorithm_evaluate, performance_sample_record, sealed_test_report
 from models_registry.models import ModelVersion, NeuralModel, Task
 from models_registry.nn.evaluation import EvaluationResult
 from models_registry.nn.genome import build_module, validate_genome
@@ -106,6 +108,12 @@ def _task_create(
     seed: int, builtin_key: str = "", sampler_spec: dict | None = None, latency_budget_ms: float = 200.0,
     metric: str | None = None,
 ) -> Task:
+    """Write the dataset file, then the task row (one transaction), then measure the task's algorithm.
+
+    The algorithm's gate and sealed test evaluation (``algorithm_evaluate``) runs right after
+    the row commits, outside its transaction: fitting and timing a model can take seconds, and
+    no lock is held meanwhile. See ``_algorithm_evaluate_at_creation`` for what a failure does.
+    """
     slug = slugify(slug or name)[:80]
     if not slug:
         raise RegistryError("name: must contain at least one letter or digit")
@@ -145,7 +153,34 @@ def _task_create(
     except BaseException:
         blob_delete(dataset_file)
         raise
+    _algorithm_evaluate_at_creation(task)
     return task
+
+
+def _algorithm_evaluate_at_creation(task: Task) -> None:
+    """Record the new task's algorithm on its gate and sealed test splits, never failing the creation.
+
+    Serving compares the latest gate samples of the algorithm and of the neural version, so the
+    algorithm is measured as soon as the task exists (without it serving would keep the
+    algorithm "for lack of a held-out algorithmic score"). The row's transaction has ended by
+    now (committed, unless a caller holds an outer one) and the task stays whatever happens:
+    an algorithm that cannot fit or predict on the data (a user's implementation, unusual
+    data) is logged and named in the task's ``warnings``, which the creation answers with —
+    rather than refusing a dataset that neural models can still learn. ``algorithm_evaluate``
+    writes both samples in one transaction (a savepoint inside an outer one), so a failure
+    leaves neither; evaluating later (``algorithm_evaluate``, as ``demo_seed`` does for a
+    built-in task without a sample) fills the gap.
+    """
+    if not task.algorithm_path:
+        return
+    try:
+        algorithm_evaluate(task=task)
+    except Exception as exc:  # noqa: BLE001 - the task is created; only its baseline score is missing
+        logger.exception("task %s: evaluating the algorithm %s at creation failed", task.slug, task.algorithm_path)
+        warning = (f"algorithm: {task.algorithm_path} could not be evaluated on the data ({type(exc).__name__}: "
+                   f"{str(exc)[:200]}); until it is, serving has no algorithmic score to compare neural versions with")
+        task.warnings = [*task.warnings, warning]
+        Task.objects.filter(pk=task.pk).update(warnings=task.warnings)
 
 
 def task_create_builtin(*, key: str, seed: int = 0, metric: str | None = None) -> Task:
@@ -164,13 +199,15 @@ def task_create_builtin(*, key: str, seed: int = 0, metric: str | None = None) -
     )
 
 
-def _default_algorithm(output_kind: str) -> str:
-    algorithms: dict[str, str] = {
-        OutputKind.CLASSES: "models_registry.algorithms.KNNClassifier",
-        OutputKind.VALUES: "models_registry.algorithms.RidgeRegressor",
-        OutputKind.RECONSTRUCTION: "models_registry.algorithms.PCAReconstruction",
-    }
-    return algorithms[output_kind]
+def _default_algorithm(output_kind: str, input_shape: list[int], n_outputs: int, *, named_columns: bool) -> str:
+    """The algorithm of an uploaded task that names none (``algorithms.default_implementation``).
+
+    Tables — rows of one dimension with at most ``TABLE_MAX_FEATURES`` (256) features and at
+    most ``TABLE_MAX_OUTPUTS`` (32) classes or value columns — get gradient boosting, much
+    stronger than k-NN or ridge there; images, signals and wider rows keep k-NN (classes) or
+    ridge (values), since trees on raw pixels are slow and weak; reconstruction keeps PCA.
+    """
+    return default_implementation(output_kind, input_shape, n_outputs, named_columns=named_columns)
 
 
 def task_create_from_upload(
@@ -181,7 +218,9 @@ def task_create_from_upload(
     """Create a task from a CSV or NPZ upload (features plus a target).
 
     ``metric`` (``models_registry.nn.metrics``) defaults to what suits the data: balanced
-    accuracy when the classes are imbalanced, accuracy otherwise, R² for values.
+    accuracy when the classes are imbalanced, accuracy otherwise, R² for values. Without an
+    ``algorithm_path`` the algorithm suits the inputs (``_default_algorithm``: gradient boosting
+    for tables). The algorithm is evaluated once the task exists (``_task_create``).
     """
     limits = limits or UploadLimits()
     lower = filename.lower()
@@ -196,11 +235,14 @@ def task_create_from_upload(
     data = _TaskData(
         X=parsed.X, y=parsed.y, output_kind=parsed.output_kind, input_shape=list(parsed.input_shape),
         n_outputs=_n_outputs(parsed.output_kind, parsed.X, parsed.y), class_labels=parsed.class_labels,
-        feature_names=parsed.feature_names, target_name=parsed.target_name or "",
+        # An NPZ's arrays have no column names (x0, x1, ... are made up): its rows may be signals.
+        feature_names=parsed.feature_names if lower.endswith(".csv") else None, target_name=parsed.target_name or "",
     )
     return _task_create(
         slug=slug or name, name=name, description=description, source=DataSource.UPLOAD, data=data,
-        algorithm_path=algorithm_path or _default_algorithm(parsed.output_kind), seed=seed, metric=metric,
+        algorithm_path=algorithm_path or _default_algorithm(data.output_kind, data.input_shape, data.n_outputs,
+                                                            named_columns=bool(data.feature_names)),
+        seed=seed, metric=metric,
     )
 
 

@@ -18,7 +18,9 @@ from models_registry.data.upload import parse_sampler_spec
 from models_registry.evaluation import candidate_evaluate
 from models_registry.implementations import algorithm_for_task, task_dataset
 from models_registry.models import ModelVersion, NeuralModel, Task
+from models_registry.nn.augment import augmentation
 from models_registry.nn.genome import build_module, set_normalisation
+from models_registry.nn.kinds import IMAGE, SIGNAL, input_kind
 from models_registry.nn.training import TrainConfig, TrainData, TrainResult, shift_augment, train_module
 from models_registry.services import version_create
 
@@ -32,12 +34,21 @@ def task_train_data(task: Task) -> TrainData:
     return TrainData(X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val)
 
 
-def task_is_image(task: Task) -> bool:
-    return len(task.input_shape) == 3
-
-
 def task_augment(task: Task):
-    return shift_augment(1) if task_is_image(task) and task.output_kind == OutputKind.CLASSES else None
+    """The default augmentation of a classification task's inputs (a search tunes its own).
+
+    Images shift by a pixel; signals roll by up to an eighth of their length, since a class is a
+    shape wherever it sits. Tables and regression targets are left alone: a shifted input may
+    have another value.
+    """
+    if task.output_kind != OutputKind.CLASSES:
+        return None
+    kind = input_kind(task.input_shape, named_columns=bool(task.feature_names))
+    if kind == IMAGE:
+        return shift_augment(1)
+    if kind == SIGNAL:
+        return augmentation(SIGNAL, "shift", 0.5)
+    return None
 
 
 def task_sampler(task: Task) -> Callable[[int, np.random.Generator], np.ndarray] | None:

@@ -278,3 +278,6 @@ PLASTICITY_HEARTBEAT_TIMEOUT = env_int("PLASTICITY_HEARTBEAT_TIMEOUT", 120, mini
 PLASTICITY_STRATEGY_MODULES = env_list("PLASTICITY_STRATEGY_MODULES", [])
 # Check every live event's payload against its declared TypedDict (events/payloads.py) before publishing.
 PLASTICITY_CHECK_EVENT_PAYLOADS = env_bool("PLASTICITY_CHECK_EVENT_PAYLOADS", DEBUG)
+# Where architecture searches keep their Optuna studies (an SQLAlchemy URL); empty: the project's own
+# database (the same PostgreSQL, or an SQLite file beside the SQLite database).
+PLASTICITY_OPTUNA_STORAGE = env_str("PLASTICITY_OPTUNA_STORAGE", "") or ""

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from django.db import connection
 
 torch.set_num_threads(int(os.environ.get("PLASTICITY_TEST_TORCH_THREADS", "1")))
 
@@ -30,6 +31,10 @@ def _isolated_storage(settings, tmp_path):
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     # Every event a test makes publish must match its declared payload type (events/payloads.py).
     settings.PLASTICITY_CHECK_EVENT_PAYLOADS = True
+    # Each test's searches keep their Optuna studies to themselves (ids repeat across tests). The
+    # distributed suite keeps the default: its studies live in the test PostgreSQL database.
+    if "sqlite" in connection.settings_dict["ENGINE"]:
+        settings.PLASTICITY_OPTUNA_STORAGE = f"sqlite:///{tmp_path / 'optuna.sqlite3'}"
     caches_clear()
     serving_runtime_reset()
     yield

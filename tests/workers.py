@@ -33,6 +33,7 @@ def worker_env(*, workers: int = 1, **extra: str) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "project.settings", "PLASTICITY_MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "Q_WORKERS": str(workers), "Q_POLL": "0.1", "PYTHONUNBUFFERED": "1", "PLASTICITY_TORCH_THREADS": "1",
         "PLASTICITY_CHECK_EVENT_PAYLOADS": "1",
+        "PLASTICITY_OPTUNA_STORAGE": settings.PLASTICITY_OPTUNA_STORAGE,
         **extra,
     })
     return env

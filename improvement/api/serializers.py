@@ -60,16 +60,28 @@ class RunParamsSerializer(serializers.Serializer):
     batch_size = serializers.IntegerField(required=False, min_value=1, max_value=65_536)
     lr = serializers.FloatField(required=False, min_value=1e-8, max_value=10)
     patience = serializers.IntegerField(required=False, min_value=1, max_value=100_000)
-    mutation_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
-    population_size = serializers.IntegerField(required=False, min_value=1, max_value=256)
+    trials = serializers.IntegerField(required=False, min_value=1, max_value=10_000,
+                                      help_text="Architecture search: trials of this run (default 18).")
+    parallel = serializers.IntegerField(required=False, min_value=1, max_value=64,
+                                        help_text="Architecture search: trials asked at once, for the workers (default 2).")
+    objectives = serializers.ListField(
+        child=serializers.ChoiceField(choices=["score", "latency", "size"]), required=False, min_length=1,
+        max_length=3, help_text='Architecture search: ["score"] (TPE, the default) or the front '
+                                '["score", "latency", "size"] (NSGA-II); the score comes first.')
+    population_size = serializers.IntegerField(required=False, min_value=1, max_value=256,
+                                               help_text="Older clients: trials = population_size × generations.")
     generations = serializers.IntegerField(required=False, min_value=1, max_value=100)
-    n_candidates_total = serializers.IntegerField(required=False, min_value=1, max_value=10_000)
     underfit_below = serializers.FloatField(required=False, min_value=0, max_value=1)
     temperature = serializers.FloatField(required=False, min_value=0.1, max_value=100,
                                          help_text="Distillation: softmax temperature of the soft targets (default 4).")
     alpha = serializers.FloatField(required=False, min_value=0, max_value=1,
                                    help_text="Distillation: weight of the teacher term; 1 − alpha goes to the "
                                              "labels (default 1: the teacher labels everything).")
+
+    def validate_objectives(self, value: list[str]) -> list[str]:
+        if value[0] != "score" or len(set(value)) != len(value):
+            raise serializers.ValidationError("must start with \"score\" and name each objective once")
+        return value
 
     def to_internal_value(self, data):
         if isinstance(data, dict):

@@ -26,10 +26,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from models_registry.nn.augment import AUGMENTATIONS, IMAGE, SIGNAL, TABLE
+from models_registry.nn.augment import AUGMENTATIONS
 from models_registry.nn.families import family_for
 from models_registry.nn.genome import GenomeError, validate_genome
-from models_registry.nn.kinds import CLASSES, RECONSTRUCTION
+from models_registry.nn.kinds import CLASSES, IMAGE, RECONSTRUCTION, SIGNAL, TABLE
 
 #: Bump when the space changes shape: studies are named by it, so old trials are not mixed in.
 SPACE_VERSION = 1

@@ -18,8 +18,8 @@ from models_registry.choices import OutputKind, Runtime
 from models_registry.evaluation import candidate_evaluate
 from models_registry.implementations import algorithm_for_task, fresh_version_module
 from models_registry.models import ModelVersion, Task
-from models_registry.nn.augment import input_kind
 from models_registry.nn.evaluation import EvaluationResult
+from models_registry.nn.kinds import input_kind
 from models_registry.nn.training import TrainConfig
 from models_registry.sealed import deciding
 from models_registry.selectors import algorithm_latest_sample, version_best_in_task

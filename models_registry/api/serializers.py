@@ -17,6 +17,7 @@ from project.api.fields import MAX_ID, FiniteRepresentationMixin
 class TaskSerializer(serializers.ModelSerializer):
     warnings = serializers.ListField(child=serializers.CharField(), read_only=True,
                                      help_text="What the task's creation found worth saying (a small gate split, ...).")
+    models = serializers.SerializerMethodField(help_text="The task's neural models (id, name).")
 
     class Meta:
         model = Task
@@ -24,11 +25,19 @@ class TaskSerializer(serializers.ModelSerializer):
             "slug", "name", "description", "output_kind", "metric", "source", "builtin_key", "input_shape",
             "n_outputs", "class_labels", "feature_names", "target_name", "algorithm_path", "sampler_spec",
             "n_samples", "n_train", "n_val", "n_gate", "n_test", "split_seed", "latency_budget_ms",
-            "score_tolerance", "warnings", "dataset_sha256", "created_at",
+            "score_tolerance", "warnings", "models", "dataset_sha256", "created_at",
         ]
         read_only_fields = fields
 
+    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    def get_models(self, obj: Task) -> list[dict]:
+        return [{"id": m.pk, "name": m.name} for m in obj.neural_models.order_by("pk")]
 
+
+_GENOME_HELP = ("Optional architecture of the first model (its input_shape and outputs are filled in from the "
+                "data). Without one, the first model is built from the data's shape — a residual CNN for images, "
+                "a 1-D CNN for signals, an MLP for tables, an autoencoder for reconstruction — trained briefly "
+                "by a worker, and the loop starts improving it.")
 _METRIC_HELP = ("The task's metric (decides every promotion, trigger and serving choice): accuracy, "
                 "balanced_accuracy, macro_f1, roc_auc (two classes) for classes; r2, mae_skill for values; "
                 "reconstruction_r2. Default: balanced_accuracy when the classes are imbalanced, else accuracy; r2.")
@@ -50,6 +59,7 @@ class TaskUploadSerializer(serializers.Serializer):
                                            help_text="Dotted path of the algorithmic implementation; "
                                                      "a classical default by output kind when omitted.")
     metric = serializers.ChoiceField(choices=METRIC_CHOICES, required=False, allow_blank=True, help_text=_METRIC_HELP)
+    genome = serializers.JSONField(required=False, help_text=_GENOME_HELP)
 
 
 class TaskGeneratorSerializer(serializers.Serializer):
@@ -64,6 +74,7 @@ class TaskGeneratorSerializer(serializers.Serializer):
     )
     latency_budget_ms = serializers.FloatField(required=False, min_value=0.001, max_value=3_600_000)
     metric = serializers.ChoiceField(choices=METRIC_CHOICES, required=False, allow_blank=True, help_text=_METRIC_HELP)
+    genome = serializers.JSONField(required=False, help_text=_GENOME_HELP)
 
 
 # ---------------------------------------------------------------------------------- models

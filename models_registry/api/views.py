@@ -29,6 +29,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from improvement.services import genome_for_task, model_bootstrap_queue
 from models_registry.api.serializers import (
     ActivateSerializer,
     ModelVersionSerializer,
@@ -43,6 +44,7 @@ from models_registry.choices import DataSource, OutputKind, Runtime
 from models_registry.errors import RegistryError
 from models_registry.implementations import version_module
 from models_registry.models import ModelVersion, NeuralModel, Task
+from models_registry.nn.genome import GenomeError
 from models_registry.nn.runtimes import export_onnx
 from models_registry.services import (
     model_create,
@@ -170,7 +172,20 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
                 slug=data.get("slug", ""), description=data.get("description", ""),
                 latency_budget_ms=data.get("latency_budget_ms", 200.0), metric=data.get("metric") or None,
             )
+        _first_model(task, data.get("genome"))
         return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
+
+
+def _first_model(task: Task, genome: dict | None) -> None:
+    """Every new task gets a first model; a genome that cannot serve the task is said so, not fatal."""
+    fitted = None
+    if genome is not None:
+        try:
+            fitted = genome_for_task(task, genome)
+        except GenomeError as exc:
+            task.warnings = [*task.warnings, f"genome: {exc}; the first model is built from the data's shape"]
+            Task.objects.filter(pk=task.pk).update(warnings=task.warnings)
+    model_bootstrap_queue(task=task, genome=fitted)
 
 
 # ----------------------------------------------------------------------------------- models

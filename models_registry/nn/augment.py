@@ -15,37 +15,17 @@ signature ``fn(batch, rng) -> batch`` (``models_registry.nn.training.AugmentFn``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
+from models_registry.nn.kinds import IMAGE, INPUT_KINDS, SIGNAL, TABLE
 from models_registry.nn.training import AugmentFn, shift_augment
 
-IMAGE, SIGNAL, TABLE = "image", "signal", "table"
-INPUT_KINDS = (IMAGE, SIGNAL, TABLE)
 AUGMENTATIONS: dict[str, tuple[str, ...]] = {
     IMAGE: ("none", "shift", "noise"),
     SIGNAL: ("none", "shift", "scale", "noise", "mix"),
     TABLE: ("none", "noise"),
 }
-#: A one-dimensional input at least this long, without named columns, is read as a signal.
-MIN_SIGNAL_LENGTH = 16
-
-
-def input_kind(input_shape: Sequence[int], *, named_columns: bool = False) -> str:
-    """``image`` for ``[C, H, W]``, ``signal`` for ``[C, L]`` or a long unnamed ``[L]``, else ``table``.
-
-    A CSV's columns have names: its rows are tables whatever their width. An NPZ row of 16
-    or more unnamed numbers is taken as a signal (a time series, a spectrum).
-    """
-    if len(input_shape) >= 3:
-        return IMAGE
-    if len(input_shape) == 2:
-        return SIGNAL
-    return SIGNAL if not named_columns and int(input_shape[0]) >= MIN_SIGNAL_LENGTH else TABLE
-
-
 def _roll_each(x: torch.Tensor, rng: np.random.Generator, limit: int) -> torch.Tensor:
     """Roll every sample along its last axis by its own offset in [−limit, limit]."""  # (B, ..., L)
     length = x.shape[-1]

@@ -30,9 +30,16 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from models_registry.nn.augment import IMAGE, MIN_SIGNAL_LENGTH, SIGNAL, TABLE, input_kind
 from models_registry.nn.genome import KINDS, MAX_TOKENS, check_input_shape, validate_genome
-from models_registry.nn.kinds import RECONSTRUCTION, check_output_kind
+from models_registry.nn.kinds import (
+    IMAGE,
+    MIN_SIGNAL_LENGTH,
+    RECONSTRUCTION,
+    SIGNAL,
+    TABLE,
+    check_output_kind,
+    input_kind,
+)
 
 SIGNAL_MIN_LENGTH = MIN_SIGNAL_LENGTH
 # Images this small or smaller get two conv blocks; larger ones three.

@@ -10,14 +10,21 @@ import numpy as np
 import pytest
 
 from models_registry.algorithms import (
+    BOOSTING_EARLY_STOPPING_ROWS,
     DEFAULT_IMPLEMENTATIONS,
+    TABLE_IMPLEMENTATIONS,
+    TABLE_MAX_FEATURES,
+    TABLE_MAX_OUTPUTS,
     FunctionImplementation,
+    GradientBoostingClassifier,
+    GradientBoostingRegressor,
     ImplementationError,
     KNNClassifier,
     PCAReconstruction,
     RidgeRegressor,
     SVCClassifier,
     as_implementation,
+    default_implementation,
     load_callable,
     load_implementation,
 )
@@ -79,7 +86,8 @@ def test_knn_on_images_and_tiny_sets() -> None:
     assert model.predict(x).shape == (2,)
 
 
-@pytest.mark.parametrize("cls", [KNNClassifier, SVCClassifier, PCAReconstruction, RidgeRegressor])
+@pytest.mark.parametrize("cls", [KNNClassifier, SVCClassifier, PCAReconstruction, RidgeRegressor,
+                                 GradientBoostingClassifier, GradientBoostingRegressor])
 def test_predict_before_fit_is_refused(cls: type) -> None:
     with pytest.raises(RuntimeError, match="fitted"):
         cls().predict(np.zeros((2, 3), dtype=np.float32))
@@ -87,9 +95,117 @@ def test_predict_before_fit_is_refused(cls: type) -> None:
 
 def test_default_implementations_resolve() -> None:
     assert set(DEFAULT_IMPLEMENTATIONS) == {"classes", "values", "reconstruction"}
-    for path in DEFAULT_IMPLEMENTATIONS.values():
+    assert set(TABLE_IMPLEMENTATIONS) == {"classes", "values"}
+    for path in [*DEFAULT_IMPLEMENTATIONS.values(), *TABLE_IMPLEMENTATIONS.values()]:
         impl = load_implementation(path)
         assert callable(impl.fit) and callable(impl.predict)
+
+
+# --- gradient boosting ------------------------------------------------------------------------
+
+
+def _xor_table(n: int, *, seed: int = 0, noise_features: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Class = XOR of the signs of two columns, plus wide irrelevant columns: trees win, k-NN cannot.
+
+    The irrelevant columns dominate every distance, so nearest neighbours are near chance,
+    while trees split on the two informative columns and ignore the rest.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(n, 2 + noise_features)).astype(np.float32)
+    x[:, 2:] *= 5
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int64)
+    return x, y
+
+
+def _thresholds_table(n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two value columns made of steps on single features, plus irrelevant columns."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(n, 8)).astype(np.float32)
+    y = np.stack([np.where(x[:, 0] > 0.2, 2.0, -1.0) + np.where(x[:, 1] > -0.3, 1.0, 0.0),
+                  3.0 * (x[:, 2] > 0) * (x[:, 3] > 0)], axis=1)
+    return x, (y + rng.normal(0, 0.05, size=y.shape)).astype(np.float32)
+
+
+def test_gradient_boosting_classifier_beats_knn_on_an_axis_aligned_rule() -> None:
+    x, y = _xor_table(800)
+    x_tr, y_tr, x_te, y_te = x[:600], y[:600], x[600:], y[600:]
+    pred = GradientBoostingClassifier().fit(x_tr, y_tr).predict(x_te)
+    assert pred.dtype == np.int64 and pred.shape == (200,)
+    boosting = float(np.mean(pred == y_te))
+    knn = float(np.mean(KNNClassifier().fit(x_tr, y_tr).predict(x_te) == y_te))
+    assert boosting > 0.9 and knn < 0.7, (boosting, knn)
+
+
+def test_gradient_boosting_classifier_keeps_labels_and_flattens_inputs() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 1, 2, 3)).astype(np.float32)
+    y = np.where(x[:, 0, 0, 0] > 0, 7, 2)  # labels need not be 0..K-1
+    pred = GradientBoostingClassifier().fit(x, y).predict(x)
+    assert pred.dtype == np.int64 and pred.shape == (120,) and set(pred.tolist()) <= {2, 7}
+    assert np.mean(pred == y) > 0.9
+
+
+def test_gradient_boosting_regressor_multi_output_beats_ridge() -> None:
+    x, y = _thresholds_table(900)
+    x_tr, y_tr, x_te, y_te = x[:700], y[:700], x[700:], y[700:]
+    pred = GradientBoostingRegressor().fit(x_tr, y_tr).predict(x_te)
+    assert pred.dtype == np.float32 and pred.shape == (200, 2)
+    boosting = min(_r2_pooled(y_te[:, j], pred[:, j]) for j in range(2))
+    ridge_pred = RidgeRegressor().fit(x_tr, y_tr).predict(x_te)
+    ridge = min(_r2_pooled(y_te[:, j], ridge_pred[:, j]) for j in range(2))
+    assert boosting > 0.95 and boosting > ridge + 0.2, (boosting, ridge)
+    one = GradientBoostingRegressor().fit(x_tr, y_tr[:, 0]).predict(x_te)
+    assert one.shape == (200,) and one.dtype == np.float32  # the layout the targets were given in
+
+
+@pytest.mark.parametrize("n", [300, BOOSTING_EARLY_STOPPING_ROWS + 200])  # fixed rounds; early stopping
+def test_gradient_boosting_is_deterministic(n: int) -> None:
+    x, y = _xor_table(n, seed=2)
+    first = GradientBoostingClassifier().fit(x, y)
+    second = GradientBoostingClassifier().fit(x, y)
+    assert np.array_equal(first.predict(x), second.predict(x))
+    if n >= BOOSTING_EARLY_STOPPING_ROWS:
+        assert first._model.early_stopping and first._model.n_iter_ == second._model.n_iter_
+    values = _thresholds_table(n, seed=2)
+    assert np.array_equal(GradientBoostingRegressor().fit(*values).predict(values[0]),
+                          GradientBoostingRegressor().fit(*values).predict(values[0]))
+
+
+def test_gradient_boosting_copes_with_tiny_and_one_class_sets() -> None:
+    x = np.random.default_rng(3).normal(size=(12, 3)).astype(np.float32)
+    assert GradientBoostingClassifier().fit(x, np.zeros(12, dtype=np.int64)).predict(x).tolist() == [0] * 12
+    labels = np.array([0] * 1100 + [1])  # one row of a class: no stratified hold-out is possible
+    big = np.random.default_rng(4).normal(size=(1101, 3)).astype(np.float32)
+    assert GradientBoostingClassifier().fit(big, labels).predict(big[:5]).shape == (5,)
+    assert GradientBoostingRegressor().fit(x, np.ones((12, 1))).predict(x).shape == (12, 1)
+
+
+# --- the default per input kind ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("output_kind", "input_shape", "n_outputs", "expected"),
+    [
+        ("classes", [4], 3, "GradientBoostingClassifier"),  # a table
+        ("values", [12], 2, "GradientBoostingRegressor"),
+        ("classes", [TABLE_MAX_FEATURES], 2, "GradientBoostingClassifier"),
+        ("classes", [TABLE_MAX_FEATURES + 1], 2, "KNNClassifier"),  # too wide: a flattened signal
+        ("values", [TABLE_MAX_FEATURES + 1], 1, "RidgeRegressor"),
+        ("classes", [1, 8, 8], 10, "KNNClassifier"),  # an image
+        ("values", [2, 16], 1, "RidgeRegressor"),  # a multi-channel signal
+        ("classes", [10], TABLE_MAX_OUTPUTS + 1, "KNNClassifier"),  # too many classes to boost cheaply
+        ("reconstruction", [4], 4, "PCAReconstruction"),  # reconstruction keeps PCA, table or not
+        ("reconstruction", [1, 8, 8], 64, "PCAReconstruction"),
+    ],
+)
+def test_default_implementation_per_input_kind(output_kind: str, input_shape: list[int], n_outputs: int,
+                                               expected: str) -> None:
+    assert default_implementation(output_kind, input_shape, n_outputs) == f"models_registry.algorithms.{expected}"
+
+
+def test_default_implementation_refuses_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="unknown output_kind"):
+        default_implementation("ranking", [4], 1)
 
 
 # --- load_callable ----------------------------------------------------------------------------

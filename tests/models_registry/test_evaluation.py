@@ -37,12 +37,14 @@ def test_version_evaluation_returns_documented_fields():
 
 def test_algorithm_evaluation_is_recorded_without_version():
     task = csv_task()
+    samples = PerformanceSample.objects.filter(task=task, implementation="algorithmic")
+    assert sorted(samples.values_list("split", flat=True)) == ["gate", "test"]  # measured at creation
     sample = algorithm_evaluate(task=task)
     assert sample.implementation == Implementation.ALGORITHMIC and sample.version is None
     assert sample.score > 0.9  # well separated blobs
     assert sample.split == "gate"
-    samples = PerformanceSample.objects.filter(task=task, implementation="algorithmic")
-    assert sorted(samples.values_list("split", flat=True)) == ["gate", "test"]  # the decision's and the report's
+    # Each evaluation adds the decision's sample and the report's.
+    assert sorted(samples.values_list("split", flat=True)) == ["gate", "gate", "test", "test"]
 
 
 def test_a_task_made_before_the_gate_split_is_read_and_rescored_on_it():

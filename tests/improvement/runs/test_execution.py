@@ -40,7 +40,8 @@ def _config():
 
 
 def _run(model, strategy, **params):
-    run = run_create(model=model, strategy=strategy, params={**FAST, **params}, enqueue=False)
+    merged = {k: v for k, v in {**FAST, **params}.items() if v is not None}
+    run = run_create(model=model, strategy=strategy, params=merged, enqueue=False)
     status = run_execute(run_id=run.pk)
     run.refresh_from_db()
     assert run.status == status
@@ -179,3 +180,19 @@ def test_a_finished_run_enqueues_the_slot_filling_cycle_instead_of_running_it(
         run = _run(weak_model, "training")
     assert run.status in (RunStatus.PROMOTED, RunStatus.REJECTED)
     assert queued == [execution.SLOT_FREED_TASK]
+
+
+def test_a_models_search_continues_across_runs(weak_model):
+    """The model's Optuna study persists: a later search asks where the earlier one stopped."""
+    from improvement.runs.search import optuna_storage_url, study_for
+
+    first = _run(weak_model, "architecture", trials=3, population_size=None, generations=None)
+    second = _run(weak_model, "architecture", trials=3, population_size=None, generations=None)
+    first_trials = sorted(first.search_candidates.values_list("trial_number", flat=True))
+    second_trials = sorted(second.search_candidates.values_list("trial_number", flat=True))
+    assert first_trials and second_trials and min(second_trials) > max(first_trials)
+    study = study_for(second, ("score",))
+    finished = {t.number for t in study.trials if t.state.is_finished()}
+    assert set(first_trials) | set(second_trials) <= finished
+    assert optuna_storage_url().startswith("sqlite:///")
+    assert second.params["study"] == study.study_name == first.params["study"]

@@ -52,7 +52,10 @@ def test_a_promotion_in_another_process_is_served_here_within_a_second(served_ta
     serving_runtime_reset()
     task, model, v1, v2 = served_task
     v3 = trained_version(model, seed=2, epochs=8, activate=False, parent=v2)
-    serving_switch(task=task, implementation=NEURAL, version=v2, reason=SwitchReason.OPERATOR)
+    # Pinned: the task's algorithm was measured at creation and these quick, unmeasured versions
+    # do not beat it, so without the pin the promotion's re-evaluation would leave neural at once.
+    # A pinned neural state still follows the active version: the promotion must be served.
+    serving_switch(task=task, implementation=NEURAL, version=v2, reason=SwitchReason.OPERATOR, pinned=True)
 
     client = client_for(operator)
     url = f"/api/tasks/{task.slug}/predict"
