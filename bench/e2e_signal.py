@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -70,8 +71,10 @@ def _wait_up(base: str, deadline_s: float = 120.0) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         try:
-            urllib.request.urlopen(base + "/api/schema/", timeout=5)
+            urllib.request.urlopen(base + "/accounts/login/", timeout=5)
             return
+        except urllib.error.HTTPError:
+            return  # it answers
         except Exception:  # noqa: BLE001 - not up yet
             time.sleep(1)
     raise RuntimeError("the server did not come up")
