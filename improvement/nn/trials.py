@@ -130,17 +130,19 @@ class LocalTrialRunner:
     """An in-memory Optuna study in this process: ask a trial, train it, tell the study."""
 
     def __init__(self, *, objectives: Sequence[str] = ("score",), seed: int = 0,
-                 start_params: dict[str, Any] | None = None) -> None:
+                 start_params: dict[str, Any] | None = None,
+                 sampler: optuna.samplers.BaseSampler | None = None) -> None:
         self.objectives = tuple(objectives)
         self.seed = seed
         self.start_params = start_params
+        self.sampler = sampler  # None: the engine's choice (``study_sampler``); e.g. RandomSampler as a baseline
         self.study: optuna.Study | None = None
 
     def run(self, space: SearchSpace, *, n_trials: int, deadline: float,
             train: Callable[[TrialSpec, int], TrialResult], progress: Callable[[int, int, TrialResult], None],
             ) -> list[TrialResult]:
         study = optuna.create_study(directions=directions(self.objectives),
-                                    sampler=study_sampler(self.objectives, seed=self.seed))
+                                    sampler=self.sampler or study_sampler(self.objectives, seed=self.seed))
         self.study = study
         if self.start_params:
             study.enqueue_trial(self.start_params, skip_if_exists=True)

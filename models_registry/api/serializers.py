@@ -41,6 +41,8 @@ _GENOME_HELP = ("Optional architecture of the first model (its input_shape and o
 _METRIC_HELP = ("The task's metric (decides every promotion, trigger and serving choice): accuracy, "
                 "balanced_accuracy, macro_f1, roc_auc (two classes) for classes; r2, mae_skill for values; "
                 "reconstruction_r2. Default: balanced_accuracy when the classes are imbalanced, else accuracy; r2.")
+_SPLIT_SEED_HELP = ("Seed of the random train/validation/gate/test split (default 0): the same rows and seed give "
+                    "the same split, so results can be reproduced or compared with tools run outside Plasticity.")
 
 
 class TaskUploadSerializer(serializers.Serializer):
@@ -60,6 +62,7 @@ class TaskUploadSerializer(serializers.Serializer):
                                                      "a classical default by output kind when omitted.")
     metric = serializers.ChoiceField(choices=METRIC_CHOICES, required=False, allow_blank=True, help_text=_METRIC_HELP)
     genome = serializers.JSONField(required=False, help_text=_GENOME_HELP)
+    split_seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1, help_text=_SPLIT_SEED_HELP)
 
 
 class TaskGeneratorSerializer(serializers.Serializer):
@@ -75,6 +78,7 @@ class TaskGeneratorSerializer(serializers.Serializer):
     latency_budget_ms = serializers.FloatField(required=False, min_value=0.001, max_value=3_600_000)
     metric = serializers.ChoiceField(choices=METRIC_CHOICES, required=False, allow_blank=True, help_text=_METRIC_HELP)
     genome = serializers.JSONField(required=False, help_text=_GENOME_HELP)
+    split_seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1, help_text=_SPLIT_SEED_HELP)
 
 
 # ---------------------------------------------------------------------------------- models

@@ -161,7 +161,7 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
                 name=data["name"], filename=upload.name or "", content=upload.read(), slug=data.get("slug", ""),
                 description=data.get("description", ""), target_column=data.get("target_column") or None,
                 output_kind=data.get("output_kind") or None, algorithm_path=data.get("algorithm_path", ""),
-                limits=upload_limits(), metric=data.get("metric") or None,
+                limits=upload_limits(), metric=data.get("metric") or None, seed=data.get("split_seed", 0),
             )
         else:
             serializer = TaskGeneratorSerializer(data=request.data)
@@ -171,6 +171,7 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
                 name=data["name"], algorithm_path=data["algorithm_path"], sampler_spec=data["sampler_spec"],
                 slug=data.get("slug", ""), description=data.get("description", ""),
                 latency_budget_ms=data.get("latency_budget_ms", 200.0), metric=data.get("metric") or None,
+                seed=data.get("split_seed", 0),
             )
         _first_model(task, data.get("genome"))
         return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)

@@ -15,6 +15,8 @@ from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from rest_framework.authtoken.models import Token
 
 from models_registry.api.views import TaskViewSet
+from models_registry.data.splits import make_splits
+from models_registry.datasets import dataset_load
 from models_registry.models import Task
 from project.api.uploads import BODY_OVERHEAD_BYTES, LimitedUploadHandler
 from tests.factories import blobs_csv
@@ -55,6 +57,27 @@ def test_csv_upload_creates_a_task_with_fixed_splits(alice):
     task = Task.objects.get(slug="blobs-api")
     assert len(_stored_datasets()) == 1 and task.dataset_file.startswith("datasets/")
     assert alice.get("/api/tasks/blobs-api").json()["dataset_sha256"] == task.dataset_sha256
+
+
+def test_split_seed_gives_the_split_make_splits_gives(alice):
+    """A chosen seed reproduces the split outside Plasticity; another seed gives another split."""
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(200, 1, 4, 4)).astype(np.float32), np.arange(200) % 4
+    buffer = io.BytesIO()
+    np.savez(buffer, X=X, y=y)
+    stored = {}
+    for seed in (7, 8):
+        response = _upload(alice, buffer.getvalue(), filename="images.npz", slug=f"seeded-{seed}", split_seed=seed)
+        assert response.status_code == 201, response.content
+        assert response.json()["split_seed"] == seed
+        task = Task.objects.get(slug=f"seeded-{seed}")
+        stored[seed] = dataset_load(task.dataset_file, sha256=task.dataset_sha256).splits
+        expected = make_splits(200, y=y, stratify=True, seed=seed)
+        for split in ("train", "val", "gate", "test"):
+            np.testing.assert_array_equal(stored[seed][split], expected[split])
+    assert not np.array_equal(stored[7]["test"], stored[8]["test"])
+    refused = _upload(alice, buffer.getvalue(), filename="images.npz", slug="seeded-bad", split_seed=-1)
+    assert refused.status_code == 400 and "split_seed" in json.dumps(refused.json()["error"])
 
 
 def test_npz_upload_keeps_image_shapes(alice):
