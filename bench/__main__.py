@@ -1,6 +1,8 @@
 """``python -m bench [--only NAME]``: run the benchmarks and write their results.
 
-Benchmarks run one at a time in this process, in name order. Targets are
+Benchmarks run one at a time in this process, in name order. Each result
+carries the machine block (CPU model, git SHA, library versions, load) taken
+before the run, and the load average after it (``after``). Targets are
 printed as PASS/MISS and never change the exit status; a benchmark that
 raises does (exit 1), after the others have still run.
 """
@@ -50,6 +52,9 @@ def discover() -> tuple[dict[str, ModuleType], dict[str, str]]:
 def run_one(name: str, module: ModuleType) -> bool:
     """Run one benchmark, print its table and targets, write its JSON. False if it crashed."""
     print(f"\n=== {name}: {getattr(module, 'DESCRIPTION', '')}", flush=True)
+    # The machine block is taken before the run: its load average and torch threads describe the
+    # conditions the benchmark started in, not what it left behind.
+    machine = common.machine_info()
     start = time.perf_counter()
     try:
         result = module.run()
@@ -58,7 +63,7 @@ def run_one(name: str, module: ModuleType) -> bool:
         print(f"=== {name}: CRASHED after {time.perf_counter() - start:.1f} s", flush=True)
         return False
     seconds = time.perf_counter() - start
-    result = {**result, "seconds": round(seconds, 1)}
+    result = {**result, "seconds": round(seconds, 1), "after": common.load_snapshot()}
     for title, rows in result.get("tables", {}).items():
         print(f"\n-- {title}")
         print(common.format_table(rows))
@@ -70,7 +75,9 @@ def run_one(name: str, module: ModuleType) -> bool:
     if result.get("targets"):
         print()
         print(common.format_targets(result["targets"]))
-    path = common.write_result(name, result, common.machine_info())
+    # A reduced run (e.g. the suite with BENCH_SUITE_REDUCED=1) names its own result file so it
+    # never overwrites the full one.
+    path = common.write_result(result.pop("result_name", name), result, machine)
     print(f"\n=== {name}: {seconds:.1f} s, wrote {path}", flush=True)
     return True
 

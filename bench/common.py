@@ -6,10 +6,12 @@ No Django import: benchmarks that need Django set it up themselves.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import math
 import os
 import platform
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,9 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
+import torch
 
+REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DIGITS_SEED = 0
+#: Distributions whose versions every result records (None when not installed).
+VERSIONED = ("django", "djangorestframework", "channels", "torch", "numpy", "scikit-learn", "optuna",
+             "onnxruntime", "onnx", "django-q2", "daphne", "uvicorn", "gunicorn", "psutil")
 
 
 # --------------------------------------------------------------------------- machine
@@ -36,19 +44,52 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _version(module_name: str) -> str | None:
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries the numbers depend on (``importlib.metadata``)."""
+    versions: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _git(*args: str) -> str | None:
     try:
-        module = __import__(module_name)
-    except ImportError:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+    except (OSError, subprocess.SubprocessError):
         return None
-    return getattr(module, "__version__", None)
+    return done.stdout if done.returncode == 0 else None
+
+
+def git_state() -> dict[str, Any]:
+    """``git_sha`` (HEAD) and ``git_dirty`` (uncommitted changes) of the checkout; None outside git.
+
+    Read-only: ``--no-optional-locks`` keeps ``git status`` from refreshing the index.
+    """
+    sha = _git("rev-parse", "HEAD")
+    status = _git("--no-optional-locks", "status", "--porcelain")
+    return {"git_sha": sha.strip() if sha else None, "git_dirty": bool(status.strip()) if status is not None else None}
+
+
+def load_snapshot() -> dict[str, Any]:
+    """Load average and time now: taken again after a run, beside the machine block taken before it."""
+    return {
+        # Other processes share these cores; a busy machine explains noisy latencies.
+        "load_avg": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on; written next to every result."""
-    import psutil
-    import torch
+    """What the numbers were measured on; take it before the run and write it next to every result.
 
+    ``cpu_model`` comes from ``/proc/cpuinfo`` (what the machine says it is, not what a README
+    says); ``git_sha``/``git_dirty`` and ``versions`` say which code and libraries ran.
+    """
+    versions = library_versions()
     return {
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
@@ -56,11 +97,11 @@ def machine_info() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "onnxruntime": _version("onnxruntime"),
+        "onnxruntime": versions["onnxruntime"],
         "torch_threads": torch.get_num_threads(),
-        # Other processes share these cores; a busy machine explains noisy latencies.
-        "load_avg": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **git_state(),
+        "versions": versions,
+        **load_snapshot(),
     }
 
 
@@ -123,11 +164,16 @@ def _json_default(value: Any) -> Any:
 
 
 def write_result(name: str, result: dict[str, Any], machine: dict[str, Any]) -> Path:
-    """Write ``bench/results/<name>.json`` atomically (temp file then rename)."""
+    """Write ``bench/results/<name>.json`` atomically (temp file then rename).
+
+    ``machine``: ``machine_info()`` taken before the benchmark ran.
+    """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
-    payload = {"benchmark": name, **result, "machine": machine}
+    # The code and library versions at the top level too (suite tools read them there).
+    payload = {"benchmark": name, **result, "machine": machine, "git_sha": machine.get("git_sha"),
+               "git_dirty": machine.get("git_dirty"), "versions": machine.get("versions")}
     tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path

@@ -125,6 +125,21 @@ def test_integration_has_converged(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def test_step_count_can_be_chosen_and_defaults_to_the_labels() -> None:
+    """``n_steps`` runs a cheaper (coarser) RK4; the default is exactly the task's labels."""
+    x = sample_hormone_inputs(32, np.random.default_rng(7))
+    labels = simulate_hormone_response(x)
+    assert np.array_equal(simulate_hormone_response(x, n_steps=hm.N_STEPS), labels)
+    coarse = simulate_hormone_response(x, n_steps=300)
+    assert coarse.dtype == np.float32 and np.all(np.isfinite(coarse))
+    assert not np.array_equal(coarse, labels)
+    others = [i for n, i in OUT.items() if n != "response_peak_time"]
+    assert np.allclose(coarse[:, others], labels[:, others], rtol=1e-2)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="n_steps"):
+            simulate_hormone_response(x, n_steps=bad)
+
+
 def test_inputs_are_clamped_and_validated() -> None:
     low = np.array([[p["low"] for p in HORMONE_INPUT_SPEC]])
     below = low - 10.0
