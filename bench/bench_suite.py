@@ -20,8 +20,9 @@ rows and the same splits (``make_splits`` with the seed, which the upload passes
   rows). ``loop_neural`` is the best active neural version alone.
 * **tpe_same_space** / **random_same_space** — Optuna's TPE and random samplers over the product's
   own search space (``improvement.nn.search_space``: genome families, architecture, training
-  settings, augmentation), each trial trained by the product's ``train_trial`` with the per-trial
-  cap the architecture strategy uses, starting from the same first genome the loop starts from.
+  settings, augmentation), each trial trained by the product's ``train_trial`` until its own
+  epochs and patience stop it (at most ``TRIAL_CAP_S``, the loop's run budget), starting from the
+  same first genome the loop starts from.
 * **best_classical** — scikit-learn: k-NN, logistic/ridge regression and HistGradientBoosting, each
   over a small grid fitted on the training split; the best on validation so far is the pick.
 * **reference_network** — for signals and glyphs: a hand-designed network from the literature
@@ -82,8 +83,11 @@ RESUME = os.environ.get("BENCH_SUITE_RESUME", "") not in ("", "0")
 RESULT_NAME = "suite_reduced" if REDUCED else "suite"
 JOBS_LOG = RESULTS_DIR / "suite_jobs" / f"{RESULT_NAME}.jsonl"
 OPPONENTS = ("loop", "tpe_same_space", "random_same_space", "best_classical", "reference_network")
-#: The architecture strategy's per-trial cap at the default run budget: 240 s × 0.9 / 18 trials.
-TRIAL_CAP_S = 12.0
+#: A trial trains as long as the loop may train one model in one run (the default ``run_time_budget_s``);
+#: its own epochs and patience (in the space) usually stop it sooner. A short cap (the architecture
+#: strategy's 12 s per trial) would leave TPE's first trial, the loop's first model, under-trained: the
+#: strongest sensible TPE trains each trial to its own stopping point.
+TRIAL_CAP_S = 240.0
 #: The reference networks are trained once, for at most this long (they are not anytime opponents).
 REFERENCE_CAP_S = 300.0 if REDUCED else 1200.0
 POLL_S = 5.0
