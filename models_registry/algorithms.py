@@ -27,6 +27,7 @@ import numpy as np
 
 from models_registry.data.errors import ImplementationError
 from models_registry.nn.kinds import CLASSES, RECONSTRUCTION, TABLE, VALUES, input_kind
+from models_registry.nn.metrics import default_metric
 
 __all__ = [
     "Implementation",
@@ -194,14 +195,23 @@ class GradientBoostingClassifier(_NotFitted):
     capture thresholds and interactions (an XOR of two columns) that distance-based k-NN
     misses. Up to ``max_iter`` rounds, the number chosen on a held-out tenth of the training
     rows when there are enough of them (``BOOSTING_EARLY_STOPPING_ROWS``); deterministic.
+
+    ``class_weight="auto"`` (the default) weights the classes inversely to their frequency when
+    they are imbalanced by the rule that makes a task's default metric balanced accuracy
+    (``models_registry.nn.metrics.default_metric``), so the trees fit what the task is scored
+    on instead of the majority class; ``None`` or ``"balanced"`` force either way.
     """
 
     def __init__(self, learning_rate: float = 0.1, max_iter: int = 500, max_leaf_nodes: int = 31,
-                 random_state: int = 0) -> None:
+                 random_state: int = 0, class_weight: str | None = "auto") -> None:
+        if class_weight not in ("auto", "balanced", None):
+            raise ValueError(f"class_weight: expected 'auto', 'balanced' or None, got {class_weight!r}")
         self.learning_rate = float(learning_rate)
         self.max_iter = int(max_iter)
         self.max_leaf_nodes = int(max_leaf_nodes)
         self.random_state = int(random_state)
+        self.class_weight = class_weight
+        self.class_weight_used: str | None = None
         self._model: Any = None
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> GradientBoostingClassifier:
@@ -214,7 +224,11 @@ class GradientBoostingClassifier(_NotFitted):
         params = _boosting_params(len(x), learning_rate=self.learning_rate, max_iter=self.max_iter,
                                   max_leaf_nodes=self.max_leaf_nodes, random_state=self.random_state,
                                   can_hold_out=bool(counts.min() >= 2))
-        self._model = HistGradientBoostingClassifier(**params).fit(x, labels)
+        weight = self.class_weight
+        if weight == "auto":
+            weight = "balanced" if default_metric(CLASSES, labels) == "balanced_accuracy" else None
+        self.class_weight_used = weight
+        self._model = HistGradientBoostingClassifier(**params, class_weight=weight).fit(x, labels)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:

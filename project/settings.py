@@ -116,6 +116,8 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": SQLITE_PATH,
             "OPTIONS": dict(SQLITE_OPTIONS),
+            # Persistent connections: a request reuses its thread's connection instead of opening the file.
+            "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
             # Tests with real worker processes need a file every process can open.
             # One file per test run, so two runs in one checkout never share (and delete) a database.
             "TEST": {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")},
@@ -215,7 +217,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 # --- REST API -----------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # Tokens verified once per PLASTICITY_TOKEN_CACHE_TTL_S per process (revocation: within the TTL).
+        "project.api.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

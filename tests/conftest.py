@@ -19,7 +19,9 @@ def _isolated_storage(settings, tmp_path):
 
     from models_registry.implementations import caches_clear
     from models_registry.serving.predict import serving_runtime_reset
+    from project.api.authentication import token_cache
 
+    token_cache.clear()  # verified tokens are cached per process; user and token ids repeat across tests
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.STORAGES = {
         **settings.STORAGES,
@@ -40,6 +42,7 @@ def _isolated_storage(settings, tmp_path):
     yield
     caches_clear()
     serving_runtime_reset()
+    token_cache.clear()
     storages._storages = {}
     default_storage._wrapped = empty
 

@@ -39,7 +39,11 @@ _MIN_DELTA = 1e-6
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimisation settings. ``max_seconds`` is a wall budget checked after every step."""
+    """Optimisation settings. ``max_seconds`` is a wall budget checked after every step.
+
+    With a per-step schedule (cosine, onecycle), progress is the larger of the epochs done and the
+    wall budget used, so a run cut by ``max_seconds`` ends annealed.
+    """
 
     epochs: int = 60
     batch_size: int = 128
@@ -312,6 +316,11 @@ def _train(
         for step, idx in enumerate(batches, start=1):
             if config.lr_schedule != "plateau":
                 t = (epoch - 1 + (step - 1) / len(batches)) / config.epochs
+                if config.max_seconds:
+                    # Budget-aware: when the wall budget will end training before the epochs do, the
+                    # schedule runs on the clock and anneals by the deadline (Li et al., "Budgeted
+                    # training", ICLR 2020) instead of stopping mid-schedule at a high learning rate.
+                    t = max(t, (time.perf_counter() - start) / config.max_seconds)
                 for group in optimizer.param_groups:
                     group["lr"] = _scheduled_lr(config.lr_schedule, config.lr, t)
             index = torch.as_tensor(idx, device=device)

@@ -136,6 +136,33 @@ def test_gradient_boosting_classifier_beats_knn_on_an_axis_aligned_rule() -> Non
     assert boosting > 0.9 and knn < 0.7, (boosting, knn)
 
 
+def _rare_positive_table(n: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """About 8 % positives, which only a noisy combination of two of six columns gives away."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = (x[:, 0] + 0.8 * x[:, 1] + rng.normal(0, 0.9, size=n) > 2.1).astype(np.int64)
+    return x, y
+
+
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+
+
+def test_gradient_boosting_classifier_weights_imbalanced_classes_for_balanced_accuracy() -> None:
+    x, y = _rare_positive_table(4000)
+    assert 0.04 < y.mean() < 0.12
+    x_tr, y_tr, x_te, y_te = x[:3000], y[:3000], x[3000:], y[3000:]
+    auto = GradientBoostingClassifier().fit(x_tr, y_tr)
+    plain = GradientBoostingClassifier(class_weight=None).fit(x_tr, y_tr)
+    assert (auto.class_weight_used, plain.class_weight_used) == ("balanced", None)
+    weighted, unweighted = (_balanced_accuracy(y_te, m.predict(x_te)) for m in (auto, plain))
+    assert weighted > unweighted + 0.05, (weighted, unweighted)
+    balanced_x, balanced_y = _xor_table(400)
+    assert GradientBoostingClassifier().fit(balanced_x, balanced_y).class_weight_used is None
+    with pytest.raises(ValueError, match="class_weight"):
+        GradientBoostingClassifier(class_weight="inverse")
+
+
 def test_gradient_boosting_classifier_keeps_labels_and_flattens_inputs() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(120, 1, 2, 3)).astype(np.float32)

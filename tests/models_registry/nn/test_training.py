@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from models_registry.nn import training
 from models_registry.nn.genome import build_module, set_normalisation
 from models_registry.nn.training import (
     NonFiniteLossError,
@@ -213,6 +214,25 @@ def test_schedules(schedule):
     if schedule == "onecycle":
         assert lrs[0] < max(lrs) <= cfg.lr  # warms up, then anneals
         assert lrs[-1] < max(lrs)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_a_run_cut_by_its_wall_budget_ends_annealed(schedule, monkeypatch):
+    """The epochs could never finish in the budget: the schedule follows the clock and ends near zero.
+
+    The clock is simulated (each reading 10 ms after the last), so the test does not depend on speed.
+    """
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(ticks) * 0.01)
+    data = blobs()
+    cfg = TrainConfig(epochs=100_000, batch_size=8, lr=0.01, lr_schedule=schedule, patience=10**9, max_seconds=3.0)
+    result = train_module(classifier(data), data, output_kind="classes", config=cfg)
+    monkeypatch.undo()
+    assert result.stop_reason == "time_budget"
+    assert result.epochs_run < cfg.epochs / 100  # by the epochs alone, progress would be under 1 %
+    lrs = [e["lr"] for e in result.history]
+    assert lrs[-1] < 0.1 * cfg.lr
+    assert max(lrs) > 0.5 * cfg.lr  # it did train at a high rate before annealing
 
 
 def test_unknown_schedule_rejected():
