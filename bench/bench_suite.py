@@ -364,7 +364,8 @@ def _loop(job: dict[str, Any]) -> dict[str, Any]:
         curve = Curve()  # the clock starts as the server is launched
         wall0 = time.time()
         log = open(Path(tmp) / "serve.log", "w")  # noqa: SIM115 - closed below, after the server
-        server = subprocess.Popen([python, "manage.py", "serve", "--port", str(port), "--workers", "1"], cwd=REPO,
+        server = subprocess.Popen([python, "manage.py", "serve", "--port", str(port), "--ws-port", str(port + 1000),
+                                   "--workers", "1"], cwd=REPO,
                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         served: list[dict[str, Any]] = []
         neural: list[dict[str, Any]] = []

@@ -83,12 +83,16 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "project.context_processors.live",
             ],
         },
     },
 ]
 
 WSGI_APPLICATION = "project.wsgi.application"
+# The port of the ASGI server that carries /ws/ when HTTP is served by another (``manage.py serve``
+# sets it for its gunicorn workers); 0: the WebSockets share the page's origin.
+PLASTICITY_WS_PORT = env_int("PLASTICITY_WS_PORT", 0, minimum=0, maximum=65535)
 ASGI_APPLICATION = "project.asgi.application"
 
 # --- database -------------------------------------------------------------------------------
@@ -230,7 +234,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "project.api.errors.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["project.api.throttles.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
-        "predict": env_str("THROTTLE_PREDICT", "6000/min"),
+        # Per client and web process; sized for a service (1,000 predictions/s from one client).
+        "predict": env_str("THROTTLE_PREDICT", "60000/min"),
         "upload": env_str("THROTTLE_UPLOAD", "30/hour"),
         "login": env_str("THROTTLE_LOGIN", "20/min"),
         "user": env_str("THROTTLE_USER", "6000/min"),

@@ -1,4 +1,4 @@
-"""Real django-q2 worker processes (qcluster) and web servers (daphne) against the test database."""
+"""Real django-q2 worker processes (qcluster) and web servers (daphne, ``manage.py serve``) against the test database."""
 
 from __future__ import annotations
 
@@ -87,23 +87,47 @@ def daphne(*, log_path: Path, start_timeout_s: float = 60.0, **extra: str):
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline, last = time.monotonic() + start_timeout_s, ""
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"daphne exited ({process.returncode}):\n"
-                                   f"{log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/healthz", timeout=2) as response:  # noqa: S310 - local server
-                    if response.status == 200:
-                        break
-            except urllib.error.HTTPError as exc:
-                last = f"{exc.code} {exc.read()[:200]!r}"
-            except OSError as exc:
-                last = str(exc)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not answer within {start_timeout_s:g} s (last: {last}):\n"
-                                   f"{log_path.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.2)
+        _wait_healthy(url, process, log_path, start_timeout_s, "daphne")
         yield url, process
     finally:
         _stop(process)
+
+
+@contextlib.contextmanager
+def web_tier(*, log_path: Path, start_timeout_s: float = 60.0, web_workers: int = 2, **extra: str):
+    """Start the deployed web tier (``manage.py serve --workers 0``): gunicorn processes for HTTP on one
+    free port, daphne for /ws/ on another. Yield (HTTP base URL, WebSocket base URL, process)."""
+    port, ws_port = free_port(), free_port()
+    env = worker_env(**{"ALLOWED_HOSTS": "127.0.0.1,localhost", **extra})
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(port), "--ws-port", str(ws_port), "--workers", "0",
+             "--web-workers", str(web_workers), "--web-threads", "4"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process, log_path, start_timeout_s, "manage.py serve")
+        _wait_healthy(f"http://127.0.0.1:{ws_port}", process, log_path, start_timeout_s, "its WebSocket server")
+        yield url, f"ws://127.0.0.1:{ws_port}", process
+    finally:
+        _stop(process)
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float, name: str) -> None:
+    deadline, last = time.monotonic() + timeout_s, ""
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited ({process.returncode}):\n{log_path.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as response:  # noqa: S310 - local server
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = f"{exc.code} {exc.read()[:200]!r}"
+        except OSError as exc:
+            last = str(exc)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not answer within {timeout_s:g} s (last: {last}):\n"
+                               f"{log_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.2)

@@ -19,8 +19,9 @@
   const MAX_GAP = 200;
 
   class LiveClient {
-    constructor(path, after) {
+    constructor(path, after, port) {
       this.path = path;
+      this.port = port || "";
       this.lastId = after;          // the newest id seen
       this.seen = new Set();
       this.receivedIds = [];        // ids in the order they were handled (tests read it)
@@ -49,7 +50,10 @@
 
     connect() {
       const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-      const socket = new WebSocket(`${scheme}//${location.host}${this.path}?after=${this.cursor()}`);
+      // Behind `manage.py serve` the WebSockets have their own ASGI server on another port of the
+      // same host (data-ws-port); otherwise they share the page's origin.
+      const host = this.port ? `${location.hostname}:${this.port}` : location.host;
+      const socket = new WebSocket(`${scheme}//${host}${this.path}?after=${this.cursor()}`);
       this.socket = socket;
       this._status("connecting");
       socket.onopen = () => {
@@ -140,7 +144,8 @@
 
   const body = document.body;
   if (!body.dataset.wsPath) return;
-  const client = new LiveClient(body.dataset.wsPath, parseInt(body.dataset.lastEventId || "0", 10));
+  const client = new LiveClient(body.dataset.wsPath, parseInt(body.dataset.lastEventId || "0", 10),
+                                body.dataset.wsPort);
   window.plasticityLive = client;
   // Deferred scripts (panel.js) register their handlers before DOMContentLoaded.
   document.addEventListener("DOMContentLoaded", () => client.connect());

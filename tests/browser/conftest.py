@@ -1,9 +1,10 @@
-"""Browser tests: a real daphne server against the test database, and headless Chromium (Playwright).
+"""Browser tests: the deployed web tier against the test database, and headless Chromium (Playwright).
 
 * Mandatory when ``CI=true``: a missing Chromium or Playwright then fails the tests; elsewhere
   they are skipped with a message saying what to install.
-* One daphne process serves the whole session (started once the test database exists); it
-  reads the test SQLite file and a media folder shared with the tests, like a worker does
+* One web tier serves the whole session (started once the test database exists): ``manage.py
+  serve`` with two gunicorn processes and daphne for the WebSockets on another port, so the
+  pages' JavaScript connects across ports as it does in production. It reads the test SQLite file and a media folder shared with the tests, like a worker does
   (``tests.workers.worker_env``). The outbox relay is on and there is no Redis: the embedded mode.
 * Tests use ``django_db(transaction=True)``: what a test writes is committed, so daphne (and a
   qcluster worker) see it.
@@ -63,21 +64,33 @@ def _media_shared_with_the_server(_isolated_storage, settings, shared_media):
 
 @pytest.fixture(scope="session")
 def live_url(django_db_setup, django_db_blocker, shared_media, tmp_path_factory) -> str:
-    """A daphne server (the real ASGI stack: pages, static files, WebSockets) for the session.
+    """The deployed web tier for the session (``manage.py serve``: gunicorn processes for pages, API and
+    static files; daphne for the WebSockets on its own port, which the pages point the browser at).
 
     Embedded mode: no Redis (``REDIS_URL`` emptied), the outbox relay on.
     """
     _require_browser()
-    from tests.workers import daphne
+    from tests.workers import web_tier
 
     log = tmp_path_factory.mktemp("daphne") / "daphne.log"
-    with django_db_blocker.unblock(), daphne(log_path=log, start_timeout_s=SERVER_START_S, REDIS_URL="",
-                                             PLASTICITY_MEDIA_ROOT=str(shared_media),
-                                             PLASTICITY_OUTBOX_RELAY="1") as (url, _process):
+    with django_db_blocker.unblock(), web_tier(log_path=log, start_timeout_s=SERVER_START_S, REDIS_URL="",
+                                               PLASTICITY_MEDIA_ROOT=str(shared_media),
+                                               PLASTICITY_OUTBOX_RELAY="1") as (url, ws_url, _process):
         # The first request loads the URL map and templates; pay for it before any test's clock runs.
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(url + "/accounts/login/", timeout=30).read()  # noqa: S310 - local test server
+        for _ in range(4):  # each gunicorn process loads them once
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(url + "/accounts/login/", timeout=30).read()  # noqa: S310 - local test server
+        _ws_urls[url] = ws_url
         yield url
+
+
+#: live_url → the WebSocket server's base URL (ws://host:port) of the same web tier.
+_ws_urls: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def live_ws_url(live_url) -> str:
+    return _ws_urls[live_url]
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,7 @@ def test_viewer_sees_no_controls_and_forged_posts_are_refused(page, viewer):
     assert ImprovementRun.objects.count() == 7
 
 
-def test_websocket_refuses_anonymous_users_and_foreign_origins(live_url, operator):
+def test_websocket_refuses_anonymous_users_and_foreign_origins(live_url, live_ws_url, operator):
     from django.test import Client
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
@@ -111,7 +111,7 @@ def test_websocket_refuses_anonymous_users_and_foreign_origins(live_url, operato
     client = Client()
     client.force_login(operator)
     session = client.cookies["sessionid"].value
-    ws_url = live_url.replace("http://", "ws://") + "/ws/live/"
+    ws_url = live_ws_url + "/ws/live/"
     good_origin = {"Origin": live_url}
 
     with connect(ws_url, additional_headers={**good_origin, "Cookie": f"sessionid={session}"}, open_timeout=10) as ws:

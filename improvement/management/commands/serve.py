@@ -1,4 +1,18 @@
-"""Start the ASGI server and one django-q2 worker; Ctrl-C stops both."""
+"""Start the web tier and a django-q2 worker cluster; Ctrl-C (or SIGTERM) stops them all.
+
+The web tier uses the cores: HTTP (pages, API, predict) on gunicorn with several worker
+processes (WSGI; each keeps its own route table, tracker and ONNX sessions warm), and the
+WebSockets (``/ws/``) on one daphne process (ASGI) on the next port, which the pages connect to
+(``PLASTICITY_WS_PORT``). ``--single`` runs everything on one daphne process instead (one port).
+
+Worker counts come from the options, else the environment, else defaults that suit the machine:
+
+* ``--web-workers`` / ``PLASTICITY_WEB_WORKERS`` — gunicorn processes (default: the CPU count, at least 2);
+* ``--web-threads`` / ``PLASTICITY_WEB_THREADS`` — threads per gunicorn process (default 4: slow
+  clients, uploads and streamed exports do not hold a whole process);
+* ``--ws-port`` / ``PLASTICITY_WS_PORT`` — the WebSocket server's port (default: ``--port`` + 1);
+* ``--workers`` — django-q2 worker processes (0: none, the web tier only).
+"""
 
 from __future__ import annotations
 
@@ -7,44 +21,86 @@ import signal
 import subprocess
 import sys
 import time
-from typing import cast
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
+from events.env import env_int
 from improvement.scheduler.loop import loop_boot
+
+#: Seconds a gunicorn worker may spend on one request (an upload fits its algorithm in the request).
+WEB_TIMEOUT_S = 300
+
+
+def default_web_workers() -> int:
+    return max(2, os.cpu_count() or 1)
+
+
+def web_commands(*, host: str, port: int, web_workers: int, web_threads: int, ws_port: int,
+                 single: bool) -> list[tuple[str, list[str], dict[str, str]]]:
+    """(name, argv, extra environment) of each web process ``serve`` starts."""
+    python = sys.executable
+    if single:
+        return [("daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), "project.asgi:application"], {})]
+    gunicorn = [python, "-m", "gunicorn", "project.wsgi:application", "--bind", f"{host}:{port}",
+                "--workers", str(web_workers), "--worker-class", "gthread", "--threads", str(web_threads),
+                "--timeout", str(WEB_TIMEOUT_S), "--graceful-timeout", "10", "--keep-alive", "5",
+                "--error-logfile", "-", "--log-level", "warning"]
+    daphne = [python, "-m", "daphne", "-b", host, "-p", str(ws_port), "project.asgi:application"]
+    return [("gunicorn", gunicorn, {"PLASTICITY_WS_PORT": str(ws_port)}), ("daphne", daphne, {})]
 
 
 class Command(BaseCommand):
-    help = "Run daphne (ASGI: pages, API, WebSockets) and a django-q2 worker cluster together."
+    help = ("Run the web tier (gunicorn for HTTP, daphne for WebSockets on the next port) and a django-q2 "
+            "worker cluster together.")
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--workers", type=int, default=1, help="django-q2 worker processes")
+        parser.add_argument("--workers", type=int, default=1, help="django-q2 worker processes (0: none)")
+        parser.add_argument("--web-workers", type=int, default=None,
+                            help="gunicorn processes (default: PLASTICITY_WEB_WORKERS, else the CPU count, at least 2)")
+        parser.add_argument("--web-threads", type=int, default=None,
+                            help="threads per gunicorn process (default: PLASTICITY_WEB_THREADS, else 4)")
+        parser.add_argument("--ws-port", type=int, default=None,
+                            help="the WebSocket server's port (default: PLASTICITY_WS_PORT, else --port + 1)")
+        parser.add_argument("--single", action="store_true",
+                            help="one daphne process for pages, API and WebSockets on --port")
 
-    def handle(self, *args, host: str, port: int, workers: int, **options) -> None:
+    def handle(self, *args, host: str, port: int, workers: int, web_workers: int | None, web_threads: int | None,
+               ws_port: int | None, single: bool, **options) -> None:
+        web_workers = web_workers if web_workers is not None else env_int(
+            "PLASTICITY_WEB_WORKERS", default_web_workers(), minimum=1, maximum=256)
+        web_threads = web_threads if web_threads is not None else env_int(
+            "PLASTICITY_WEB_THREADS", 4, minimum=1, maximum=256)
+        ws_port = ws_port if ws_port is not None else (env_int("PLASTICITY_WS_PORT", 0, minimum=0) or port + 1)
+        if web_workers < 1 or web_threads < 1 or workers < 0:
+            raise CommandError("--web-workers and --web-threads must be at least 1, --workers at least 0")
+        if not single and ws_port == port:
+            raise CommandError(f"--ws-port must differ from --port ({port}), or use --single")
         state = loop_boot()
         self.stdout.write("self-improvement loop: " + ("started (auto_start)" if state else "not started"))
-        env = dict(os.environ, Q_WORKERS=str(workers))
-        python = sys.executable
-        # Each child leads its own process group, so stopping it also stops the worker
-        # processes qcluster forks.
-        web = subprocess.Popen(
-            [python, "-m", "daphne", "-b", host, "-p", str(port), "project.asgi:application"], env=env,
-            start_new_session=True,
-        )
-        worker = subprocess.Popen([python, "manage.py", "qcluster"], env=env, start_new_session=True)
-        children = [web, worker]
-        self.stdout.write(self.style.SUCCESS(f"Plasticity is running at http://{host}:{port}/  (Ctrl-C stops it)"))
+        env = dict(os.environ, Q_WORKERS=str(max(1, workers)))
+        # Each child leads its own process group, so stopping it also stops the processes it forks.
+        children: list[tuple[str, subprocess.Popen]] = []
+        for name, argv, extra in web_commands(host=host, port=port, web_workers=web_workers,
+                                              web_threads=web_threads, ws_port=ws_port, single=single):
+            children.append((name, subprocess.Popen(argv, env={**env, **extra}, start_new_session=True)))
+        if workers > 0:
+            children.append(("qcluster", subprocess.Popen([sys.executable, "manage.py", "qcluster"], env=env,
+                                                          start_new_session=True)))
+        layout = ("one daphne process" if single else
+                  f"{web_workers} gunicorn processes × {web_threads} threads, WebSockets on port {ws_port}")
+        self.stdout.write(self.style.SUCCESS(
+            f"Plasticity is running at http://{host}:{port}/  ({layout}; {workers} worker(s); Ctrl-C stops it)"))
 
         def stop(*_args) -> None:
-            # SIGTERM first: daphne closes connections, qcluster stops taking tasks. A run still
+            # SIGTERM first: the servers close connections, qcluster stops taking tasks. A run still
             # training after the grace period is killed; its heartbeat stops and the reconciler
             # requeues it at the next start.
-            for child in children:
+            for _name, child in children:
                 _signal_group(child, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            for child in children:
+            deadline = time.monotonic() + 15
+            for _name, child in children:
                 try:
                     child.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
@@ -57,13 +113,11 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop_and_exit)
         try:
-            while all(child.poll() is None for child in children):
+            while all(child.poll() is None for _name, child in children):
                 time.sleep(0.5)
-            # Both were started with an argument list.
-            commands = [cast(list[str], c.args) for c in children if c.poll() not in (None, 0)]
-            failed = [args[2] if len(args) > 2 else args for args in commands]
+            failed = [name for name, child in children if child.poll() not in (None, 0)]
             if failed:
-                self.stderr.write(f"a process exited unexpectedly: {failed}")
+                self.stderr.write(f"a process exited unexpectedly: {', '.join(failed)}")
         except KeyboardInterrupt:
             pass
         finally:
