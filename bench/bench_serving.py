@@ -49,10 +49,12 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from bench.common import target
+from bench.serving_capacity import FRACTIONS, WRK_CONNECTIONS, run_capacity
 
 NAME = "serving"
 DESCRIPTION = (
-    "predict over HTTP (daphne): req/s and p50/p99, neural vs algorithm vs a trivial endpoint; tracker cost"
+    "predict over HTTP: one daphne process (req/s, p50/p99, tracker cost) and the manage.py serve web tier "
+    "(capacity vs a bare DRF view, open-loop latency, batch rows/s)"
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,6 +69,10 @@ OVERHEAD_DURATION_S = float(os.environ.get("BENCH_SERVING_ROUND_S", "2.0"))
 OVERHEAD_SEED = 0
 BOOTSTRAP = 10_000
 THROUGHPUT_TARGET = 0.5
+CAPACITY = os.environ.get("BENCH_SERVING_CAPACITY", "1") not in ("", "0")
+REFERENCE_TARGET = 0.5  # single-row predict vs a bare DRF view on gunicorn (2 sync workers)
+P99_TARGET_MS = 50.0  # at 70 % of predict's own capacity, open loop
+BATCH_ROWS_TARGET = 100_000  # rows/s, batches of 1,000 on the digits CNN
 OVERHEAD_TARGET = 0.05
 
 SETUP = textwrap.dedent("""
@@ -377,6 +383,7 @@ def run() -> dict[str, Any]:
                 "WHERE source = 'live'"
             ).fetchone()
 
+    capacity = run_capacity() if CAPACITY else None
     ping_rps = results["ping"]["rps"]
     table = [
         _row("GET /api/ping (trivial)", "tracker on", results["ping"]),
@@ -398,6 +405,7 @@ def run() -> dict[str, Any]:
     neural_ratio = results["neural"]["rps"] / ping_rps
     algo_ratio = results["algorithmic"]["rps"] / ping_rps
     toggle_verified = live_requests == tracked_expected
+    extra_tables, extra_targets, extra_notes = _capacity_report(capacity) if capacity else ({}, [], [])
     return {
         "table": table,
         "tables": {
@@ -411,6 +419,7 @@ def run() -> dict[str, Any]:
                  "ci95": f"[{stats['ci95_low']:.4f}, {stats['ci95_high']:.4f}] bootstrap over pairs; "
                          f"[{stats['t_low']:.4f}, {stats['t_high']:.4f}] paired t"},
             ],
+            **extra_tables,
         },
         "targets": [
             target(
@@ -438,6 +447,7 @@ def run() -> dict[str, Any]:
                 round(micro_fraction, 5),
                 micro_fraction < OVERHEAD_TARGET,
             ),
+            *extra_targets,
         ],
         "notes": [
             f"concurrency {CONCURRENCY}, {DURATION_S:g} s per measurement ({OVERHEAD_DURATION_S:g} s per tracker "
@@ -455,7 +465,9 @@ def run() -> dict[str, Any]:
             f"tracker: {micro['record_us']:.2f} µs per record(); the server wrote {live_rows} live samples for "
             f"{live_requests} tracked requests; predict requests answered with the tracker on: {tracked_expected} "
             f"({'equal: the toggle works' if toggle_verified else 'NOT equal: check the toggle'})",
+            *extra_notes,
         ],
+        "capacity": capacity,
         "details": {
             "results": results,
             "rounds": rounds,
@@ -468,3 +480,50 @@ def run() -> dict[str, Any]:
             "seeded": {k: v for k, v in seeded.items() if k not in {"token", "input"}},
         },
     }
+
+
+def _capacity_report(capacity: dict[str, Any]) -> tuple[dict, list, list]:
+    """Tables, targets and notes of the web tier's capacity (``bench.serving_capacity``)."""
+    closed = capacity["closed"]
+    reference = closed["reference_bare_drf"]["rps"]
+    rows = []
+    for name, label in (("reference_bare_drf", "bare DRF view, gunicorn 2 sync workers (reference)"),
+                        ("ping", "GET /api/ping (token), manage.py serve"),
+                        ("predict_neural", "predict 1 row, neural CNN, manage.py serve"),
+                        ("predict_algorithmic", "predict 1 row, k-NN algorithm, manage.py serve"),
+                        ("predict_batch_1000", "predict 1,000 rows, neural CNN (4 connections)")):
+        r = closed[name]
+        rows.append({"endpoint": label, "req_per_s": round(r["rps"], 1), "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                     "non_2xx": r["non_2xx"], "vs_reference": round(r["rps"] / reference, 3)})
+    curve_rows = []
+    for name, points in capacity["curves"].items():
+        for p in points:
+            curve_rows.append({"endpoint, condition": name, "offered": f"{p['fraction']:.0%}",
+                               "offered_rps": p["offered_rps"], "achieved_rps": round(p["achieved_rps"], 1),
+                               "p50_ms": round(p["p50_ms"], 2), "p99_ms": round(p["p99_ms"], 2),
+                               "errors": p["errors"], "not_sent": p["not_sent"]})
+    neural_ratio = closed["predict_neural"]["rps"] / reference
+    at70 = next(p for p in capacity["curves"]["predict_neural, idle"] if p["fraction"] == 0.7)
+    batch_rows = closed["predict_batch_1000"]["rps"] * 1000 if not closed["predict_batch_1000"]["non_2xx"] else 0.0
+    at70_training = next((p for p in capacity["curves"].get("predict_neural, training", []) if p["fraction"] == 0.7),
+                         None)
+    targets = [
+        target("single-row predict (neural) throughput vs a bare DRF view on gunicorn with 2 workers (wrk, "
+               f"{WRK_CONNECTIONS} connections)", f">= {REFERENCE_TARGET:.0%}", round(neural_ratio, 3),
+               neural_ratio >= REFERENCE_TARGET),
+        target("predict (neural) p99 at 70 % of its own capacity, open loop, no run training",
+               f"< {P99_TARGET_MS:g} ms", round(at70["p99_ms"], 2), at70["p99_ms"] < P99_TARGET_MS and not at70["errors"]),
+        target("batch predict, 1,000 rows per request, digits CNN", f">= {BATCH_ROWS_TARGET:,} rows/s",
+               round(batch_rows), batch_rows >= BATCH_ROWS_TARGET),
+    ]
+    notes = [
+        f"capacity: wrk, one thread, {WRK_CONNECTIONS} connections, closed loop; open loop: offered rates "
+        f"{', '.join(f'{f:.0%}' for f in FRACTIONS)} of each endpoint's closed-loop capacity, latency from when "
+        "each request was due; the load generators share the two cores with the servers",
+        f"while a training run occupied the worker (run #{capacity['training'].get('training')}, status after: "
+        f"{capacity['training'].get('training_status_after')}): predict p99 at 70 % "
+        + (f"{at70_training['p99_ms']:.1f} ms" if at70_training else "not measured"),
+        f"CNN held-out score {capacity['seeded']['version_score']:.4f}, k-NN {capacity['seeded']['algorithm_score']:.4f}",
+    ]
+    return ({"web tier capacity (closed loop, wrk)": rows, "web tier latency against offered load (open loop)":
+             curve_rows}, targets, notes)

@@ -5,6 +5,12 @@ connections to a loopback server, sends the same request over each as fast as an
 come back, for ``duration_s`` seconds (or ``max_requests``), and prints one JSON line:
 requests, errors, status counts, requests/s and latency percentiles. Raw asyncio streams,
 so the generator costs far less per request than the server it measures.
+
+With ``rate`` (requests/s) the load is open-loop: request i is due at start + i / rate whatever
+the server does, and is sent on the first free connection of the pool; its latency is measured
+from when it was due, so time spent queued behind a slow server counts (no coordinated
+omission). Requests still not sent ``duration_s`` + 5 s after the start are counted as
+``not_sent``; the achieved rate says whether the server kept up.
 """
 
 from __future__ import annotations
@@ -105,5 +111,67 @@ async def run(spec: dict) -> dict:
     }
 
 
+async def _open_loop_worker(spec: dict, request: bytes, due: asyncio.Queue, latencies: list[float],
+                            statuses: dict[int, int]) -> None:
+    reader, writer = await asyncio.open_connection(spec["host"], spec["port"])
+    try:
+        while True:
+            due_at = await due.get()
+            if due_at is None:
+                return
+            writer.write(request)
+            try:
+                status = await _read_response(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                statuses[0] = statuses.get(0, 0) + 1
+                writer.close()
+                reader, writer = await asyncio.open_connection(spec["host"], spec["port"])
+                continue
+            latencies.append((time.perf_counter() - due_at) * 1000.0)
+            statuses[status] = statuses.get(status, 0) + 1
+    finally:
+        writer.close()
+
+
+async def run_open_loop(spec: dict) -> dict:
+    request = _request_bytes(spec)
+    rate, duration = float(spec["rate"]), float(spec["duration_s"])
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    due: asyncio.Queue = asyncio.Queue()
+    workers = [asyncio.create_task(_open_loop_worker(spec, request, due, latencies, statuses))
+               for _ in range(int(spec["concurrency"]))]
+    start = time.perf_counter()
+    n = int(rate * duration)
+    for i in range(n):
+        due_at = start + i / rate
+        delay = due_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        due.put_nowait(due_at)
+    sent_all = time.perf_counter()
+    not_sent = 0
+    give_up = start + duration + 5.0
+    while not due.empty() and time.perf_counter() < give_up:
+        await asyncio.sleep(0.05)
+    while not due.empty():  # the server fell too far behind: these never went out
+        due.get_nowait()
+        not_sent += 1
+    for _ in workers:
+        due.put_nowait(None)
+    await asyncio.wait(workers, timeout=30)
+    elapsed = time.perf_counter() - start
+    arr = np.asarray(latencies) if latencies else np.asarray([np.nan])
+    ok = statuses.get(200, 0)
+    return {
+        "offered_rps": rate, "scheduled": n, "requests": len(latencies), "ok": ok, "not_sent": not_sent,
+        "errors": n - ok, "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "seconds": elapsed, "schedule_s": sent_all - start, "achieved_rps": ok / max(elapsed, duration),
+        "p50_ms": float(np.percentile(arr, 50)), "p90_ms": float(np.percentile(arr, 90)),
+        "p99_ms": float(np.percentile(arr, 99)), "max_ms": float(np.max(arr)),
+    }
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(run(json.loads(sys.argv[1])))))
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(asyncio.run(run_open_loop(spec) if spec.get("rate") else run(spec))))

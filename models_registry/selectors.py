@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from models_registry.choices import Implementation, SampleSource, ScoreSplit
 from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
@@ -66,3 +69,27 @@ def version_latest_sample(*, version: ModelVersion) -> PerformanceSample | None:
         .first()
     )
 
+
+
+#: Live latency counts when the tracker saw at least this many requests of a version in the window.
+LIVE_LATENCY_WINDOW_S = 900.0
+LIVE_LATENCY_MIN_REQUESTS = 50
+
+
+def version_live_latency_p95(*, version: ModelVersion, window_s: float = LIVE_LATENCY_WINDOW_S,
+                             min_requests: int = LIVE_LATENCY_MIN_REQUESTS) -> float | None:
+    """The p95 latency live traffic saw on ``version`` lately (ms), or None with too few requests.
+
+    Every web process's tracker writes one ``source="live"`` sample per flush window; their p95s
+    are combined weighted by the requests each window served (a percentile of the union is not
+    recoverable from the windows; the weighted mean is close when the windows are alike).
+    """
+    since = timezone.now() - timedelta(seconds=window_s)
+    rows: list[tuple[float, int]] = [
+        (float(p95), int(n)) for p95, n in PerformanceSample.objects.filter(
+            version=version, source=SampleSource.LIVE, created_at__gte=since, latency_p95_ms__isnull=False,
+            n_requests__gt=0).values_list("latency_p95_ms", "n_requests") if p95 is not None]
+    total = sum(n for _p95, n in rows)
+    if total < min_requests:
+        return None
+    return sum(p95 * n for p95, n in rows) / total

@@ -32,6 +32,7 @@ from improvement.runs.lifecycle import (
 from improvement.runs.promotion import Decision, RunNoLongerRunning, decide, version_promote
 from improvement.runs.search import SharedTrialRunner
 from improvement.runs.search_files import search_files_delete
+from improvement.strategies.common import fastest_runtime
 from improvement.strategies.registry import NEED_SHARED_SEARCH, Candidate, get_strategy
 from models_registry.evaluation import candidate_evaluate
 from models_registry.implementations import fresh_version_module, task_dataset
@@ -156,6 +157,13 @@ def _run_body(run: ImprovementRun, reporter: RunReporter) -> str:
     if not candidates:
         run_finish(run_id=run.pk, status=RunStatus.REJECTED, decision="rejected: the strategy built no candidate")
         return RunStatus.REJECTED
+    if strategy.objective == "score":
+        # Optimizations stick: each candidate runs on its fastest runtime within the score tolerance.
+        reporter(0.95, "choosing each candidate's runtime")
+        candidates = [fastest_runtime(c, context) for c in candidates]
+        for c in candidates:
+            reporter.log(f"runtime {c.runtime} for {c.note or 'the candidate'}: the fastest within the score "
+                         f"tolerance on validation ({c.details.get('runtime_choice', 'not compiled')})")
     reporter(0.97, f"judging {len(candidates)} candidate(s) on the gate split")
     candidate, evaluation, decision = candidates_judge(
         strategy_objective=strategy.objective, task=task, baseline=baseline_eval, candidates=candidates,

@@ -14,7 +14,7 @@ from improvement.strategies.registry import (
     strategies_with_role,
 )
 from models_registry.models import NeuralModel
-from models_registry.selectors import teacher_score, version_active
+from models_registry.selectors import teacher_score, version_active, version_live_latency_p95
 
 
 def config_triggers(config: ImprovementConfig) -> Triggers:
@@ -41,9 +41,12 @@ def recent_training_gains(model: NeuralModel, *, n: int = 3) -> tuple[float, ...
 
 def model_metrics(model: NeuralModel, *, genetic_trigger: str | None = None) -> ModelMetrics:
     active = version_active(model=model)
+    # Serving's own measurement when there was traffic (what users get), else the evaluation's.
+    live_p95 = version_live_latency_p95(version=active) if active else None
     return ModelMetrics(
         score=active.score if active else None,
-        latency_p95_ms=active.latency_p95_ms if active else None,
+        latency_p95_ms=live_p95 if live_p95 is not None else (active.latency_p95_ms if active else None),
+        latency_source="live" if live_p95 is not None else "evaluation",
         latency_budget_ms=model.task.latency_budget_ms,
         n_parameters=active.n_parameters if active else None,
         size_bytes=active.size_bytes if active else None,

@@ -16,17 +16,15 @@ up dense CPU kernels.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 
-import numpy as np
 import torch
 
 from hormones.names import CORTISOL
 from hormones.priority import HormoneWeighting, latency_severity
 from improvement.nn.distillation import distill
 from improvement.nn.pruning import prune_genome_and_module
-from improvement.strategies.common import Budget, clone_module, epoch_progress, train_config
+from improvement.strategies.common import Budget, clone_module, epoch_progress, runtime_variants, train_config
 from improvement.strategies.registry import (
     Applicability,
     Candidate,
@@ -38,13 +36,8 @@ from improvement.strategies.registry import (
     Triggers,
     register,
 )
-from models_registry.nn.evaluation import measure_latency, raw_score
 from models_registry.nn.genome import GenomeError, build_module, set_normalisation, validate_genome
-from models_registry.nn.kinds import RECONSTRUCTION
-from models_registry.nn.runtimes import export_onnx, make_predict_fn, quantize_onnx_dynamic
 from models_registry.nn.training import train_module
-
-RUNTIMES = ("torch_fp32", "onnx_fp32", "onnx_int8", "torch_int8")
 
 
 def half_genome(genome: dict) -> dict | None:
@@ -73,47 +66,6 @@ def half_genome(genome: dict) -> dict | None:
         return None
 
 
-@dataclasses.dataclass
-class Variant:
-    genome: dict
-    module: torch.nn.Module
-    runtime: str
-    onnx_bytes: bytes | None
-    val_score: float
-    latency: dict
-    label: str
-
-    @property
-    def speed_cost(self) -> float:
-        measured = [self.latency.get("p50_ms_b1"), self.latency.get("p50_ms_b256")]
-        values: list[float] = [v for v in measured if v and v > 0]
-        return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.inf
-
-
-def _val_score(predict, context: StrategyContext) -> float:
-    X_val = np.asarray(context.data.X_val, dtype=np.float32)
-    raw = np.asarray(predict(X_val))
-    y_val = context.data.y_val if context.output_kind != RECONSTRUCTION else X_val
-    if y_val is None:
-        raise ValueError(f"output_kind {context.output_kind!r} needs validation targets")
-    return raw_score(context.output_kind, y_val, raw, context.train_config.metric)
-
-
-def runtime_variants(genome: dict, module: torch.nn.Module, context: StrategyContext, label: str) -> list[Variant]:
-    module.eval()
-    X_pool = np.asarray(context.data.X_val, dtype=np.float32)
-    onnx_fp32 = export_onnx(module, tuple(context.input_shape))
-    onnx_int8 = quantize_onnx_dynamic(onnx_fp32)
-    variants = []
-    for runtime in RUNTIMES:
-        onnx_bytes = {"onnx_fp32": onnx_fp32, "onnx_int8": onnx_int8}.get(runtime)
-        predict = make_predict_fn(runtime, module=module, onnx_bytes=onnx_bytes)
-        latency = measure_latency(predict, X_pool, batch_sizes=(1, 256), warmup=5, repeats=40, max_seconds=1.5)
-        variants.append(Variant(genome=genome, module=module, runtime=runtime, onnx_bytes=onnx_bytes,
-                                val_score=_val_score(predict, context), latency=latency, label=f"{label} {runtime}"))
-    return variants
-
-
 @register
 class OptimizationStrategy(StrategyBase):
     name = "optimization"
@@ -134,11 +86,12 @@ class OptimizationStrategy(StrategyBase):
         limit = triggers.optimization_latency_ms or metrics.latency_budget_ms
         if metrics.latency_p95_ms is None:
             return Applicability(False, "latency not measured yet")
+        seen = "live" if metrics.latency_source == "live" else "evaluation"
         if metrics.latency_p95_ms > limit:
             over = metrics.latency_p95_ms / limit - 1.0
-            return Applicability(True, f"p95 latency {metrics.latency_p95_ms:.2f} ms > {limit:g} ms",
+            return Applicability(True, f"p95 latency {metrics.latency_p95_ms:.2f} ms ({seen}) > {limit:g} ms",
                                  urgency=min(1.0, 0.4 + over))
-        return Applicability(False, f"p95 latency {metrics.latency_p95_ms:.2f} ms ≤ {limit:g} ms")
+        return Applicability(False, f"p95 latency {metrics.latency_p95_ms:.2f} ms ({seen}) ≤ {limit:g} ms")
 
     def build_candidates(self, context: StrategyContext, progress: ProgressFn) -> list[Candidate]:
         budget = Budget(context.time_budget_s)

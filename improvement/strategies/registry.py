@@ -66,6 +66,7 @@ class ModelMetrics:
     teacher_score: float | None = None  # best other implementation of the task (neural or algorithmic)
     genetic_trigger: str | None = None  # evidence of a plateau / drift / data growth, if any
     recent_training_gains: tuple[float, ...] = ()
+    latency_source: str = "evaluation"  # "live": latency_p95_ms is what serving measured lately
 
 
 @dataclasses.dataclass(frozen=True)

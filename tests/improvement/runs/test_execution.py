@@ -196,3 +196,18 @@ def test_a_models_search_continues_across_runs(weak_model):
     assert set(first_trials) | set(second_trials) <= finished
     assert optuna_storage_url().startswith("sqlite:///")
     assert second.params["study"] == study.study_name == first.params["study"]
+
+
+def test_a_promoted_training_candidate_runs_on_its_fastest_runtime_within_tolerance(weak_model):
+    """An optimization sticks: the score strategies' candidates are compiled before they are judged."""
+    run = _run(weak_model, "training")
+    assert run.status == RunStatus.PROMOTED, run.decision or run.error
+    new = version_active(model=weak_model)
+    assert new.pk == run.result_version_id
+    # A small MLP answers several times faster on ONNX Runtime than on torch eager (bench: runtimes).
+    assert new.runtime != "torch_fp32", run.log
+    assert f"runtime {new.runtime} for" in run.log
+    X_gate, y_gate = task_dataset(weak_model.task).gate
+    outputs = np.asarray(version_predict_fn(new)(X_gate))
+    assert outputs.shape[0] == len(y_gate)
+    assert float(np.mean(outputs.argmax(axis=1) == y_gate)) == pytest.approx(new.score, abs=1e-6)

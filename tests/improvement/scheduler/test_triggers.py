@@ -57,3 +57,47 @@ def test_the_same_model_judged_by_accuracy_looks_fine_and_nothing_fires():
     assert version.score > 0.85 and version.metric == "accuracy"
     fired = [name for name, _, _ in triggered_strategies(model)]
     assert "training" not in fired and "architecture" not in fired
+
+
+# ------------------------------------------------------------------------------ live latency
+
+
+def _live_sample(version, *, p95: float, requests: int, age_s: float = 0.0):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from models_registry.choices import Implementation, SampleSource
+    from models_registry.models import PerformanceSample
+
+    sample = PerformanceSample.objects.create(
+        task=version.model.task, version=version, implementation=Implementation.NEURAL, source=SampleSource.LIVE,
+        latency_p50_ms=p95 / 2, latency_p95_ms=p95, n_requests=requests)
+    if age_s:
+        PerformanceSample.objects.filter(pk=sample.pk).update(created_at=timezone.now() - timedelta(seconds=age_s))
+    return sample
+
+
+def _fired(model) -> dict[str, str]:
+    return {name: reason for name, reason, _urgency in triggered_strategies(model)}
+
+
+def test_the_optimization_trigger_reads_the_live_p95_of_serving():
+    from models_registry.selectors import LIVE_LATENCY_WINDOW_S
+    from tests.factories import csv_task, version_with_score
+
+    task = csv_task(n=120, seed=2)  # latency budget 200 ms
+    model = model_create(task=task, name="live")
+    version = version_with_score(model, 0.95, latency_ms=1.0)  # fast when evaluated
+    assert "optimization" not in _fired(model)
+    # Too few live requests, or too old: the evaluation's p95 still decides.
+    _live_sample(version, p95=900.0, requests=10)
+    _live_sample(version, p95=900.0, requests=500, age_s=LIVE_LATENCY_WINDOW_S + 60)
+    assert "optimization" not in _fired(model)
+    # Serving saw it slow (two processes' windows, weighted by their requests): the trigger fires.
+    _live_sample(version, p95=300.0, requests=60)
+    _live_sample(version, p95=600.0, requests=30)
+    reason = _fired(model)["optimization"]
+    assert "(live)" in reason and "> 200 ms" in reason
+    expected = (900.0 * 10 + 300.0 * 60 + 600.0 * 30) / 100
+    assert f"{expected:.2f} ms" in reason

@@ -1,0 +1,267 @@
+"""Capacity of the deployed web tier (``manage.py serve``): part of ``bench_serving``.
+
+On a fresh SQLite database: the digits task with a small CNN version (torch fp32) and its
+k-NN algorithm, a staff token, the loop off. Then, with the web tier started as ``make run``
+starts it (gunicorn workers for HTTP, daphne for /ws/, one django-q2 worker):
+
+* **closed loop** (``wrk``, 32 connections, one thread): single-row predict (neural and
+  algorithmic), a trivial authenticated endpoint (``/api/ping``) of the same server, and the
+  reference — a bare DRF view on gunicorn with two sync workers (``bench/reference_app.py``:
+  no database, no authentication);
+* **open loop** (``bench/serving_loadgen.py`` with a rate: requests due at a constant rate,
+  latency from when each was due): p50/p99 against offered load, as fractions of each
+  endpoint's closed-loop capacity, with no run training and again while a training run
+  occupies the worker;
+* **batch**: predict with 1,000 rows per request on the CNN (``wrk``, 4 connections): rows/s.
+
+Every number here shares the machine's cores with the load generator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SLUG = "pattern-recognition"
+WRK_CONNECTIONS = 32
+WRK_SECONDS = int(os.environ.get("BENCH_CAPACITY_WRK_S", "8"))
+OPEN_LOOP_SECONDS = float(os.environ.get("BENCH_CAPACITY_OPEN_S", "6"))
+OPEN_LOOP_CONNECTIONS = 64
+FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.1)
+BATCH_ROWS = 1000
+
+SETUP = textwrap.dedent("""
+    import json
+    import django
+    django.setup()
+    import numpy as np
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+    from improvement.models import ImprovementConfig
+    from models_registry.evaluation import algorithm_evaluate, candidate_evaluate
+    from models_registry.implementations import task_dataset
+    from models_registry.nn.training import TrainConfig
+    from models_registry.services import model_create, task_create_builtin, version_create
+    from models_registry.training import neural_fit
+
+    ImprovementConfig.objects.update_or_create(pk=1, defaults={"enabled": False, "auto_start": False})
+    task = task_create_builtin(key="pattern-recognition")
+    algorithm = algorithm_evaluate(task=task)
+    model = model_create(task=task, name="capacity")
+    genome = {"kind": "cnn", "input_shape": [1, 8, 8], "output_dim": 10, "channels": [16, 32], "kernels": [3, 3],
+              "pool": [False, True], "hidden": [64], "dropout": 0.0, "norm": "batch"}
+    module, _ = neural_fit(task, genome, config=TrainConfig(epochs=15, seed=0, patience=15))
+    version = version_create(model=model, genome=genome, state_dict=module.state_dict(),
+                             evaluation=candidate_evaluate(task=task, module=module), activate=True)
+    user = get_user_model().objects.create_user("bench", password="bench-pass-123-xyz", is_staff=True)
+    token = Token.objects.create(user=user)
+    X, _ = task_dataset(task).train
+    rows = np.round(np.concatenate([X] * 2)[:1000], 3)
+    print(json.dumps({"token": token.key, "model_id": model.pk, "version_score": version.score,
+                      "algorithm_score": algorithm.score, "one": rows[0].tolist(), "batch": rows.tolist()}))
+""")
+
+TRAINING_RUN = textwrap.dedent("""
+    import json, sys
+    import django
+    django.setup()
+    from improvement.runs.lifecycle import run_create
+    from models_registry.models import NeuralModel
+    # An architecture search with far more trials than the measurement lasts: the worker trains throughout.
+    run = run_create(model=NeuralModel.objects.get(pk=int(sys.argv[1])), strategy="architecture",
+                     params={"time_budget_s": 1800, "trials": 1000}, enqueue=True)
+    print(json.dumps({"run_id": run.pk}))
+""")
+
+RUN_STATUS = textwrap.dedent("""
+    import json, sys
+    import django
+    django.setup()
+    from improvement.models import ImprovementRun
+    print(json.dumps({"status": ImprovementRun.objects.get(pk=int(sys.argv[1])).status}))
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _python(code: str, env: dict, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"setup failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited ({process.returncode})")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()  # noqa: S310 - loopback
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:g} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+def _wrk(url: str, *, connections: int = WRK_CONNECTIONS, seconds: int = WRK_SECONDS, method: str = "GET",
+         body: Any = None, token: str | None = None, tmp: Path) -> dict:
+    script = tmp / f"wrk-{time.monotonic_ns()}.lua"
+    lines = [f'wrk.method = "{method}"', 'wrk.headers["Content-Type"] = "application/json"']
+    if token:
+        lines.append(f'wrk.headers["Authorization"] = "Token {token}"')
+    if body is not None:
+        payload = tmp / f"body-{time.monotonic_ns()}.json"
+        payload.write_text(json.dumps(body))
+        lines.append(f'local f = io.open("{payload}", "r"); wrk.body = f:read("*a"); f:close()')
+    script.write_text("\n".join(lines) + "\n")
+    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                          capture_output=True, text=True, timeout=seconds + 60)
+    out = done.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float | None:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return None
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"), "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+            "socket_errors": errors.group(0) if errors else None}
+
+
+def _open_loop(port: int, path: str, *, rate: float, method: str = "GET", body: Any = None,
+               token: str | None = None) -> dict:
+    spec = {"host": "127.0.0.1", "port": port, "method": method, "path": path, "rate": rate,
+            "duration_s": OPEN_LOOP_SECONDS, "concurrency": OPEN_LOOP_CONNECTIONS,
+            "headers": {"Authorization": f"Token {token}"} if token else {}}
+    if body is not None:
+        spec["body"] = body
+    done = subprocess.run([sys.executable, "-m", "bench.serving_loadgen", json.dumps(spec)], cwd=REPO,
+                          capture_output=True, text=True, timeout=OPEN_LOOP_SECONDS + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _switch(port: int, token: str, implementation: str) -> None:
+    request = urllib.request.Request(  # noqa: S310 - loopback
+        f"http://127.0.0.1:{port}/api/tasks/{SLUG}/serving", method="POST",
+        data=json.dumps({"implementation": implementation}).encode(),
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).read()  # noqa: S310
+    time.sleep(1.5)  # every process re-reads the serving state within 0.25 s
+
+
+def run_capacity() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="plasticity-bench-capacity-") as tmp_name:
+        tmp = Path(tmp_name)
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "PLASTICITY_VAR_DIR": str(tmp / "var"),
+               "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "WARNING"}
+        for key in ("DATABASE_URL", "REDIS_URL"):
+            env.pop(key, None)
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True,
+                       capture_output=True, timeout=600)
+        seeded = _python(SETUP, env)
+        token = seeded["token"]
+        port, ws_port, ref_port = _free_port(), _free_port(), _free_port()
+        reference = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "bench.reference_app:application", "--workers", "2",
+             "--worker-class", "sync", "--bind", f"127.0.0.1:{ref_port}", "--log-level", "warning"],
+            cwd=REPO, env={**env, "DJANGO_SETTINGS_MODULE": "bench.reference_app"}, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        serve = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(port), "--ws-port", str(ws_port), "--workers", "1"],
+            cwd=REPO, env=env, start_new_session=True, stdout=open(tmp / "serve.log", "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        predict_url = f"{base}/api/tasks/{SLUG}/predict"
+        one = {"inputs": seeded["one"]}
+        batch = {"inputs": seeded["batch"]}
+        closed: dict[str, dict] = {}
+        curves: dict[str, list[dict]] = {}
+        try:
+            _wait_http(f"http://127.0.0.1:{ref_port}/ref", reference)
+            _wait_http(f"{base}/healthz", serve)
+            # Warm every process: routes, the algorithm, ONNX/torch sessions, token caches.
+            for implementation in ("algorithmic", "neural"):
+                _switch(port, token, implementation)
+                _wrk(predict_url, method="POST", body=one, token=token, seconds=2, tmp=tmp)
+            _wrk(f"{base}/api/ping", token=token, seconds=2, tmp=tmp)
+            _wrk(f"http://127.0.0.1:{ref_port}/ref", seconds=2, tmp=tmp)
+
+            closed["reference_bare_drf"] = _wrk(f"http://127.0.0.1:{ref_port}/ref", tmp=tmp)
+            closed["ping"] = _wrk(f"{base}/api/ping", token=token, tmp=tmp)
+            closed["predict_neural"] = _wrk(predict_url, method="POST", body=one, token=token, tmp=tmp)
+            closed["predict_batch_1000"] = _wrk(predict_url, method="POST", body=batch, token=token, connections=4,
+                                                tmp=tmp)
+            _switch(port, token, "algorithmic")
+            closed["predict_algorithmic"] = _wrk(predict_url, method="POST", body=one, token=token, tmp=tmp)
+            _switch(port, token, "neural")
+
+            endpoints = {
+                "predict_neural": ("neural", f"/api/tasks/{SLUG}/predict", "POST", one),
+                "predict_algorithmic": ("algorithmic", f"/api/tasks/{SLUG}/predict", "POST", one),
+                "ping": (None, "/api/ping", "GET", None),
+            }
+            training: dict[str, Any] = {}
+            for condition in ("idle", "training"):
+                if condition == "training":
+                    run_id = _python(TRAINING_RUN, env, str(seeded["model_id"]))["run_id"]
+                    deadline = time.monotonic() + 120
+                    while _python(RUN_STATUS, env, str(run_id))["status"] != "running":
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("the training run never started")
+                        time.sleep(1)
+                    training["training"] = run_id
+                for name, (implementation, path, method, body) in endpoints.items():
+                    if implementation:
+                        _switch(port, token, implementation)
+                    capacity = closed[name]["rps"]
+                    for fraction in FRACTIONS:
+                        point = _open_loop(port, path, rate=round(capacity * fraction, 1), method=method, body=body,
+                                           token=token)
+                        curves.setdefault(f"{name}, {condition}", []).append({"fraction": fraction, **point})
+                if condition == "training":
+                    # "running": the worker trained through every measurement of this condition.
+                    still = _python(RUN_STATUS, env, str(training["training"]))["status"]
+                    training["training_status_after"] = still
+        finally:
+            _stop(serve)
+            _stop(reference)
+    return {"closed": closed, "curves": curves, "training": training, "seeded": {
+        "version_score": seeded["version_score"], "algorithm_score": seeded["algorithm_score"]}}
