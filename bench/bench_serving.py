@@ -33,7 +33,6 @@ import os
 import random
 import select
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -48,7 +47,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import t as student_t
 
-from bench.common import target
+from bench.common import free_port, target
 from bench.serving_capacity import FRACTIONS, WRK_CONNECTIONS, run_capacity
 
 NAME = "serving"
@@ -119,12 +118,6 @@ TRACKER_MICRO = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(var_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     env.update(
@@ -157,7 +150,7 @@ class _Server:
 
     def __init__(self, name: str, env: dict[str, str], var_dir: Path) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.log = open(var_dir / f"daphne-{name}.log", "w")  # noqa: SIM115 - closed in stop()
         ack_read, ack_write = os.pipe()
         self.process = subprocess.Popen(

@@ -52,7 +52,6 @@ import math
 import os
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -66,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS_DIR, git_state, target
+from bench.common import RESULTS_DIR, git_state, stop_process_group, target
 from bench.suite_tasks import TASKS, SuiteTask, load_task
 
 NAME = "suite"
@@ -425,12 +424,7 @@ def _loop(job: dict[str, Any]) -> dict[str, Any]:
             runs = session.get(base + "/api/runs?limit=200", timeout=30).json().get("results", [])
             cpu_total = round(_tree_cpu(server.pid), 1)
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            stop_process_group(server, timeout_s=60)
             log.close()
             shutil.copy(Path(tmp) / "serve.log", Path(tempfile.gettempdir()) / f"suite-{job['task']}-{seed}-serve.log")
     return {"points": served, "neural_points": neural, "metric": metric, "server_up_s": round(up_at, 1),

@@ -11,6 +11,8 @@ import json
 import math
 import os
 import platform
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -28,6 +30,29 @@ DIGITS_SEED = 0
 #: Distributions whose versions every result records (None when not installed).
 VERSIONED = ("django", "djangorestframework", "channels", "torch", "numpy", "scikit-learn", "optuna",
              "onnxruntime", "onnx", "django-q2", "daphne", "uvicorn", "gunicorn", "psutil")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen, *, timeout_s: float = 30.0) -> None:
+    """SIGTERM the process group a server was started in (``start_new_session=True``), SIGKILL if it lingers."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
 
 
 # --------------------------------------------------------------------------- machine

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from bench.common import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 SLUG = "pattern-recognition"
@@ -102,12 +102,6 @@ RUN_STATUS = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _python(code: str, env: dict, *args: str) -> dict:
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
@@ -129,18 +123,6 @@ def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 120.0) ->
         except OSError:
             time.sleep(0.3)
     raise RuntimeError(f"{url} did not answer within {timeout_s:g} s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
 
 
 def _wrk(url: str, *, connections: int = WRK_CONNECTIONS, seconds: int = WRK_SECONDS, method: str = "GET",
@@ -207,7 +189,7 @@ def run_capacity() -> dict[str, Any]:
                        capture_output=True, timeout=600)
         seeded = _python(SETUP, env)
         token = seeded["token"]
-        port, ws_port, ref_port = _free_port(), _free_port(), _free_port()
+        port, ws_port, ref_port = free_port(), free_port(), free_port()
         reference = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "bench.reference_app:application", "--workers", "2",
              "--worker-class", "sync", "--bind", f"127.0.0.1:{ref_port}", "--log-level", "warning"],
@@ -270,7 +252,7 @@ def run_capacity() -> dict[str, Any]:
                     still = _python(RUN_STATUS, env, str(training["training"]))["status"]
                     training["training_status_after"] = still
         finally:
-            _stop(serve)
-            _stop(reference)
+            stop_process_group(serve)
+            stop_process_group(reference)
     return {"closed": closed, "curves": curves, "training": training, "seeded": {
         "version_score": seeded["version_score"], "algorithm_score": seeded["algorithm_score"]}}

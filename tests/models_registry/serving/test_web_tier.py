@@ -8,13 +8,8 @@ signed-in session and pushes the promotion's event.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -30,15 +25,9 @@ from models_registry.serving.choices import SwitchReason
 from models_registry.serving.switching import NEURAL, serving_switch
 from tests.factories import trained_version
 from tests.models_registry.serving.helpers import blobs_inputs
+from tests.workers import web_tier
 
-REPO = Path(__file__).resolve().parents[3]
 WEB_WORKERS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(condition, *, timeout_s: float, what: str):
@@ -58,7 +47,7 @@ def _gunicorn_workers(serve: subprocess.Popen) -> list[psutil.Process]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_serve_runs_gunicorn_workers_and_a_websocket_server(served_task, operator, settings, tmp_path):
+def test_serve_runs_gunicorn_workers_and_a_websocket_server(served_task, operator, tmp_path):
     if connection.vendor == "sqlite" and str(connection.settings_dict["NAME"]).startswith((":memory:", "file:")):
         pytest.skip("needs a database file both processes can open")
     task, model, v1, v2 = served_task
@@ -71,34 +60,22 @@ def test_serve_runs_gunicorn_workers_and_a_websocket_server(served_task, operato
     browser.force_login(operator)
     cookie = f"{django_settings.SESSION_COOKIE_NAME}={browser.cookies[django_settings.SESSION_COOKIE_NAME].value}"
 
-    if connection.vendor == "sqlite":
-        database_url = f"sqlite:///{connection.settings_dict['NAME']}"
-    else:
-        s = connection.settings_dict
-        database_url = f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-    port, ws_port = _free_port(), _free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "DATABASE_URL": database_url,
-           "PLASTICITY_VAR_DIR": str(tmp_path / "var"), "PLASTICITY_MEDIA_ROOT": str(settings.MEDIA_ROOT),
-           "PLASTICITY_TORCH_THREADS": "1", "SECRET_KEY": django_settings.SECRET_KEY}
-    serve = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port), "--ws-port", str(ws_port), "--workers", "0",
-         "--web-workers", str(WEB_WORKERS), "--web-threads", "2"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    url = f"{base}/api/tasks/{task.slug}/predict"
-    headers = {"Authorization": f"Token {token}"}
-    body = {"inputs": blobs_inputs(1)[0]}
+    with web_tier(log_path=tmp_path / "serve.log", start_timeout_s=120, web_workers=WEB_WORKERS) as (
+            base, ws_base, serve):
+        ws_port = int(ws_base.rsplit(":", 1)[1])  # ws://127.0.0.1:<port>
+        url = f"{base}/api/tasks/{task.slug}/predict"
+        headers = {"Authorization": f"Token {token}"}
+        body = {"inputs": blobs_inputs(1)[0]}
 
-    def predict() -> dict | None:
-        try:
-            # A new connection each time: the kernel hands each to whichever gunicorn process accepts it.
-            answer = requests.post(url, json=body, headers={**headers, "Connection": "close"}, timeout=10)
-        except requests.RequestException:
-            return None
-        assert answer.status_code == 200, answer.text
-        return answer.json()
+        def predict() -> dict | None:
+            try:
+                # A new connection each time: the kernel hands each to whichever gunicorn process accepts it.
+                answer = requests.post(url, json=body, headers={**headers, "Connection": "close"}, timeout=10)
+            except requests.RequestException:
+                return None
+            assert answer.status_code == 200, answer.text
+            return answer.json()
 
-    try:
         first = _wait_for(predict, timeout_s=120, what="the web tier answering")
         assert (first["implementation"], first["version_id"]) == ("neural", v2.pk)
         workers = _wait_for(lambda: len(_gunicorn_workers(serve)) >= WEB_WORKERS and _gunicorn_workers(serve),
@@ -110,7 +87,7 @@ def test_serve_runs_gunicorn_workers_and_a_websocket_server(served_task, operato
         assert page.status_code == 200
         assert f'data-ws-port="{ws_port}"' in page.text
 
-        ws = _wait_for(lambda: _try_connect(ws_port, cookie, base), timeout_s=60, what="the WebSocket")
+        ws = _wait_for(lambda: _try_connect(ws_base, cookie, base), timeout_s=60, what="the WebSocket")
         try:
             version_activate(version=v3, reason="promotion seen by every web process")
             # Every process serves it: 2 × 10 consecutive answers on fresh connections all name v3.
@@ -132,21 +109,14 @@ def test_serve_runs_gunicorn_workers_and_a_websocket_server(served_task, operato
             ws.close()
         # An anonymous WebSocket is refused.
         with pytest.raises(Exception):  # noqa: B017 - the handshake is rejected (403) or closed at once
-            anonymous = connect(f"ws://127.0.0.1:{ws_port}/ws/live/?after=0", origin=base, open_timeout=5)
+            anonymous = connect(f"{ws_base}/ws/live/?after=0", origin=base, open_timeout=5)
             anonymous.recv(timeout=5)
-    finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-            serve.wait()
 
 
-def _try_connect(ws_port: int, cookie: str, origin: str):
+def _try_connect(ws_base: str, cookie: str, origin: str):
     try:
         # Entered as a context manager (websockets warns otherwise); closed by the caller.
-        return connect(f"ws://127.0.0.1:{ws_port}/ws/live/?after=0", additional_headers={"Cookie": cookie},
+        return connect(f"{ws_base}/ws/live/?after=0", additional_headers={"Cookie": cookie},
                        origin=origin, open_timeout=5).__enter__()
     except OSError:
         return None
