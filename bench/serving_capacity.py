@@ -12,13 +12,15 @@ starts it (gunicorn workers for HTTP, daphne for /ws/, one django-q2 worker):
   latency from when each was due): p50/p99 against offered load, as fractions of each
   endpoint's closed-loop capacity, with no run training and again while an architecture
   search occupies the worker;
-* **batch**: predict with 1,000 rows per request on the CNN (``wrk``, 4 connections): rows/s.
+* **batch**: predict with 1,000 rows per request on the CNN (``wrk``, 4 connections): rows/s,
+  with the rows as JSON and as one binary ``.npy`` array (``Content-Type: application/x-npy``).
 
 Every number here shares the machine's cores with the load generator.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -31,6 +33,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench.common import free_port, stop_process_group
 
@@ -125,16 +129,23 @@ def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 120.0) ->
     raise RuntimeError(f"{url} did not answer within {timeout_s:g} s")
 
 
+def _npy(rows: list) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(rows, dtype=np.float32))
+    return buffer.getvalue()
+
+
 def _wrk(url: str, *, connections: int = WRK_CONNECTIONS, seconds: int = WRK_SECONDS, method: str = "GET",
-         body: Any = None, token: str | None = None, tmp: Path) -> dict:
+         body: Any = None, token: str | None = None, tmp: Path, content_type: str = "application/json") -> dict:
+    """``body``: JSON-serialisable, or bytes sent as they are with ``content_type``."""
     script = tmp / f"wrk-{time.monotonic_ns()}.lua"
-    lines = [f'wrk.method = "{method}"', 'wrk.headers["Content-Type"] = "application/json"']
+    lines = [f'wrk.method = "{method}"', f'wrk.headers["Content-Type"] = "{content_type}"']
     if token:
         lines.append(f'wrk.headers["Authorization"] = "Token {token}"')
     if body is not None:
-        payload = tmp / f"body-{time.monotonic_ns()}.json"
-        payload.write_text(json.dumps(body))
-        lines.append(f'local f = io.open("{payload}", "r"); wrk.body = f:read("*a"); f:close()')
+        payload = tmp / f"body-{time.monotonic_ns()}"
+        payload.write_bytes(body if isinstance(body, bytes) else json.dumps(body).encode())
+        lines.append(f'local f = io.open("{payload}", "rb"); wrk.body = f:read("*a"); f:close()')
     script.write_text("\n".join(lines) + "\n")
     done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
                           capture_output=True, text=True, timeout=seconds + 60)
@@ -220,6 +231,9 @@ def run_capacity() -> dict[str, Any]:
             closed["predict_neural"] = _wrk(predict_url, method="POST", body=one, token=token, tmp=tmp)
             closed["predict_batch_1000"] = _wrk(predict_url, method="POST", body=batch, token=token, connections=4,
                                                 tmp=tmp)
+            closed["predict_batch_1000_npy"] = _wrk(predict_url, method="POST", body=_npy(seeded["batch"]),
+                                                    content_type="application/x-npy", token=token, connections=4,
+                                                    tmp=tmp)
             _switch(port, token, "algorithmic")
             closed["predict_algorithmic"] = _wrk(predict_url, method="POST", body=one, token=token, tmp=tmp)
             _switch(port, token, "neural")

@@ -3,8 +3,9 @@
 from django.urls import include, path
 
 urlpatterns = [
-    path("", include("models_registry.api.urls")),
+    # Serving first: predict is the hot path, and URL resolution tries patterns in order.
     path("", include("models_registry.api.serving_urls")),
+    path("", include("models_registry.api.urls")),
     path("", include("improvement.api.urls")),
     path("", include("hormones.api.urls")),
     # Token, schema and docs; keep last: it ends with the JSON 404 for unknown API paths.

@@ -15,6 +15,8 @@ from events.env import env_bool, env_float, env_int
 SERVING_SETTINGS: dict[str, tuple[type, float | int | bool]] = {
     # Largest batch one predict request may carry.
     "PLASTICITY_MAX_BATCH": (int, 1024),
+    # Largest predict request body in bytes (JSON or .npy); a larger one is refused with 413.
+    "PLASTICITY_PREDICT_MAX_BYTES": (int, 32 * 1024 * 1024),
     # Seconds between two reads of the serving state by a process (a switch anywhere is seen
     # by every process within about this long).
     "PLASTICITY_SERVING_REFRESH_S": (float, 0.25),

@@ -41,21 +41,24 @@ def inputs_validate(inputs, *, input_shape: Sequence[int], max_batch: int) -> tu
     """Return ``(X float32 (N, *input_shape), single)`` or raise ``InputError``.
 
     ``single`` is true when one input (not a batch) was given; it is then a batch of one.
-    JSON numbers only: strings, booleans, nulls, objects and ragged lists are refused, and
-    every value must be finite (``1e999`` parses as infinity and is refused too).
+    JSON numbers (nested lists) or a numeric NumPy array (an ``.npy`` body): strings, booleans,
+    nulls, objects, ragged lists and non-numeric arrays are refused, and every value must be finite (``1e999`` parses as infinity and is refused too).
     """
     shape = tuple(int(d) for d in input_shape)
     expected = expected_text(shape, max_batch)
     details = {"expected_shape": list(shape), "max_batch": max_batch}
-    if not isinstance(inputs, list):
+    if isinstance(inputs, np.ndarray):  # a binary (.npy) request body
+        array = inputs
+    elif not isinstance(inputs, list):
         kind = "null" if inputs is None else type(inputs).__name__
         raise InputError(f"inputs: {expected}, got a JSON {kind}", details=details)
-    try:
-        array = np.asarray(inputs)
-    except (ValueError, TypeError):
-        raise InputError(
-            f"inputs: {expected}, got ragged nested lists (first path {_shape_of(inputs)})", details=details
-        ) from None
+    else:
+        try:
+            array = np.asarray(inputs)
+        except (ValueError, TypeError):
+            raise InputError(
+                f"inputs: {expected}, got ragged nested lists (first path {_shape_of(inputs)})", details=details
+            ) from None
     if array.dtype.kind not in "iuf":
         what = {"b": "booleans", "U": "strings", "S": "strings", "O": "non-numeric or ragged values"}.get(
             array.dtype.kind, f"values of type {array.dtype}"

@@ -174,6 +174,7 @@ class ShadowChecker:
     """Samples live neural requests and checks them against the algorithm on worker threads."""
 
     FLOOR_TTL_S = 5.0
+    BATCH_JOBS = 256  # queued checks run as one algorithm call at most
 
     def __init__(self, *, workers: int = 1, queue_size: int = 64, window_rows: int = 256, min_rows: int = 32,
                  cooldown_s: float = 60.0, seed: int | None = None) -> None:
@@ -222,17 +223,37 @@ class ShadowChecker:
 
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:  # stop()
+            jobs: list[_Job] = []
+            stop = False
+            item = self._queue.get()
+            # Under load, checks queue up while one runs: take them all and run the algorithm
+            # once per task and version (one call over many rows costs about what one row does).
+            while True:
+                if item is None:  # stop()
+                    stop = True
+                else:
+                    jobs.append(item)
+                if stop or len(jobs) >= self.BATCH_JOBS:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            groups: dict[tuple[int, int | None], list[_Job]] = {}
+            for job in jobs:
+                version = job.route.version
+                groups.setdefault((job.route.task.pk, version.pk if version else None), []).append(job)
+            for group in groups.values():
+                try:
+                    self.check(group[-1].route, np.concatenate([job.X for job in group]),
+                               np.concatenate([job.outputs for job in group]), requests=len(group))
+                except Exception:  # noqa: BLE001 - a failed check must not kill the worker
+                    logger.exception("shadow check of %s failed", group[-1].route.task.slug)
+            for _ in range(len(jobs) + int(stop)):
                 self._queue.task_done()
+            close_old_connections()
+            if stop:
                 return
-            try:
-                self.check(job.route, job.X, job.outputs)
-            except Exception:  # noqa: BLE001 - a failed check must not kill the worker
-                logger.exception("shadow check of %s failed", job.route.task.slug)
-            finally:
-                self._queue.task_done()
-                close_old_connections()
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every queued check is done (tests, shutdown); False on timeout."""
@@ -260,8 +281,9 @@ class ShadowChecker:
 
     # ------------------------------------------------------------------ one check
 
-    def check(self, route: Route, X: np.ndarray, outputs: np.ndarray) -> ShadowVerdict:
-        """Run the algorithm on ``X``, fold the agreement into the window, act on drift."""
+    def check(self, route: Route, X: np.ndarray, outputs: np.ndarray, *, requests: int = 1) -> ShadowVerdict:
+        """Run the algorithm on ``X`` (the rows of ``requests`` sampled requests), fold the
+        agreement into the window, act on drift."""
         task, version = route.task, route.version
         if version is None:  # submit() queues neural routes only
             raise ValueError(f"{task.slug}: a shadow check needs a neural route with a version")
@@ -276,7 +298,7 @@ class ShadowChecker:
             rows = window.rows
             agreement = window.agreement(task.output_kind) if rows >= self.min_rows else None
         floor = self._floor(task, version) if agreement is not None else None
-        serving_tracker().record_shadow(task_id=task.pk, version_id=version.pk, rows=len(X),
+        serving_tracker().record_shadow(task_id=task.pk, version_id=version.pk, rows=len(X), requests=requests,
                                         algorithm_ms=algorithm_ms, agreement=agreement, floor=floor, window_rows=rows)
         drifted = (agreement is not None and floor is not None
                    and shadow_drifted(task.output_kind, agreement, rows, floor))

@@ -116,13 +116,15 @@ class PerformanceTracker:
         self._after_record()
 
     def record_shadow(self, *, task_id: int, version_id: int, rows: int, algorithm_ms: float,
-                      agreement: float | None = None, floor: float | None = None, window_rows: int = 0) -> None:
-        """One shadow check (called by shadow workers, off the request path)."""
+                      agreement: float | None = None, floor: float | None = None, window_rows: int = 0,
+                      requests: int = 1) -> None:
+        """One shadow check of ``requests`` sampled requests run as one algorithm call (called by
+        shadow workers, off the request path)."""
         with self._lock:
             window = self._shadow.get((task_id, version_id))
             if window is None:
                 window = self._shadow[(task_id, version_id)] = ShadowWindow()
-            window.checks += 1
+            window.checks += requests
             window.rows += rows
             if len(window.algorithm_ms) < self.capacity:
                 window.algorithm_ms.append(algorithm_ms)

@@ -31,6 +31,10 @@ from improvement.scheduler.loop import loop_boot
 WEB_TIMEOUT_S = 300
 
 
+#: Thread counts of OpenMP / BLAS set to 1 in the web processes unless the environment sets them.
+WEB_NUMERIC_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def default_web_workers() -> int:
     return max(2, os.cpu_count() or 1)
 
@@ -46,7 +50,12 @@ def web_commands(*, host: str, port: int, web_workers: int, web_threads: int, ws
                 "--timeout", str(WEB_TIMEOUT_S), "--graceful-timeout", "10", "--keep-alive", "5",
                 "--error-logfile", "-", "--log-level", "warning"]
     daphne = [python, "-m", "daphne", "-b", host, "-p", str(ws_port), "project.asgi:application"]
-    return [("gunicorn", gunicorn, {"PLASTICITY_WS_PORT": str(ws_port)}), ("daphne", daphne, {})]
+    # Each web process serves many requests at once; numeric libraries must not also fan out
+    # over every core per call (OpenMP threads spinning in k-NN or BLAS steal the cores other
+    # requests need). An operator's own setting wins.
+    single_threaded = {name: os.environ.get(name, "1") for name in WEB_NUMERIC_THREAD_VARS}
+    return [("gunicorn", gunicorn, {"PLASTICITY_WS_PORT": str(ws_port), **single_threaded}),
+            ("daphne", daphne, {})]
 
 
 class Command(BaseCommand):

@@ -209,3 +209,73 @@ def test_switches_are_listed_newest_first(served_task, viewer, client_for):
     assert rows[0]["from_version"] == v2.number and rows[1]["from_implementation"] == ""
     only = client_for(viewer).get("/api/serving/switches", {"reason": "operator"}).json()["results"]
     assert [r["reason"] for r in only] == ["operator"]
+
+
+# ------------------------------------------------------------------------------ request bodies
+
+
+def _npy(array) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def test_a_binary_npy_batch_is_answered_like_the_same_json(blobs_task, viewer, client_for):
+    task = blobs_task
+    client = client_for(viewer)
+    inputs = np.asarray(blobs_inputs(7), dtype=np.float64)
+    from_json = _predict(client, task.slug, {"inputs": inputs.tolist()})
+    from_npy = client.post(f"/api/tasks/{task.slug}/predict", _npy(inputs), content_type="application/x-npy")
+    assert from_npy.status_code == 200, from_npy.content
+    assert from_npy.json()["outputs"] == from_json.json()["outputs"]
+    assert from_npy.json()["batch_size"] == 7
+    one = client.post(f"/api/tasks/{task.slug}/predict", _npy(inputs[0].astype(np.float32)),
+                      content_type="application/x-npy")
+    assert one.status_code == 200 and one.json()["batch_size"] == 1
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b"not an array", "not a NumPy .npy array"),
+    (None, "not a NumPy .npy array"),  # a pickled object array: refused, never unpickled
+])
+def test_bad_npy_bodies_get_a_400(blobs_task, viewer, client_for, body, expected):
+    task = blobs_task
+    if body is None:
+        body = _npy(np.array([{"a": 1}, None], dtype=object))
+    answer = client_for(viewer).post(f"/api/tasks/{task.slug}/predict", body, content_type="application/x-npy")
+    assert answer.status_code == 400
+    assert expected in answer.json()["error"]["message"]
+
+
+def test_a_npy_array_of_the_wrong_shape_or_kind_gets_the_input_check(blobs_task, viewer, client_for):
+    task = blobs_task
+    client = client_for(viewer)
+    wrong = client.post(f"/api/tasks/{task.slug}/predict", _npy(np.zeros((3, 5))), content_type="application/x-npy")
+    assert wrong.status_code == 400 and wrong.json()["error"]["message"] == f"inputs: {EXPECTED}, got [3, 5]"
+    text = client.post(f"/api/tasks/{task.slug}/predict", _npy(np.array([["a"] * 4])),
+                       content_type="application/x-npy")
+    assert text.status_code == 400 and "got strings" in text.json()["error"]["message"]
+
+
+def test_a_body_over_the_limit_gets_a_413_before_it_is_parsed(blobs_task, viewer, client_for, settings):
+    task = blobs_task
+    settings.PLASTICITY_PREDICT_MAX_BYTES = 2048
+    client = client_for(viewer)
+    small = _predict(client, task.slug, {"inputs": blobs_inputs(2)})
+    assert small.status_code == 200
+    big = _predict(client, task.slug, {"inputs": blobs_inputs(200)})
+    assert big.status_code == 413
+    error = big.json()["error"]
+    assert error["code"] == "payload_too_large" and "2 KiB" in error["message"] and "application/x-npy" in error["message"]
+    npy = client.post(f"/api/tasks/{task.slug}/predict", _npy(np.zeros((200, 4))), content_type="application/x-npy")
+    assert npy.status_code == 413
+
+
+def test_json_nested_thousands_deep_gets_a_400_in_the_error_shape(blobs_task, viewer, client_for):
+    task = blobs_task
+    raw = '{"inputs": ' + "[" * 5000 + "]" * 5000 + "}"
+    answer = client_for(viewer).post(f"/api/tasks/{task.slug}/predict", raw, content_type="application/json")
+    assert answer.status_code == 400
+    assert "not valid JSON" in answer.json()["error"]["message"]

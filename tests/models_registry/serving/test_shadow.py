@@ -122,3 +122,46 @@ def test_a_few_disagreements_in_a_small_window_are_not_drift():
     assert shadow_drifted("classes", 0.906, 2000, 0.92)
     assert shadow_drifted("classes", 11 / 32, 32, 0.90)
     assert shadow_drifted("values", 0.5, 32, 0.9) and not shadow_drifted("values", 0.95, 32, 0.9)
+
+
+@transactional
+def test_checks_queued_under_load_run_as_one_algorithm_call(blobs_task, monkeypatch):
+    """While one check runs, the next ones queue; the worker then runs the algorithm once over all
+    their rows, so the shadow's CPU does not grow with the request rate."""
+    import threading
+
+    from models_registry.serving import shadow as shadow_module
+    from models_registry.serving.shadow import ShadowChecker
+
+    task = blobs_task
+    algorithm_evaluate(task=task, measure=False)
+    version = trained_version(model_create(task=task, name="good"), seed=0, epochs=30)
+    _serve_neural(task, version, fraction=1.0)
+    route = serving_router().route(task.slug)
+    real = shadow_module.algorithm_predict_fn
+    release = threading.Event()
+    calls: list[int] = []
+
+    def counted(task_):
+        predict = real(task_)
+
+        def run(X):
+            calls.append(len(X))
+            release.wait(30)  # the first call holds the worker until every request is queued
+            return predict(X)
+        return run
+
+    monkeypatch.setattr(shadow_module, "algorithm_predict_fn", counted)
+    checker = ShadowChecker(queue_size=64, min_rows=1)
+    X, _ = task_dataset(task).gate
+    for i in range(21):
+        rows = X[(i * 4) % (len(X) - 4):][:4]
+        assert checker.submit(route, rows, route.predict(rows))
+    release.set()
+    assert checker.drain(timeout=60)
+    checker.stop()
+    assert sum(calls) == 21 * 4
+    assert len(calls) == 2  # the first request alone, then the twenty that queued behind it
+    serving_tracker().flush()
+    shadow = PerformanceSample.objects.get(source=SampleSource.SHADOW)
+    assert shadow.n_requests == 21 and shadow.extra["rows"] == 84
