@@ -161,13 +161,25 @@ def json_chunks(queryset: QuerySet) -> Iterator[bytes]:
     yield b"\n]\n"
 
 
+#: A spreadsheet treats a cell that starts with one of these as a formula (CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(cell):
+    """A text cell a spreadsheet would run as a formula, prefixed with ``'`` so it shows as text
+    (OWASP's advice); numbers and other cells are written as they are."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_PREFIXES):
+        return "'" + cell
+    return cell
+
+
 def csv_chunks(queryset: QuerySet) -> Iterator[bytes]:
     """CSV with a header row, in chunks of ``BATCH_ROWS`` runs; JSON-valued columns hold JSON text."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(COLUMNS)
     for batch in _batched(csv_rows(queryset)):
-        writer.writerows(batch)
+        writer.writerows([tuple(csv_safe(cell) for cell in row) for row in batch])
         yield buffer.getvalue().encode()
         buffer.seek(0)
         buffer.truncate(0)

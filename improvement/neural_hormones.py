@@ -49,7 +49,7 @@ from hormones.models import HormoneEvent
 from hormones.services import hormone_release
 from improvement.models import ImprovementConfig
 from models_registry.data.hormone_model import N_INPUTS, N_OUTPUTS, simulate_hormone_response
-from models_registry.serving.router import serving_router
+from models_registry.serving.router import TaskNotFound, serving_router
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,12 @@ def hormone_response(X: np.ndarray, *, neural: bool | None = None) -> HormoneCom
         return _algorithm(X, "neural_hormones is off")
     try:
         route = serving_router().route(HORMONE_TASK_SLUG)
+    except TaskNotFound:  # an optional task: a deployment may run without it; nothing is wrong
+        return _algorithm(X, f"no {HORMONE_TASK_SLUG} task")
+    except Exception as exc:  # noqa: BLE001 - the loop's hormones must never depend on serving working
+        logger.warning("hormone-response serving failed; the algorithm computes the release", exc_info=True)
+        return _algorithm(X, f"fallback: {type(exc).__name__}: {exc}"[:200])
+    try:
         outputs = np.asarray(route.predict(X), dtype=np.float64).reshape(len(X), -1)
         if outputs.shape[1] != N_OUTPUTS or not np.isfinite(outputs).all():
             raise ValueError(f"served outputs of shape {outputs.shape} are not {N_OUTPUTS} finite values per row")

@@ -1,8 +1,11 @@
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import Count
 
+from models_registry.data.errors import ImplementationError
 from models_registry.errors import RegistryError
 from models_registry.evaluation import task_metric_change
+from models_registry.loading import load_implementation
 from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
 from models_registry.selectors import version_active
 from models_registry.services import version_activate, version_rollback
@@ -19,6 +22,27 @@ class TaskAdmin(admin.ModelAdmin):
     readonly_fields = ("output_kind", "source", "builtin_key", "input_shape", "n_outputs", "class_labels",
                        "feature_names", "target_name", "dataset_file", "dataset_sha256", "n_samples", "n_train",
                        "n_val", "n_gate", "n_test", "split_seed", "sampler_spec", "warnings", "created_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        # The algorithm path names code the server runs: only superusers may change it.
+        if request.user.is_superuser:
+            return self.readonly_fields
+        return (*self.readonly_fields, "algorithm_path")
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+
+        def clean_algorithm_path(form_self):
+            path = form_self.cleaned_data.get("algorithm_path", "")
+            if path:
+                try:
+                    load_implementation(path)  # the allowlist first: nothing outside it is imported
+                except ImplementationError as exc:
+                    raise ValidationError(str(exc)) from None
+            return path
+
+        form.clean_algorithm_path = clean_algorithm_path  # type: ignore[attr-defined]  # a per-request form class
+        return form
 
     def save_model(self, request, obj: Task, form, change: bool) -> None:
         """A new metric goes through ``task_metric_change``: every version is re-measured with it."""

@@ -1,4 +1,4 @@
-"""Algorithmic implementations and the helpers that load them by dotted path.
+"""Algorithmic implementations (``models_registry.loading`` loads them by dotted path).
 
 Every implementation follows one small protocol, shared with the neural
 runtimes so the router can treat them alike::
@@ -18,8 +18,6 @@ boosting for tables, k-NN / ridge for images and very wide rows, PCA for reconst
 
 from __future__ import annotations
 
-import importlib
-import re
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,9 +43,6 @@ __all__ = [
     "TABLE_MAX_FEATURES",
     "TABLE_MAX_OUTPUTS",
     "default_implementation",
-    "load_callable",
-    "as_implementation",
-    "load_implementation",
 ]
 
 
@@ -330,92 +325,3 @@ def default_implementation(output_kind: str, input_shape: list[int] | tuple[int,
     if is_table and output_kind in TABLE_IMPLEMENTATIONS:
         return TABLE_IMPLEMENTATIONS[output_kind]
     return DEFAULT_IMPLEMENTATIONS[output_kind]
-
-# A dotted path is identifiers joined by dots, optionally "module:attr". Anything else
-# (slashes, spaces, dunder names) is refused before we touch the import system.
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_DOTTED = re.compile(rf"^{_IDENT}(\.{_IDENT})*([.:]{_IDENT})$")
-
-
-def load_callable(dotted_path: str) -> Callable[..., Any]:
-    """Import ``package.module.attr`` (or ``package.module:attr``) and return the callable.
-
-    Raises ``ImplementationError`` with a message naming what is wrong: a
-    malformed path, a private attribute, a module that cannot be imported (or
-    fails while importing), a missing attribute, or one that is not callable.
-    """
-    if not isinstance(dotted_path, str) or not dotted_path.strip():
-        raise ImplementationError(
-            "implementation path must be a non-empty dotted path like 'package.module.func'"
-        )
-    path = dotted_path.strip()
-    if not _DOTTED.match(path):
-        raise ImplementationError(
-            f"'{path}' is not a dotted path: expected 'package.module.attribute' (letters, digits, "
-            "underscores, separated by dots)"
-        )
-    if ":" in path:
-        module_name, attr = path.split(":", 1)
-    else:
-        module_name, _, attr = path.rpartition(".")
-    if attr.startswith("_") or any(part.startswith("__") for part in module_name.split(".")):
-        raise ImplementationError(f"'{path}': private or dunder names cannot be used as implementations")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ImplementationError(f"'{path}': module '{module_name}' cannot be found ({exc})")
-    except Exception as exc:  # any error raised while the module body runs
-        raise ImplementationError(f"'{path}': importing '{module_name}' failed: {type(exc).__name__}: {exc}")
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise ImplementationError(f"'{path}': module '{module_name}' has no attribute '{attr}'")
-    if not callable(obj):
-        raise ImplementationError(f"'{path}' is a {type(obj).__name__}, not a callable (function or class)")
-    return obj
-
-
-def as_implementation(obj: Any) -> Implementation:
-    """Turn what a dotted path names into an object following the protocol.
-
-    * an object with ``predict`` is returned as is (given a no-op ``fit`` if it lacks one);
-    * a class is instantiated with no arguments, then treated as above;
-    * any other callable is treated as a function ``f(X) -> y`` and wrapped.
-    """
-    if isinstance(obj, type):
-        try:
-            instance = obj()
-        except Exception as exc:
-            raise ImplementationError(
-                f"class {obj.__qualname__} cannot be created without arguments: {type(exc).__name__}: {exc}"
-            )
-        if not callable(getattr(instance, "predict", None)):
-            if callable(instance):
-                return FunctionImplementation(instance, name=obj.__qualname__)
-            raise ImplementationError(f"class {obj.__qualname__} has no predict(X) method")
-        obj = instance
-    if callable(getattr(obj, "predict", None)):
-        if callable(getattr(obj, "fit", None)):
-            return obj
-        return _WithNoopFit(obj)
-    if callable(obj):
-        return FunctionImplementation(obj)
-    raise ImplementationError(f"{obj!r} is neither callable nor has a predict(X) method")
-
-
-class _WithNoopFit:
-    """Adds a no-op ``fit`` to a predict-only object."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> _WithNoopFit:
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.inner.predict(X))
-
-
-def load_implementation(dotted_path: str) -> Implementation:
-    """``as_implementation(load_callable(dotted_path))``: what task creation and serving use."""
-    return as_implementation(load_callable(dotted_path))

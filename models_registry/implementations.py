@@ -14,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from models_registry.algorithms import load_implementation
 from models_registry.choices import Runtime
 from models_registry.datasets import dataset_load
+from models_registry.loading import load_implementation
 from models_registry.models import ModelVersion, Task
 from models_registry.nn.genome import build_module
 from models_registry.nn.runtimes import make_predict_fn

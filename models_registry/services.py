@@ -27,7 +27,7 @@ from django.utils.text import slugify
 
 from events.payloads import TaskCreatedPayload, VersionActivatedPayload
 from events.publisher import publish
-from models_registry.algorithms import default_implementation, load_callable, load_implementation
+from models_registry.algorithms import default_implementation
 from models_registry.choices import DataSource, OutputKind, Runtime
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.data.errors import DatasetError
@@ -42,6 +42,7 @@ from models_registry.data.upload import (
 from models_registry.datasets import dataset_save
 from models_registry.errors import RegistryError
 from models_registry.evaluation import algorithm_evaluate, performance_sample_record, sealed_test_report
+from models_registry.loading import load_callable, load_implementation
 from models_registry.models import ModelVersion, NeuralModel, Task
 from models_registry.nn.evaluation import EvaluationResult
 from models_registry.nn.genome import build_module, validate_genome

@@ -31,6 +31,8 @@ def _isolated_storage(settings, tmp_path):
     storages._storages = {}
     default_storage._wrapped = empty
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # The test suite's own algorithms (tests/**/helpers.py) are allowed, as a deployment adds its modules.
+    settings.PLASTICITY_ALGORITHM_MODULES = [*settings.PLASTICITY_ALGORITHM_MODULES, "tests"]
     # Every event a test makes publish must match its declared payload type (events/payloads.py).
     settings.PLASTICITY_CHECK_EVENT_PAYLOADS = True
     # Each test's searches keep their Optuna studies to themselves (ids repeat across tests). The

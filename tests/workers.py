@@ -34,6 +34,7 @@ def worker_env(*, workers: int = 1, **extra: str) -> dict[str, str]:
         "Q_WORKERS": str(workers), "Q_POLL": "0.1", "PYTHONUNBUFFERED": "1", "PLASTICITY_TORCH_THREADS": "1",
         "PLASTICITY_CHECK_EVENT_PAYLOADS": "1",
         "PLASTICITY_OPTUNA_STORAGE": settings.PLASTICITY_OPTUNA_STORAGE,
+        "PLASTICITY_ALGORITHM_MODULES": ",".join(settings.PLASTICITY_ALGORITHM_MODULES),
         **extra,
     })
     return env

@@ -21,7 +21,7 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import mixins, status, viewsets
+from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import BasePagination
 from rest_framework.parsers import BaseParser, JSONParser, MultiPartParser
@@ -135,6 +135,14 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
             return [UserRateThrottle(), UploadRateThrottle()]
         return super().get_throttles()
 
+    def handle_exception(self, exc: Exception) -> Response:
+        response = super().handle_exception(exc)
+        # A refused upload (malformed file, bad field, too large) does not count against the
+        # upload allowance: a few mistakes must not lock an operator out for an hour.
+        if self.action == "create" and 400 <= response.status_code < 500 and response.status_code != 429:
+            UploadRateThrottle().refund(self.request, self)
+        return response
+
     @extend_schema(
         summary="Create a task from a dataset upload (multipart) or a generator (JSON)",
         tags=["tasks"],
@@ -144,7 +152,10 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
             "the upload limit are refused with 413 before they are read whole; rows and columns beyond "
             "the limits, non-UTF-8 text, ragged rows, NaN or a single class get a 400 that says where.\n\n"
             "**application/json**: a generator task — `sampler_spec` draws inputs and the algorithm at "
-            "`algorithm_path` labels them. The train/validation/test splits are fixed at creation."
+            "`algorithm_path` labels them. The train/validation/test splits are fixed at creation.\n\n"
+            "`algorithm_path` names code the server runs: only superusers may set it (403 otherwise), and "
+            "only inside the modules of `PLASTICITY_ALGORITHM_MODULES` (400 otherwise, before anything "
+            "is imported)."
         ),
         request={"multipart/form-data": TaskUploadSerializer, "application/json": TaskGeneratorSerializer},
         responses={201: TaskSerializer},
@@ -156,6 +167,8 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
             serializer = TaskUploadSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
             data = serializer.validated_data
+            if data.get("algorithm_path"):
+                _superuser_only(request)
             upload = data["file"]
             task = task_create_from_upload(
                 name=data["name"], filename=upload.name or "", content=upload.read(), slug=data.get("slug", ""),
@@ -167,6 +180,7 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
             serializer = TaskGeneratorSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
             data = serializer.validated_data
+            _superuser_only(request)  # a generator's labeller is its algorithm
             task = task_create_from_generator(
                 name=data["name"], algorithm_path=data["algorithm_path"], sampler_spec=data["sampler_spec"],
                 slug=data.get("slug", ""), description=data.get("description", ""),
@@ -175,6 +189,14 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
             )
         _first_model(task, data.get("genome"))
         return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
+
+
+def _superuser_only(request: Request) -> None:
+    """An algorithm path names code the server runs: only superusers may choose one."""
+    if not request.user.is_superuser:
+        raise exceptions.PermissionDenied(
+            "algorithm_path: only superusers may name an algorithm (it is code the server runs); leave it "
+            "empty for the classical default, or ask a superuser")
 
 
 def _first_model(task: Task, genome: dict | None) -> None:

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from models_registry.algorithms import as_implementation
 from models_registry.data.errors import DatasetError
 from models_registry.data.splits import MIN_ROWS
+from models_registry.loading import as_implementation
 from models_registry.nn.kinds import OUTPUT_KINDS
 
 #: An integer-valued numeric target with at most this many distinct values is taken as class labels.

@@ -37,6 +37,21 @@ def _shape_of(value) -> list:
     return shape
 
 
+def _has_huge_integer(value) -> bool:
+    """Whether a nested list holds an integer that no float can hold (JSON allows 10**400)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            try:
+                float(item)
+            except OverflowError:
+                return True
+    return False
+
+
 def inputs_validate(inputs, *, input_shape: Sequence[int], max_batch: int) -> tuple[np.ndarray, bool]:
     """Return ``(X float32 (N, *input_shape), single)`` or raise ``InputError``.
 
@@ -64,6 +79,9 @@ def inputs_validate(inputs, *, input_shape: Sequence[int], max_batch: int) -> tu
             array.dtype.kind, f"values of type {array.dtype}"
         )
         got = list(array.shape) if array.dtype.kind != "O" else _shape_of(inputs)
+        if array.dtype.kind == "O" and _has_huge_integer(inputs):
+            raise InputError(f"inputs: {expected} of finite numbers, got an integer too large for a float "
+                             f"(beyond about 1.8e308)", details=details)
         raise InputError(f"inputs: {expected} of numbers, got {what} (shape {got})", details=details)
     if array.shape == shape:
         single = True

@@ -78,6 +78,8 @@ def _translate(exc: Exception) -> Exception:
         return exceptions.PermissionDenied(*exc.args)
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge("The request body is larger than the server accepts.")
+    if isinstance(exc, RecursionError):  # the standard JSON parser on a body nested thousands deep
+        return exceptions.ParseError("body: JSON nested too deeply to parse; send at most a few hundred levels")
     if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
         return exceptions.ValidationError({"non_field_errors": [str(exc)]}, code="too_many_fields")
     if isinstance(exc, WeightsError):

@@ -64,6 +64,16 @@ class GCRAThrottle(SimpleRateThrottle):
     def wait(self) -> float | None:
         return self._wait_s
 
+    def refund(self, request, view) -> None:
+        """Give back the allowance one allowed request took (a request refused for its content
+        should not lock its sender out)."""
+        if self.rate is None:
+            return
+        key = self.get_cache_key(request, view)
+        tat = self.cache.get(key) if key is not None else None
+        if tat is not None:
+            self.cache.set(key, float(tat) - self.duration / self.num_requests, int(self.duration) + 1)
+
 
 class UserRateThrottle(_SettingsRate, GCRAThrottle, _DRFUserRateThrottle):
     """The general guard on every endpoint: per user, or per address when anonymous."""

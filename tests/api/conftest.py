@@ -40,6 +40,12 @@ def bob(viewer) -> APIClient:
 
 
 @pytest.fixture
+def root(django_user_model) -> APIClient:
+    """A superuser: the only actor who may name an algorithm (code the server runs)."""
+    return token_client(django_user_model.objects.create_superuser("root", password="root-pass-123"))
+
+
+@pytest.fixture
 def wsgi_app():
     """The project's WSGI application, for clients that speak plain HTTP (httpx, schemathesis).
 

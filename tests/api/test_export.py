@@ -110,6 +110,21 @@ def test_csv_export_and_filters(bob):
     assert response.status_code == 400 and response.json()["error"]["details"]["format"]
 
 
+def test_csv_export_neutralises_formula_cells(bob):
+    """Free text (decisions, trigger reasons) that a spreadsheet would run as a formula is written as text."""
+    model, _ = model_with_versions(1)
+    names = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "plain"]
+    for name in names:
+        ImprovementRun.objects.create(model=model, strategy="training", status=RunStatus.QUEUED, decision=name,
+                                      trigger_reason=name, gain=-0.5)
+    rows = list(csv.DictReader(io.StringIO(_body(bob.get("/api/export", {"format": "csv"})).decode())))
+    assert [r["decision"] for r in rows] == ["'" + n for n in names[:-1]] + ["plain"]
+    assert [r["trigger_reason"] for r in rows] == ["'" + n for n in names[:-1]] + ["plain"]
+    assert all(r["id"].isdigit() and r["gain"] == "-0.5" for r in rows)  # numbers are left as numbers
+    json_decisions = [r["decision"] for r in json.loads(_body(bob.get("/api/export")))]
+    assert json_decisions == names  # JSON is not a spreadsheet format: left as written
+
+
 def test_empty_export_is_valid(bob):
     assert json.loads(_body(bob.get("/api/export"))) == []
     assert _body(bob.get("/api/export", {"format": "csv"})).decode().strip() == ",".join(COLUMNS)

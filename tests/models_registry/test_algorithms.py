@@ -23,13 +23,11 @@ from models_registry.algorithms import (
     PCAReconstruction,
     RidgeRegressor,
     SVCClassifier,
-    as_implementation,
     default_implementation,
-    load_callable,
-    load_implementation,
 )
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.data.splits import make_splits
+from models_registry.loading import as_implementation, load_callable, load_implementation
 
 
 def _split(slug: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -241,7 +239,9 @@ def test_default_implementation_refuses_an_unknown_kind() -> None:
 def test_load_callable_finds_functions_and_classes() -> None:
     assert load_callable("models_registry.algorithms.KNNClassifier") is KNNClassifier
     assert load_callable("models_registry.algorithms:KNNClassifier") is KNNClassifier
-    assert load_callable("  numpy.sqrt ") is np.sqrt
+    from user_algorithms.examples import sum_of_squares
+
+    assert load_callable("  user_algorithms.examples.sum_of_squares ") is sum_of_squares
 
 
 @pytest.mark.parametrize(
@@ -252,9 +252,19 @@ def test_load_callable_finds_functions_and_classes() -> None:
         ("../etc/passwd", "not a dotted path"),
         ("os.system; rm -rf", "not a dotted path"),
         ("os._exit", "private"),
-        ("no_such_module_xyz.func", "cannot be found"),
+        ("tests.no_such_module_xyz.func", "cannot be found"),
         ("models_registry.algorithms.NoSuchThing", "has no attribute 'NoSuchThing'"),
-        ("math.pi", "not a callable"),
+        ("models_registry.algorithms.TABLE_MAX_FEATURES", "not a callable"),
+        # Outside PLASTICITY_ALGORITHM_MODULES: refused before anything is imported.
+        ("os.system", "module 'os' is not one this deployment allows"),
+        ("pickle:loads", "module 'pickle' is not one this deployment allows"),
+        ("builtins.eval", "module 'builtins' is not one this deployment allows"),
+        ("subprocess.run", "module 'subprocess' is not one this deployment allows"),
+        ("numpy.sqrt", "module 'numpy' is not one this deployment allows"),
+        ("models_registry.algorithms_evil.f", "is not one this deployment allows"),  # a prefix is a package
+        # Inside an allowed module, but only imported there: refused too.
+        ("models_registry.algorithms.runtime_checkable", "defined in 'typing'"),
+        ("models_registry.algorithms.default_metric", "defined in 'models_registry.nn.metrics'"),
     ],
 )
 def test_load_callable_refusals(path: str, message: str) -> None:
@@ -263,7 +273,7 @@ def test_load_callable_refusals(path: str, message: str) -> None:
 
 
 def test_load_callable_reports_a_module_that_fails_to_import(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings
 ) -> None:
     (tmp_path / "plasticity_broken_mod.py").write_text(
         textwrap.dedent("""
@@ -274,10 +284,34 @@ def test_load_callable_reports_a_module_that_fails_to_import(
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "plasticity_broken_mod", raising=False)
+    settings.PLASTICITY_ALGORITHM_MODULES = [*settings.PLASTICITY_ALGORITHM_MODULES, "plasticity_broken_mod"]
     with pytest.raises(
         ImplementationError, match="importing 'plasticity_broken_mod' failed: RuntimeError: boom"
     ):
         load_callable("plasticity_broken_mod.f")
+
+
+def test_a_module_outside_the_list_is_never_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     settings) -> None:
+    """Validation must not run the named module's code: its import would already be the attack."""
+    marker = tmp_path / "imported"
+    (tmp_path / "plasticity_side_effect_mod.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\ndef f(X):\n    return X\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "plasticity_side_effect_mod", raising=False)
+    with pytest.raises(ImplementationError, match="not one this deployment allows"):
+        load_callable("plasticity_side_effect_mod.f")
+    assert not marker.exists() and "plasticity_side_effect_mod" not in sys.modules
+    settings.PLASTICITY_ALGORITHM_MODULES = ["plasticity_side_effect_mod"]  # a deployment adds its module
+    assert load_callable("plasticity_side_effect_mod.f")(3) == 3
+    assert marker.exists()
+
+
+def test_the_allowlist_is_read_from_the_environment_as_a_comma_separated_list(settings) -> None:
+    from models_registry.loading import algorithm_modules
+
+    settings.PLASTICITY_ALGORITHM_MODULES = " acme.models , user_algorithms ,"
+    assert algorithm_modules() == ("acme.models", "user_algorithms")
 
 
 def test_implementation_error_is_a_value_error() -> None:

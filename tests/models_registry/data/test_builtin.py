@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from models_registry.algorithms import load_implementation
 from models_registry.data.builtin import BUILTIN_DATASETS, BuiltinDataset, get_builtin, memory_vectors
 from models_registry.data.hormone_model import simulate_hormone_response
+from models_registry.loading import load_implementation
 
 SLUGS = ("pattern-recognition", "hormone-response", "memory-consolidation")
 

@@ -279,3 +279,19 @@ def test_json_nested_thousands_deep_gets_a_400_in_the_error_shape(blobs_task, vi
     answer = client_for(viewer).post(f"/api/tasks/{task.slug}/predict", raw, content_type="application/json")
     assert answer.status_code == 400
     assert "not valid JSON" in answer.json()["error"]["message"]
+
+
+def test_an_integer_beyond_float_range_is_named_as_such(blobs_task, viewer, client_for):
+    task = blobs_task
+    raw = '{"inputs": [[1, 2, 3, ' + "1" + "0" * 400 + "]]}"
+    answer = client_for(viewer).post(f"/api/tasks/{task.slug}/predict", raw, content_type="application/json")
+    assert answer.status_code == 400
+    assert "an integer too large for a float" in answer.json()["error"]["message"]
+
+
+def test_deep_json_on_any_endpoint_gets_a_400_in_the_error_shape(blobs_task, operator, client_for):
+    task = blobs_task
+    raw = '{"implementation": ' + "[" * 5000 + "]" * 5000 + "}"
+    answer = client_for(operator).post(f"/api/tasks/{task.slug}/serving", raw, content_type="application/json")
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "parse_error"
