@@ -1,4 +1,5 @@
-"""Answer 503 (with ``Retry-After``) while the database is unreachable, for pages and the API.
+"""Middleware: request bodies above their limit refused before they are read (413), and 503 (with
+``Retry-After``) while the database is unreachable, for pages and the API.
 
 A restarting or unreachable database raises ``OperationalError`` (connection refused, server
 shutting down, connection lost) or ``InterfaceError`` (a connection closed underneath us).
@@ -17,12 +18,19 @@ Only the connection-level errors are answered this way; ``IntegrityError``,
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 
+from django.conf import settings
+from django.core.handlers.wsgi import LimitedStream
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.html import escape
+
+from models_registry.serving.conf import serving_setting
+from project.api.uploads import body_limit as upload_body_limit
 
 logger = logging.getLogger(__name__)
 
@@ -72,3 +80,86 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
         logger.warning("database unavailable during %s %s: %s", request.method, request.path,
                        str(exception).strip().splitlines()[0] if str(exception).strip() else type(exception).__name__)
         return database_unavailable_response(request)
+
+
+# ------------------------------------------------------------------------------ request bodies
+
+_PREDICT_PATH = re.compile(r"^/api/tasks/[^/]+/predict/?$")
+_UPLOAD_PATHS = ("/api/tasks", "/api/tasks/")
+
+
+def request_body_limit(path: str) -> int:
+    """The most bytes a request body to ``path`` may carry: dataset uploads, predict batches, and a
+    small allowance (``DATA_UPLOAD_MAX_MEMORY_SIZE``) for everything else."""
+    if path in _UPLOAD_PATHS:
+        return upload_body_limit()
+    if _PREDICT_PATH.match(path):
+        return serving_setting("PLASTICITY_PREDICT_MAX_BYTES")
+    return int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2_621_440)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
+def body_too_large_response(request: HttpRequest, limit: int, size: int | None) -> HttpResponse:
+    got = f"is {_mib(size)}" if size is not None else "is larger than allowed"
+    message = f"The request body {got}; the limit for {request.path} is {_mib(limit)}."
+    if wants_json(request):
+        response: HttpResponse = JsonResponse(
+            {"error": {"code": "payload_too_large", "message": message, "details": {"limit_bytes": limit}}},
+            status=413)
+    else:
+        response = HttpResponse(f"<!doctype html><title>Too large</title><h1>Too large</h1><p>{escape(message)}</p>",
+                                status=413, content_type="text/html; charset=utf-8")
+    response["Connection"] = "close"  # the unread body must not be taken for the next request
+    return response
+
+
+class RequestBodyLimitMiddleware:
+    """Refuses a request body above its path's limit before anything reads it.
+
+    First in the chain, before sessions, authentication and throttles: a declared
+    ``Content-Length`` above the limit is answered 413 at once, whoever sends it (an anonymous
+    client included), and nothing of the body is read. A chunked body (no length) is read from
+    the server's stream up to the limit and no further — 413 once it passes, else it is handed
+    on as an ordinary body of known length — so memory stays bounded either way. (Under the
+    WSGI tier bodies are streamed; an ASGI server such as ``serve --single``'s daphne reads the
+    body before the application sees it.)
+    """
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        limit = request_body_limit(request.path)
+        declared = request.META.get("CONTENT_LENGTH")
+        if declared:
+            try:
+                size = int(declared)
+            except ValueError:
+                size = 0
+            if size > limit:
+                return body_too_large_response(request, limit, size)
+        elif "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+            raw = request.META.get("wsgi.input")
+            if raw is not None:
+                body = _read_at_most(raw, limit + 1)
+                size = body.tell()
+                if size > limit:
+                    return body_too_large_response(request, limit, None)
+                body.seek(0)
+                request._stream = LimitedStream(body, size)  # type: ignore[assignment]  # WSGIRequest's stream
+                request.META["CONTENT_LENGTH"] = str(size)
+        return self.get_response(request)
+
+
+def _read_at_most(stream, n: int, chunk: int = 64 * 1024) -> io.BytesIO:
+    """At most ``n`` bytes of ``stream``, in one buffer (no second copy)."""
+    buffer = io.BytesIO()
+    while buffer.tell() < n:
+        part = stream.read(min(chunk, n - buffer.tell()))
+        if not part:
+            break
+        buffer.write(part)
+    return buffer

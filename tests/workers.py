@@ -95,15 +95,16 @@ def daphne(*, log_path: Path, start_timeout_s: float = 60.0, **extra: str):
 
 
 @contextlib.contextmanager
-def web_tier(*, log_path: Path, start_timeout_s: float = 60.0, web_workers: int = 2, **extra: str):
-    """Start the deployed web tier (``manage.py serve --workers 0``): gunicorn processes for HTTP on one
-    free port, daphne for /ws/ on another. Yield (HTTP base URL, WebSocket base URL, process)."""
+def web_tier(*, log_path: Path, start_timeout_s: float = 60.0, web_workers: int = 2, workers: int = 0, **extra: str):
+    """Start the deployed web tier (``manage.py serve --workers 0``, or with ``workers`` django-q2
+    workers): gunicorn processes for HTTP on one free port, daphne for /ws/ on another. Yield
+    (HTTP base URL, WebSocket base URL, process)."""
     port, ws_port = free_port(), free_port()
     env = worker_env(**{"ALLOWED_HOSTS": "127.0.0.1,localhost", **extra})
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--port", str(port), "--ws-port", str(ws_port), "--workers", "0",
-             "--web-workers", str(web_workers), "--web-threads", "4"],
+            [sys.executable, "manage.py", "serve", "--port", str(port), "--ws-port", str(ws_port), "--workers", str(workers),
+             "--web-workers", str(web_workers)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"

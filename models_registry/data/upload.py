@@ -37,8 +37,11 @@ class UploadLimits:
     max_bytes: int = 20 * 1024 * 1024
     max_rows: int = 200_000
     max_columns: int = 1_000
+    #: Numbers in a dataset's inputs (rows × values per row): 20 million float32 are 80 MB. Checked
+    #: before anything is produced — an NPZ member from its header, a generator from its spec.
+    max_values: int = 20_000_000
     #: NPZ members are compressed: this bounds what they may expand to (zip-bomb guard).
-    max_uncompressed_bytes: int = 512 * 1024 * 1024
+    max_uncompressed_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass
@@ -413,12 +416,32 @@ def _check_zip(data: bytes, limits: UploadLimits) -> None:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             total = sum(info.file_size for info in zf.infolist())
+            if total > limits.max_uncompressed_bytes:
+                raise DatasetError(
+                    f"the archive expands to {total / 2**20:.0f} MiB; at most "
+                    f"{limits.max_uncompressed_bytes / 2**20:.0f} MiB of array data is accepted"
+                )
+            for info in zf.infolist():
+                _check_member_header(zf, info, limits)
     except zipfile.BadZipFile:
         raise DatasetError("file is not a valid .npz archive (not a zip file); write it with numpy.savez")
-    if total > limits.max_uncompressed_bytes:
+
+
+def _check_member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: UploadLimits) -> None:
+    """An array's shape, read from its .npy header (a few bytes), against ``max_values``."""
+    name = info.filename.removesuffix(".npy")
+    try:
+        with zf.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            shape, _, _ = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(member))
+    except Exception:  # noqa: BLE001 - numpy.load names what is wrong with a malformed member
+        return
+    values = math.prod(shape)
+    if values > limits.max_values:
         raise DatasetError(
-            f"the archive expands to {total / 2**20:.0f} MiB; at most "
-            f"{limits.max_uncompressed_bytes / 2**20:.0f} MiB of array data is accepted"
+            f"array '{name}' has shape {list(shape)}: {values:,} numbers; at most {limits.max_values:,} are "
+            "accepted per array"
         )
 
 
@@ -632,6 +655,12 @@ def parse_sampler_spec(spec: dict, *, limits: UploadLimits | None = None) -> Sam
     ):
         raise DatasetError(
             f"sampler.n_samples: expected an integer from {MIN_ROWS} to {limits.max_rows}; got {n_samples!r}"
+        )
+    if n_samples * math.prod(shape) > limits.max_values:
+        raise DatasetError(
+            f"sampler.n_samples: {n_samples} inputs of {math.prod(shape)} values are "
+            f"{n_samples * math.prod(shape):,} numbers; at most {limits.max_values:,} are accepted "
+            f"(at most {limits.max_values // math.prod(shape)} inputs of this shape)"
         )
     return SamplerSpec(shape=shape, distribution=distribution, n_samples=n_samples, **params)
 

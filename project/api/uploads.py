@@ -40,6 +40,7 @@ def upload_limits() -> UploadLimits:
         max_bytes=settings.PLASTICITY_UPLOAD_MAX_BYTES,
         max_rows=getattr(settings, "PLASTICITY_UPLOAD_MAX_ROWS", defaults.max_rows),
         max_columns=getattr(settings, "PLASTICITY_UPLOAD_MAX_COLUMNS", defaults.max_columns),
+        max_values=getattr(settings, "PLASTICITY_UPLOAD_MAX_VALUES", defaults.max_values),
     )
 
 

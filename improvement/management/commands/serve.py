@@ -8,10 +8,18 @@ WebSockets (``/ws/``) on one daphne process (ASGI) on the next port, which the p
 Worker counts come from the options, else the environment, else defaults that suit the machine:
 
 * ``--web-workers`` / ``PLASTICITY_WEB_WORKERS`` — gunicorn processes (default: the CPU count, at least 2);
-* ``--web-threads`` / ``PLASTICITY_WEB_THREADS`` — threads per gunicorn process (default 4: slow
-  clients, uploads and streamed exports do not hold a whole process);
+* ``--web-threads`` / ``PLASTICITY_WEB_THREADS`` — threads per gunicorn process (default 1: gunicorn's
+  sync workers; above 1, threaded ``gthread`` workers). Measured here (``bench/results/serving.json``,
+  2 cores): sync workers give steady throughput, while 2 gthread processes × 4 threads swung
+  between half and all of it from run to run, as keep-alive connections stayed with whichever
+  process accepted them. Sync workers hold a process per request in progress, so a deployment
+  facing slow clients puts a buffering proxy (nginx) in front, as gunicorn advises;
 * ``--ws-port`` / ``PLASTICITY_WS_PORT`` — the WebSocket server's port (default: ``--port`` + 1);
 * ``--workers`` — django-q2 worker processes (0: none, the web tier only).
+
+Every child is supervised (``Supervised``): one that exits is started again with an exponential
+back-off (1 s doubling to 30 s), and the exit is logged with its code or signal. gunicorn's
+master also replaces a web worker that dies on its own.
 """
 
 from __future__ import annotations
@@ -45,9 +53,11 @@ def web_commands(*, host: str, port: int, web_workers: int, web_threads: int, ws
     python = sys.executable
     if single:
         return [("daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), "project.asgi:application"], {})]
+    workers = (["--worker-class", "sync"] if web_threads == 1 else
+               ["--worker-class", "gthread", "--threads", str(web_threads), "--keep-alive", "5"])
     gunicorn = [python, "-m", "gunicorn", "project.wsgi:application", "--bind", f"{host}:{port}",
-                "--workers", str(web_workers), "--worker-class", "gthread", "--threads", str(web_threads),
-                "--timeout", str(WEB_TIMEOUT_S), "--graceful-timeout", "10", "--keep-alive", "5",
+                "--workers", str(web_workers), *workers,
+                "--timeout", str(WEB_TIMEOUT_S), "--graceful-timeout", "10",
                 "--error-logfile", "-", "--log-level", "warning"]
     daphne = [python, "-m", "daphne", "-b", host, "-p", str(ws_port), "project.asgi:application"]
     # Each web process serves many requests at once; numeric libraries must not also fan out
@@ -69,7 +79,8 @@ class Command(BaseCommand):
         parser.add_argument("--web-workers", type=int, default=None,
                             help="gunicorn processes (default: PLASTICITY_WEB_WORKERS, else the CPU count, at least 2)")
         parser.add_argument("--web-threads", type=int, default=None,
-                            help="threads per gunicorn process (default: PLASTICITY_WEB_THREADS, else 4)")
+                            help="threads per gunicorn process (default: PLASTICITY_WEB_THREADS, else 1: sync "
+                                 "workers)")
         parser.add_argument("--ws-port", type=int, default=None,
                             help="the WebSocket server's port (default: PLASTICITY_WS_PORT, else --port + 1)")
         parser.add_argument("--single", action="store_true",
@@ -80,7 +91,7 @@ class Command(BaseCommand):
         web_workers = web_workers if web_workers is not None else env_int(
             "PLASTICITY_WEB_WORKERS", default_web_workers(), minimum=1, maximum=256)
         web_threads = web_threads if web_threads is not None else env_int(
-            "PLASTICITY_WEB_THREADS", 4, minimum=1, maximum=256)
+            "PLASTICITY_WEB_THREADS", 1, minimum=1, maximum=256)
         ws_port = ws_port if ws_port is not None else (env_int("PLASTICITY_WS_PORT", 0, minimum=0) or port + 1)
         if web_workers < 1 or web_threads < 1 or workers < 0:
             raise CommandError("--web-workers and --web-threads must be at least 1, --workers at least 0")
@@ -89,16 +100,14 @@ class Command(BaseCommand):
         state = loop_boot()
         self.stdout.write("self-improvement loop: " + ("started (auto_start)" if state else "not started"))
         env = dict(os.environ, Q_WORKERS=str(max(1, workers)))
-        # Each child leads its own process group, so stopping it also stops the processes it forks.
-        children: list[tuple[str, subprocess.Popen]] = []
-        for name, argv, extra in web_commands(host=host, port=port, web_workers=web_workers,
-                                              web_threads=web_threads, ws_port=ws_port, single=single):
-            children.append((name, subprocess.Popen(argv, env={**env, **extra}, start_new_session=True)))
+        specs = [(name, argv, {**env, **extra}) for name, argv, extra in web_commands(
+            host=host, port=port, web_workers=web_workers, web_threads=web_threads, ws_port=ws_port, single=single)]
         if workers > 0:
-            children.append(("qcluster", subprocess.Popen([sys.executable, "manage.py", "qcluster"], env=env,
-                                                          start_new_session=True)))
+            specs.append(("qcluster", [sys.executable, "manage.py", "qcluster"], env))
+        children = [Supervised(name, argv, child_env, log=self.stderr.write) for name, argv, child_env in specs]
         layout = ("one daphne process" if single else
-                  f"{web_workers} gunicorn processes × {web_threads} threads, WebSockets on port {ws_port}")
+                  (f"{web_workers} gunicorn sync processes" if web_threads == 1 else
+                   f"{web_workers} gunicorn processes × {web_threads} threads") + f", WebSockets on port {ws_port}")
         self.stdout.write(self.style.SUCCESS(
             f"Plasticity is running at http://{host}:{port}/  ({layout}; {workers} worker(s); Ctrl-C stops it)"))
 
@@ -106,15 +115,13 @@ class Command(BaseCommand):
             # SIGTERM first: the servers close connections, qcluster stops taking tasks. A run still
             # training after the grace period is killed; its heartbeat stops and the reconciler
             # requeues it at the next start.
-            for _name, child in children:
-                _signal_group(child, signal.SIGTERM)
+            for child in children:
+                child.stopping = True
+                child.signal(signal.SIGTERM)
             deadline = time.monotonic() + 15
-            for _name, child in children:
-                try:
-                    child.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-                _signal_group(child, signal.SIGKILL)
+            for child in children:
+                child.wait(max(0.1, deadline - time.monotonic()))
+                child.signal(signal.SIGKILL)
 
         def stop_and_exit(*_args) -> None:
             stop()
@@ -122,11 +129,10 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop_and_exit)
         try:
-            while all(child.poll() is None for _name, child in children):
+            while True:  # supervise: a child that exits is started again, after a back-off
+                for child in children:
+                    child.check()
                 time.sleep(0.5)
-            failed = [name for name, child in children if child.poll() not in (None, 0)]
-            if failed:
-                self.stderr.write(f"a process exited unexpectedly: {', '.join(failed)}")
         except KeyboardInterrupt:
             pass
         finally:
@@ -138,3 +144,64 @@ def _signal_group(child: subprocess.Popen, sig: int) -> None:
         os.killpg(child.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+class Supervised:
+    """One child process of ``serve``, started again whenever it exits.
+
+    The child leads its own process group, so stopping it (or cleaning up after it died) also
+    stops the processes it forked — a killed gunicorn master's workers, which would otherwise
+    keep the port, or a killed qcluster's workers. Restarts back off exponentially from
+    ``BACKOFF_MIN_S`` to ``BACKOFF_MAX_S``; a child that stayed up ``STABLE_S`` starts from the
+    minimum again. Every exit is logged with its code or signal.
+    """
+
+    BACKOFF_MIN_S = 1.0
+    BACKOFF_MAX_S = 30.0
+    STABLE_S = 60.0
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], *, log) -> None:
+        self.name, self.argv, self.env, self.log = name, argv, env, log
+        self.backoff_s = self.BACKOFF_MIN_S
+        self.restarts = 0
+        self.stopping = False
+        self.restart_at: float | None = None
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        self.started_at = time.monotonic()
+        return subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+
+    def check(self) -> None:
+        """Called every half second: notice an exit, restart when its back-off has passed."""
+        if self.stopping:
+            return
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.restart_at = None
+                self.restarts += 1
+                self.process = self._start()
+                self.log(f"serve: {self.name} restarted (restart {self.restarts}, pid {self.process.pid})\n")
+            return
+        code = self.process.poll()
+        if code is None:
+            return
+        _signal_group(self.process, signal.SIGKILL)  # what it forked must not outlive it
+        if now - self.started_at >= self.STABLE_S:
+            self.backoff_s = self.BACKOFF_MIN_S
+        why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        self.log(f"serve: {self.name} (pid {self.process.pid}) stopped unexpectedly ({why}); restarting in "
+                 f"{self.backoff_s:g} s\n")
+        self.restart_at = now + self.backoff_s
+        self.backoff_s = min(self.BACKOFF_MAX_S, self.backoff_s * 2)
+
+    def signal(self, sig: int) -> None:
+        if self.process.poll() is None or sig == signal.SIGKILL:
+            _signal_group(self.process, sig)
+
+    def wait(self, timeout_s: float) -> None:
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
