@@ -38,11 +38,13 @@ def _request_bytes(spec: dict) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """(status, whether the server keeps the connection open)."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     length = 0
     chunked = False
+    keep_alive = True  # HTTP/1.1's default
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
@@ -50,6 +52,8 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
             length = int(value)
         elif name == b"transfer-encoding" and b"chunked" in value.lower():
             chunked = True
+        elif name == b"connection" and b"close" in value.lower():
+            keep_alive = False
     if chunked:
         while True:
             size = int((await reader.readuntil(b"\r\n")).strip(), 16)
@@ -58,7 +62,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
                 break
     elif length:
         await reader.readexactly(length)
-    return status
+    return status, keep_alive
 
 
 async def _worker(
@@ -75,9 +79,12 @@ async def _worker(
             budget[0] -= 1
             t0 = time.perf_counter()
             writer.write(request)
-            status = await _read_response(reader)
+            status, keep_alive = await _read_response(reader)
             latencies.append((time.perf_counter() - t0) * 1000.0)
             statuses[status] = statuses.get(status, 0) + 1
+            if not keep_alive:  # e.g. gunicorn's sync workers: one request per connection
+                writer.close()
+                reader, writer = await asyncio.open_connection(spec["host"], spec["port"])
     finally:
         writer.close()
 
@@ -119,9 +126,11 @@ async def _open_loop_worker(spec: dict, request: bytes, due: asyncio.Queue, late
             due_at = await due.get()
             if due_at is None:
                 return
+            if writer is None:  # connect when a request is due, as a client of such a server does
+                reader, writer = await asyncio.open_connection(spec["host"], spec["port"])
             writer.write(request)
             try:
-                status = await _read_response(reader)
+                status, keep_alive = await _read_response(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 statuses[0] = statuses.get(0, 0) + 1
                 writer.close()
@@ -129,8 +138,15 @@ async def _open_loop_worker(spec: dict, request: bytes, due: asyncio.Queue, late
                 continue
             latencies.append((time.perf_counter() - due_at) * 1000.0)
             statuses[status] = statuses.get(status, 0) + 1
+            if not keep_alive:
+                # The server closes each connection (gunicorn's sync workers): the next request
+                # connects when it is due (its connect time counts). An idle connection opened in
+                # advance would hold a sync worker until a request came.
+                writer.close()
+                writer = None
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
 
 async def run_open_loop(spec: dict) -> dict:

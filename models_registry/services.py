@@ -125,7 +125,7 @@ def _task_create(
         y = y.reshape(-1, 1)
     splits = make_splits(
         len(data.X), y=y if data.output_kind == OutputKind.CLASSES else None,
-        stratify=data.output_kind == OutputKind.CLASSES, seed=seed,
+        stratify=data.output_kind == OutputKind.CLASSES, seed=seed, class_names=data.class_labels,
     )
     warnings = gate_size_check(len(splits["gate"]))
     n_classes = data.n_outputs if data.output_kind == OutputKind.CLASSES else None

@@ -67,13 +67,15 @@ def make_splits(
     stratify: bool,
     seed: int,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Return ``{"train", "val", "gate", "test"}`` → sorted ``int64`` row indices.
 
     The four arrays are disjoint and together cover ``range(n)``. With
     ``stratify=True`` the rows of each class (``y``, any hashable-valued 1-D
     array) are split separately, so every class appears in every split in
-    roughly the requested proportion.
+    roughly the requested proportion. ``class_names[k]`` is how the user wrote class ``k``
+    (for error messages).
 
     Raises ``DatasetError`` when ``n < 20``, when ``fractions`` is malformed,
     when ``y`` is missing or of the wrong length for stratification, or when a
@@ -95,7 +97,12 @@ def make_splits(
         classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         too_small = [(cls, int(c)) for cls, c in zip(classes, counts, strict=True) if c < MIN_ROWS_PER_CLASS]
         if too_small:
-            listed = ", ".join(f"{cls!s} ({c} row{'s' if c != 1 else ''})" for cls, c in too_small[:10])
+            def shown(cls) -> str:  # the label as the user wrote it, not its encoded index
+                if class_names is not None and isinstance(cls, np.integer | int) and 0 <= int(cls) < len(class_names):
+                    return repr(str(class_names[int(cls)]))
+                return str(cls)
+
+            listed = ", ".join(f"{shown(cls)} ({c} row{'s' if c != 1 else ''})" for cls, c in too_small[:10])
             raise DatasetError(
                 f"every class needs at least {MIN_ROWS_PER_CLASS} rows so that it appears in the "
                 f"train, validation, gate and test splits; too few rows for class {listed}"

@@ -187,6 +187,13 @@ def parse_csv(
             raise DatasetError("file is empty: expected a header row of column names, then data rows")
         names = [cell.strip() for cell in header]
         n_cols = len(names)
+        if n_cols == 1:
+            for delimiter, what in ((";", "semicolons"), ("\t", "tabs"), ("|", "vertical bars")):
+                if delimiter in names[0]:
+                    raise DatasetError(
+                        f"the header is one column holding {what} ({names[0][:60]!r}): columns must be separated "
+                        f"by commas. Save the file as comma-separated CSV (a spreadsheet's 'CSV (comma "
+                        f"delimited)'), with '.' as the decimal point")
         if n_cols > limits.max_columns:
             raise DatasetError(
                 f"too many columns: {n_cols} in the header; at most {limits.max_columns} are accepted"

@@ -289,3 +289,20 @@ def test_the_metric_is_chosen_at_creation_and_checked(alice):
     message = refused.json()["error"]["message"]
     assert refused.status_code == 400 and "metric: expected one of accuracy, balanced_accuracy, macro_f1 " in message
     assert not Task.objects.filter(slug="auc").exists()
+
+
+def test_class_count_errors_name_the_labels_as_written(alice):
+    rows = ["a,b,label"] + [f"{i},{i % 7},cat" for i in range(40)] + [f"{i},{i % 5},dog" for i in range(40)]
+    rows += ["1,2,rare bird", "3,4,rare bird"]
+    response = _upload(alice, ("\n".join(rows) + "\n").encode())
+    assert response.status_code == 400
+    assert "too few rows for class 'rare bird' (2 rows)" in response.json()["error"]["message"]
+    assert_nothing_left_behind()
+
+
+def test_a_semicolon_csv_gets_a_delimiter_hint(alice):
+    rows = ["a;b;label"] + [f"{i};{i % 7};{i % 2}" for i in range(40)]
+    response = _upload(alice, ("\n".join(rows) + "\n").encode())
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "holding semicolons" in message and "separated by commas" in message

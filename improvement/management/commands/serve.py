@@ -8,12 +8,13 @@ WebSockets (``/ws/``) on one daphne process (ASGI) on the next port, which the p
 Worker counts come from the options, else the environment, else defaults that suit the machine:
 
 * ``--web-workers`` / ``PLASTICITY_WEB_WORKERS`` — gunicorn processes (default: the CPU count, at least 2);
-* ``--web-threads`` / ``PLASTICITY_WEB_THREADS`` — threads per gunicorn process (default 1: gunicorn's
-  sync workers; above 1, threaded ``gthread`` workers). Measured here (``bench/results/serving.json``,
-  2 cores): sync workers give steady throughput, while 2 gthread processes × 4 threads swung
-  between half and all of it from run to run, as keep-alive connections stayed with whichever
-  process accepted them. Sync workers hold a process per request in progress, so a deployment
-  facing slow clients puts a buffering proxy (nginx) in front, as gunicorn advises;
+* ``--web-threads`` / ``PLASTICITY_WEB_THREADS`` — threads per gunicorn process (default 4: threaded
+  ``gthread`` workers; 1: gunicorn's sync workers). Threaded workers keep connections alive and
+  never block on an idle connection (a browser's spare connection, a slow client), so they are
+  the default. Measured on 2 cores with wrk's 32 fixed keep-alive connections, their throughput
+  swung between about half and all of the sync workers' from run to run, as the connections
+  stayed with whichever process accepted them; sync workers were steady there, but hold a whole
+  process per connection (idle ones included), so they belong behind a buffering proxy (nginx);
 * ``--ws-port`` / ``PLASTICITY_WS_PORT`` — the WebSocket server's port (default: ``--port`` + 1);
 * ``--workers`` — django-q2 worker processes (0: none, the web tier only).
 
@@ -79,7 +80,7 @@ class Command(BaseCommand):
         parser.add_argument("--web-workers", type=int, default=None,
                             help="gunicorn processes (default: PLASTICITY_WEB_WORKERS, else the CPU count, at least 2)")
         parser.add_argument("--web-threads", type=int, default=None,
-                            help="threads per gunicorn process (default: PLASTICITY_WEB_THREADS, else 1: sync "
+                            help="threads per gunicorn process (default: PLASTICITY_WEB_THREADS, else 4; 1: sync "
                                  "workers)")
         parser.add_argument("--ws-port", type=int, default=None,
                             help="the WebSocket server's port (default: PLASTICITY_WS_PORT, else --port + 1)")
@@ -91,7 +92,7 @@ class Command(BaseCommand):
         web_workers = web_workers if web_workers is not None else env_int(
             "PLASTICITY_WEB_WORKERS", default_web_workers(), minimum=1, maximum=256)
         web_threads = web_threads if web_threads is not None else env_int(
-            "PLASTICITY_WEB_THREADS", 1, minimum=1, maximum=256)
+            "PLASTICITY_WEB_THREADS", 4, minimum=1, maximum=256)
         ws_port = ws_port if ws_port is not None else (env_int("PLASTICITY_WS_PORT", 0, minimum=0) or port + 1)
         if web_workers < 1 or web_threads < 1 or workers < 0:
             raise CommandError("--web-workers and --web-threads must be at least 1, --workers at least 0")
