@@ -10,6 +10,20 @@ from improvement.strategies.registry import strategy_choices
 from models_registry.models import ModelVersion, NeuralModel
 
 
+def run_budget_cap_s() -> float:
+    """The longest training budget a run may have: the worker's task timeout (``Q_TIMEOUT``) less
+    a margin for the evaluation, gate and saving that follow training (10 %, at least 2 minutes).
+    A longer budget would have the worker killed mid-run by its own timeout."""
+    timeout = float(settings.Q_CLUSTER["timeout"])
+    return max(30.0, timeout - max(120.0, 0.1 * timeout))
+
+
+def run_budget_cap_message() -> str:
+    timeout = float(settings.Q_CLUSTER["timeout"])
+    return (f"at most {run_budget_cap_s():g} s: the worker's task timeout (Q_TIMEOUT, {timeout:g} s) less the time "
+            "the evaluation after training needs; raise Q_TIMEOUT for longer runs")
+
+
 class ImprovementConfig(models.Model):
     """The one configuration row (pk=1) of the self-improvement loop.
 
@@ -100,6 +114,8 @@ class ImprovementConfig(models.Model):
             raise ValidationError(
                 {"architecture_score_low": "must not be above architecture_score_high"}
             )
+        if self.run_time_budget_s > run_budget_cap_s():
+            raise ValidationError({"run_time_budget_s": run_budget_cap_message()})
 
     @classmethod
     def load(cls) -> ImprovementConfig:

@@ -6,7 +6,7 @@ from typing import cast
 
 from rest_framework import serializers
 
-from improvement.models import ImprovementConfig, ImprovementRun
+from improvement.models import ImprovementConfig, ImprovementRun, run_budget_cap_message, run_budget_cap_s
 from improvement.strategies.registry import strategy_choices
 from models_registry.models import NeuralModel
 from models_registry.selectors import version_active
@@ -55,7 +55,13 @@ class RunParamsSerializer(serializers.Serializer):
 
     seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
     time_budget_s = serializers.FloatField(required=False, min_value=1, max_value=24 * 3600,
-                                           help_text="Wall-clock training budget (default: run_time_budget_s).")
+                                           help_text="Wall-clock training budget (default: run_time_budget_s); "
+                                                     "at most the worker's task timeout (Q_TIMEOUT) less a margin.")
+
+    def validate_time_budget_s(self, value: float) -> float:
+        if value > run_budget_cap_s():
+            raise serializers.ValidationError(run_budget_cap_message())
+        return value
     epochs = serializers.IntegerField(required=False, min_value=1, max_value=100_000)
     batch_size = serializers.IntegerField(required=False, min_value=1, max_value=65_536)
     lr = serializers.FloatField(required=False, min_value=1e-8, max_value=10)

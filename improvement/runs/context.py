@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from django.conf import settings
 
-from improvement.models import ImprovementConfig, ImprovementRun
+from improvement.models import ImprovementConfig, ImprovementRun, run_budget_cap_s
 from improvement.strategies.registry import NEED_TEACHER, StrategyContext, get_strategy
 from models_registry.choices import OutputKind, Runtime
 from models_registry.evaluation import candidate_evaluate
@@ -113,7 +113,8 @@ def context_build(run: ImprovementRun, baseline: ModelVersion, config: Improveme
     strategy = get_strategy(run.strategy)
     data = task_train_data(task)
     seed = int(run.params.get("seed", run.pk or 0))
-    budget = float(run.params.get("time_budget_s", config.run_time_budget_s))
+    # Never past the worker's own timeout, whatever an older row or an admin edit says.
+    budget = min(float(run.params.get("time_budget_s", config.run_time_budget_s)), run_budget_cap_s())
     train_cfg = TrainConfig(
         epochs=int(run.params.get("epochs", 200)), batch_size=int(run.params.get("batch_size", 128)),
         lr=float(run.params.get("lr", 3e-3)), patience=int(run.params.get("patience", 12)), seed=seed,

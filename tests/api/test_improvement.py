@@ -38,6 +38,22 @@ def test_operator_runs_a_strategy_now(alice, operator, model):
     assert run.trigger_reason == "requested by alice (API)"
 
 
+def test_run_budgets_stay_below_the_worker_timeout(alice, model, settings):
+    """A budget the worker's own timeout would cut short is refused, in a run and in the config."""
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "timeout": 3600}
+    too_long = alice.post("/api/runs", {"model": model.pk, "strategy": "training",
+                                        "params": {"time_budget_s": 3500}}, format="json")
+    assert too_long.status_code == 400
+    message = too_long.json()["error"]["message"]
+    assert "at most 3240 s" in message and "Q_TIMEOUT" in message
+    assert alice.post("/api/runs", {"model": model.pk, "strategy": "training",
+                                    "params": {"time_budget_s": 3240}}, format="json").status_code == 201
+    config = alice.patch("/api/config", {"run_time_budget_s": 7200}, format="json")
+    assert config.status_code == 400 and "Q_TIMEOUT" in config.json()["error"]["message"]
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "timeout": 9000}  # a deployment that raised it
+    assert alice.patch("/api/config", {"run_time_budget_s": 7200}, format="json").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("payload", "field"),
     [

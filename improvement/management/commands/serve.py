@@ -7,14 +7,13 @@ WebSockets (``/ws/``) on one daphne process (ASGI) on the next port, which the p
 
 Worker counts come from the options, else the environment, else defaults that suit the machine:
 
-* ``--web-workers`` / ``PLASTICITY_WEB_WORKERS`` — gunicorn processes (default: the CPU count, at least 2);
+* ``--web-workers`` / ``PLASTICITY_WEB_WORKERS`` — gunicorn processes (default: the CPU count + 1, at
+  least 3; see ``default_web_workers``);
 * ``--web-threads`` / ``PLASTICITY_WEB_THREADS`` — threads per gunicorn process (default 4: threaded
   ``gthread`` workers; 1: gunicorn's sync workers). Threaded workers keep connections alive and
   never block on an idle connection (a browser's spare connection, a slow client), so they are
-  the default. Measured on 2 cores with wrk's 32 fixed keep-alive connections, their throughput
-  swung between about half and all of the sync workers' from run to run, as the connections
-  stayed with whichever process accepted them; sync workers were steady there, but hold a whole
-  process per connection (idle ones included), so they belong behind a buffering proxy (nginx);
+  the default; sync workers hold a whole process per connection (idle ones included), so they
+  belong behind a buffering proxy (nginx);
 * ``--ws-port`` / ``PLASTICITY_WS_PORT`` — the WebSocket server's port (default: ``--port`` + 1);
 * ``--workers`` — django-q2 worker processes (0: none, the web tier only).
 
@@ -45,7 +44,11 @@ WEB_NUMERIC_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_T
 
 
 def default_web_workers() -> int:
-    return max(2, os.cpu_count() or 1)
+    """One process more than the cores (at least 3): keep-alive connections stay with the process
+    that accepted them, and with only as many processes as cores a client's connections often
+    landed on one process, leaving a core idle (measured on 2 cores: 2 processes gave 750–2,400
+    predictions/s from run to run, 3 gave 1,700–2,250)."""
+    return max(2, os.cpu_count() or 1) + 1
 
 
 def web_commands(*, host: str, port: int, web_workers: int, web_threads: int, ws_port: int,
@@ -78,7 +81,7 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--workers", type=int, default=1, help="django-q2 worker processes (0: none)")
         parser.add_argument("--web-workers", type=int, default=None,
-                            help="gunicorn processes (default: PLASTICITY_WEB_WORKERS, else the CPU count, at least 2)")
+                            help="gunicorn processes (default: PLASTICITY_WEB_WORKERS, else the CPU count + 1, at least 3)")
         parser.add_argument("--web-threads", type=int, default=None,
                             help="threads per gunicorn process (default: PLASTICITY_WEB_THREADS, else 4; 1: sync "
                                  "workers)")
