@@ -13,10 +13,11 @@ what a request sends. Three rules, checked in this order:
 3. the object it names is *defined* in an allowed module (its ``__module__``), so a name
    an allowed module merely imported (``from os import system``) is refused too.
 
-The default list is the project's own algorithms and the ``user_algorithms`` package at the
+The default list is the project's own algorithms (the classical models, the hormone model, the
+loop's own gain predictor baseline) and the ``user_algorithms`` package at the
 top of the repository, the documented place for a deployment's own code. A deployment adds
 modules with the setting or the environment variable (comma-separated), for example
-``PLASTICITY_ALGORITHM_MODULES=models_registry.algorithms,models_registry.data.hormone_model,user_algorithms,acme.models``.
+``PLASTICITY_ALGORITHM_MODULES=models_registry.algorithms,models_registry.data.hormone_model,improvement.nn.gain_model,user_algorithms,acme.models``.
 Only superusers may set or change a task's algorithm path (API and admin).
 """
 
@@ -33,7 +34,8 @@ from django.conf import settings
 from models_registry.algorithms import FunctionImplementation, Implementation
 from models_registry.data.errors import ImplementationError
 
-DEFAULT_ALGORITHM_MODULES = ("models_registry.algorithms", "models_registry.data.hormone_model", "user_algorithms")
+DEFAULT_ALGORITHM_MODULES = ("models_registry.algorithms", "models_registry.data.hormone_model",
+                             "improvement.nn.gain_model", "user_algorithms")
 
 
 def algorithm_modules() -> tuple[str, ...]:

@@ -105,6 +105,8 @@ def _mib(n: int) -> str:
 def body_too_large_response(request: HttpRequest, limit: int, size: int | None) -> HttpResponse:
     got = f"is {_mib(size)}" if size is not None else "is larger than allowed"
     message = f"The request body {got}; the limit for {request.path} is {_mib(limit)}."
+    if _PREDICT_PATH.match(request.path):
+        message += " Send fewer rows per request, or the rows as a binary array (Content-Type: application/x-npy)."
     if wants_json(request):
         response: HttpResponse = JsonResponse(
             {"error": {"code": "payload_too_large", "message": message, "details": {"limit_bytes": limit}}},

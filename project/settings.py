@@ -220,7 +220,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440)
 # Modules (and packages) a task's algorithm_path may name; anything else is refused before it
 # is imported (models_registry/loading.py). Comma-separated in the environment.
 PLASTICITY_ALGORITHM_MODULES = env_list(
-    "PLASTICITY_ALGORITHM_MODULES", ["models_registry.algorithms", "models_registry.data.hormone_model", "user_algorithms"])
+    "PLASTICITY_ALGORITHM_MODULES",
+    ["models_registry.algorithms", "models_registry.data.hormone_model", "improvement.nn.gain_model", "user_algorithms"])
 PLASTICITY_UPLOAD_MAX_BYTES = env_int("PLASTICITY_UPLOAD_MAX_BYTES", 20 * 1024 * 1024, minimum=1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 

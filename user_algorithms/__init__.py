@@ -11,6 +11,6 @@ Only modules listed in ``PLASTICITY_ALGORITHM_MODULES`` (this package and the pr
 algorithms by default) may be named, and only superusers may set a task's algorithm path:
 the code runs inside the web and worker processes. To allow a package installed elsewhere,
 add it to the setting or the environment variable (comma-separated), for example
-``PLASTICITY_ALGORITHM_MODULES=models_registry.algorithms,models_registry.data.hormone_model,user_algorithms,acme.models``.
+``PLASTICITY_ALGORITHM_MODULES=models_registry.algorithms,models_registry.data.hormone_model,improvement.nn.gain_model,user_algorithms,acme.models``.
 See ``models_registry/loading.py`` for the rules.
 """
