@@ -29,7 +29,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.html import escape
 
+from models_registry.api.parsers import TOO_LARGE_ADVICE
 from models_registry.serving.conf import serving_setting
+from project.api.errors import size_text
 from project.api.uploads import body_limit as upload_body_limit
 
 logger = logging.getLogger(__name__)
@@ -98,15 +100,11 @@ def request_body_limit(path: str) -> int:
     return int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2_621_440)
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
-
-
 def body_too_large_response(request: HttpRequest, limit: int, size: int | None) -> HttpResponse:
-    got = f"is {_mib(size)}" if size is not None else "is larger than allowed"
-    message = f"The request body {got}; the limit for {request.path} is {_mib(limit)}."
+    got = f"is {size_text(size)}" if size is not None else "is larger than allowed"
+    message = f"The request body {got}; the limit for {request.path} is {size_text(limit)}."
     if _PREDICT_PATH.match(request.path):
-        message += " Send fewer rows per request, or the rows as a binary array (Content-Type: application/x-npy)."
+        message += f" {TOO_LARGE_ADVICE[0].upper()}{TOO_LARGE_ADVICE[1:]}."
     if wants_json(request):
         response: HttpResponse = JsonResponse(
             {"error": {"code": "payload_too_large", "message": message, "details": {"limit_bytes": limit}}},

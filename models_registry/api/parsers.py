@@ -29,13 +29,11 @@ from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.utils import json as drf_json
 
 from models_registry.serving.conf import serving_setting
-from project.api.errors import PayloadTooLarge
+from project.api.errors import PayloadTooLarge, size_text
 
 NPY_MEDIA_TYPE = "application/x-npy"
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+#: What a 413 on predict suggests (here and in ``project.middleware``, which usually answers first).
+TOO_LARGE_ADVICE = "send fewer rows per request, or the rows as a binary array (Content-Type: application/x-npy)"
 
 
 def read_bounded(stream, parser_context: dict[str, Any] | None) -> bytes:
@@ -46,12 +44,12 @@ def read_bounded(stream, parser_context: dict[str, Any] | None) -> bytes:
         declared = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
     except ValueError:
         declared = 0
-    advice = "send fewer rows per request, or the rows as a binary array (Content-Type: application/x-npy)"
     if declared > limit:
-        raise PayloadTooLarge(f"The request body is {_mib(declared)}; the limit is {_mib(limit)}: {advice}.")
+        raise PayloadTooLarge(f"The request body is {size_text(declared)}; the limit is {size_text(limit)}: "
+                              f"{TOO_LARGE_ADVICE}.")
     body = stream.read(limit + 1) if stream is not None else b""
     if len(body) > limit:
-        raise PayloadTooLarge(f"The request body is larger than the limit of {_mib(limit)}: {advice}.")
+        raise PayloadTooLarge(f"The request body is larger than the limit of {size_text(limit)}: {TOO_LARGE_ADVICE}.")
     return body
 
 

@@ -30,6 +30,11 @@ from models_registry.weights import WeightsError
 logger = logging.getLogger(__name__)
 
 
+def size_text(n: int) -> str:
+    """A byte count as a person reads it in a 413's message: ``4 KiB``, ``20.0 MiB``."""
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
 class PayloadTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "The request body is too large."

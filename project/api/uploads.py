@@ -27,7 +27,7 @@ from django.core.files.uploadedfile import InMemoryUploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
 
 from models_registry.data.upload import UploadLimits
-from project.api.errors import PayloadTooLarge
+from project.api.errors import PayloadTooLarge, size_text
 
 # Room for the multipart boundaries, part headers and the small text fields beside the file.
 BODY_OVERHEAD_BYTES = 64 * 1024
@@ -44,13 +44,9 @@ def upload_limits() -> UploadLimits:
     )
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
-
-
 def too_large(size: int | None, limit: int, what: str = "file") -> PayloadTooLarge:
-    got = f" is {_mib(size)};" if size is not None else " is larger than allowed;"
-    return PayloadTooLarge(f"The {what}{got} the limit is {_mib(limit)}.")
+    got = f" is {size_text(size)};" if size is not None else " is larger than allowed;"
+    return PayloadTooLarge(f"The {what}{got} the limit is {size_text(limit)}.")
 
 
 def body_limit() -> int:
