@@ -166,6 +166,10 @@ class ImprovementRun(models.Model):
     error = models.TextField(blank=True)
     worker = models.CharField(max_length=120, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    checkpoint = models.JSONField(
+        default=dict, blank=True,
+        help_text="What a later attempt resumes from if this run's worker dies: per phase, the best weights "
+                  "so far (a file in storage), their validation score and whether the phase finished.")
     cancel_requested = models.BooleanField(default=False)
     cpu_seconds = models.FloatField(null=True, blank=True)
     peak_memory_mb = models.FloatField(null=True, blank=True)

@@ -287,8 +287,14 @@ LOGGING = {
 # --- Plasticity ----------------------------------------------------------------------------------
 # Torch threads per worker process: several workers on one machine must not fight over cores.
 PLASTICITY_TORCH_THREADS = env_int("PLASTICITY_TORCH_THREADS", 1, minimum=1)
-# Seconds a run may go without a heartbeat before the reconciler considers its worker gone.
-PLASTICITY_HEARTBEAT_TIMEOUT = env_int("PLASTICITY_HEARTBEAT_TIMEOUT", 120, minimum=10)
+# Seconds a run (or a search trial) may go without a heartbeat before the reconciler considers its
+# worker gone. Workers beat every few seconds (improvement.runs.lifecycle.HEARTBEAT_INTERVAL_S);
+# ``manage.py serve`` reconciles every few seconds, so a dead worker's run is requeued within about
+# this timeout plus five seconds (elsewhere the minute tick of the scheduler reconciles).
+PLASTICITY_HEARTBEAT_TIMEOUT = env_int("PLASTICITY_HEARTBEAT_TIMEOUT", 20, minimum=5)
+# Attempts of one run (each one a claim by a worker): a run whose worker vanished is requeued and
+# resumes from its checkpoint until it has had this many; then it ends failed.
+PLASTICITY_RUN_MAX_ATTEMPTS = env_int("PLASTICITY_RUN_MAX_ATTEMPTS", 3, minimum=1)
 # Extra strategy modules to register (dotted paths; every module in improvement/strategies/ is found on its own).
 PLASTICITY_STRATEGY_MODULES = env_list("PLASTICITY_STRATEGY_MODULES", [])
 # Check every live event's payload against its declared TypedDict (events/payloads.py) before publishing.

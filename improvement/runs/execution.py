@@ -18,8 +18,10 @@ from django_q.tasks import async_task
 from improvement.choices import RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun
 from improvement.releases import run_finished_signals
+from improvement.runs.checkpoints import RunCheckpoints, checkpoints_delete
 from improvement.runs.context import baseline_evaluate, context_build, torch_threads_configure
 from improvement.runs.lifecycle import (
+    HEARTBEAT_INTERVAL_S,
     Heartbeat,
     RunCancelled,
     RunReporter,
@@ -46,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 # How long a worker waits for a free slot before handing a run back to the queue.
 CAPACITY_WAIT_S = 30.0
-# How often a running run proves its worker is alive (the reconciler's timeout is far longer).
-HEARTBEAT_INTERVAL_S = 10.0
 # run_execute's answer when the database went away under a run: the reconciler takes it over.
 INTERRUPTED = "interrupted"
 # The django-q2 task that fills a freed slot once a run is over.
@@ -145,6 +145,12 @@ def _run_body(run: ImprovementRun, reporter: RunReporter) -> str:
         raise RuntimeError(f"{run.model} has no active version to improve")
     reporter.log(f"strategy {strategy.name}, objective {strategy.objective}, baseline v{baseline.number}")
     context = context_build(run, baseline, config)
+    context.checkpoints = RunCheckpoints(run.pk, run.worker)
+    context.log = reporter.log
+    if run.attempts > 1:
+        kept = sorted(run.checkpoint) if run.checkpoint else []
+        reporter.log(f"attempt {run.attempts}: the previous worker vanished; resuming from "
+                     + (f"checkpoints {', '.join(kept)}" if kept else "the search's finished trials, if any"))
     if NEED_SHARED_SEARCH in strategy.needs:
         context.trial_runner = SharedTrialRunner(run, context, reporter)
     baseline_eval = baseline_evaluate(task, baseline, fresh_version_module(baseline))
@@ -189,8 +195,9 @@ def _after_run(run_id: int, status: str, *, wall_s: float) -> None:
     """Clean-up and signals that follow a finished run; never fails the run itself."""
     try:
         search_files_delete(run_id=run_id)
+        checkpoints_delete(run_id=run_id)
     except Exception:  # noqa: BLE001
-        logger.exception("removing search files of run #%s failed", run_id)
+        logger.exception("removing search files or checkpoints of run #%s failed", run_id)
     try:
         run_finished_signals(run_id=run_id, status=status, wall_s=wall_s)
     except Exception:  # noqa: BLE001

@@ -30,12 +30,16 @@ from events.publisher import publish
 from improvement.choices import IN_FLIGHT, RunOrigin, RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun, LoopState
 from improvement.predictor import run_features
+from improvement.runs.checkpoints import checkpoints_delete
 from improvement.runs.search_files import search_files_delete
 from improvement.strategies.registry import get_strategy
 from models_registry.models import ModelVersion, NeuralModel
 
 logger = logging.getLogger(__name__)
 
+#: How often a running run (or a search trial in training) proves its worker is alive; the
+#: reconciler's timeout (``PLASTICITY_HEARTBEAT_TIMEOUT``) is several beats.
+HEARTBEAT_INTERVAL_S = 4.0
 CURVE_LIMIT = 2000
 LOG_LIMIT = 20_000
 # A run keeps training through a database outage this long (its reports wait); longer, it stops.
@@ -192,6 +196,8 @@ def run_cancel(*, run: ImprovementRun) -> ImprovementRun:
             progress_message="cancelled",
         ):
             run_announce_finished(run_id=run.pk)
+            # A requeued run cancelled before its next attempt still holds its earlier attempt's files.
+            transaction.on_commit(functools.partial(_search_files_delete, run.pk))
         else:
             ImprovementRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(cancel_requested=True)
     run.refresh_from_db()
@@ -271,26 +277,30 @@ class Heartbeat:
 
     Progress reports also stamp it, but some phases (ONNX export, evaluating a candidate) report
     nothing for a while; this keeps a live worker from looking dead to the reconciler. It only
-    touches the run while this worker still holds it in the running state.
+    touches the row while this worker still holds it in the running state. ``model`` is the
+    row's class: an ``ImprovementRun`` (the default) or a ``SearchCandidate`` being trained.
     """
 
-    def __init__(self, run_id: int, worker: str, *, interval_s: float = 10.0) -> None:
+    def __init__(self, run_id: int, worker: str, *, interval_s: float = HEARTBEAT_INTERVAL_S,
+                 model: Any = None) -> None:
         self.run_id, self.worker, self.interval_s = run_id, worker, interval_s
+        self.model = model or ImprovementRun
+        self.label = f"{self.model.__name__} #{run_id}"
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-run-{run_id}", daemon=True)
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.label}", daemon=True)
 
     def _beat(self) -> None:
         try:
             while not self._stop.wait(self.interval_s):
                 try:
-                    ImprovementRun.objects.filter(pk=self.run_id, status=RunStatus.RUNNING,
-                                                  worker=self.worker).update(heartbeat_at=timezone.now())
+                    self.model.objects.filter(pk=self.run_id, status=RunStatus.RUNNING,
+                                              worker=self.worker[:120]).update(heartbeat_at=timezone.now())
                 except (OperationalError, InterfaceError) as exc:
                     # The database is restarting: miss this beat, beat again on a fresh connection.
-                    logger.warning("heartbeat of run #%s missed: %s", self.run_id, exc)
+                    logger.warning("heartbeat of %s missed: %s", self.label, exc)
                     connection.close_if_unusable_or_obsolete()
         except Exception:  # noqa: BLE001 - a missed beat is what the reconciler is for
-            logger.warning("heartbeat of run #%s stopped", self.run_id, exc_info=True)
+            logger.warning("heartbeat of %s stopped", self.label, exc_info=True)
         finally:
             connection.close()
 
@@ -314,7 +324,7 @@ def runs_reconcile(*, timeout_s: float | None = None, max_attempts: int | None =
     ends failed with the reason. Returns one line per run acted upon.
     """
     timeout_s = timeout_s or settings.PLASTICITY_HEARTBEAT_TIMEOUT
-    max_attempts = max_attempts or settings.Q_CLUSTER.get("max_attempts", 2)
+    max_attempts = max_attempts or settings.PLASTICITY_RUN_MAX_ATTEMPTS
     cutoff = timezone.now() - timedelta(seconds=timeout_s)
     lines = []
     for run in ImprovementRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff):
@@ -347,5 +357,6 @@ def runs_reconcile(*, timeout_s: float | None = None, max_attempts: int | None =
 def _search_files_delete(run_id: int) -> None:
     try:
         search_files_delete(run_id=run_id)
+        checkpoints_delete(run_id=run_id)
     except Exception:  # noqa: BLE001 - a leftover file must not undo the reconciliation
-        logger.exception("removing search files of run #%s failed", run_id)
+        logger.exception("removing search files or checkpoints of run #%s failed", run_id)

@@ -35,7 +35,7 @@ from improvement.models import ImprovementConfig, ImprovementRun, SearchCandidat
 from improvement.nn.search_space import SPACE_VERSION, SearchSpace, TrialSpec, genome_params, suggest
 from improvement.nn.trials import TrialResult, directions, study_sampler
 from improvement.runs.context import context_build, torch_threads_configure
-from improvement.runs.lifecycle import RunReporter, worker_name
+from improvement.runs.lifecycle import Heartbeat, RunReporter, worker_name
 from improvement.strategies.architecture import n_trials, trial_trainer
 from improvement.strategies.registry import StrategyContext
 from models_registry.nn.genome import GenomeError, build_module
@@ -104,7 +104,8 @@ def _train_and_store(candidate: SearchCandidate, train: Callable[[TrialSpec, int
                      ) -> TrialResult | None:
     """Train a claimed trial, store its weights and mark it done (or failed); the result when trained."""
     try:
-        result = train(_spec(candidate), candidate.index)
+        with Heartbeat(candidate.pk, candidate.worker, model=SearchCandidate):
+            result = train(_spec(candidate), candidate.index)
         assert result.module is not None
         name, sha, _ = weights_save(result.module.state_dict(), folder=f"search/run-{candidate.run_id}")
         done = SearchCandidate.objects.filter(pk=candidate.pk, status=SearchCandidate.Status.RUNNING,
@@ -165,27 +166,34 @@ class SharedTrialRunner:
         self.stale_after = timedelta(seconds=settings.PLASTICITY_HEARTBEAT_TIMEOUT)
         self.fraction = 0.05  # the run's progress, for the reports made while a batch trains
 
-    def _restart(self, study: optuna.Study) -> None:
-        """A requeued run (its worker vanished) starts again: its old trials are failed, their files gone."""
+    def _resume(self, study: optuna.Study) -> list[SearchCandidate]:
+        """A requeued run (its worker vanished) keeps the trials an earlier attempt finished.
+
+        Finished trials (trained, or failed) are answered from their rows and stored weights;
+        trials still pending or in training when the worker died are told to the study as
+        failed and dropped (a helper still training one finds its row gone and keeps nothing).
+        """
         old = SearchCandidate.objects.filter(run=self.run_row)
-        for number in old.exclude(trial_number=None).values_list("trial_number", flat=True):
+        finished = (SearchCandidate.Status.DONE, SearchCandidate.Status.FAILED)
+        unfinished = old.exclude(status__in=finished)
+        for number in unfinished.exclude(trial_number=None).values_list("trial_number", flat=True):
             if number is None:
                 continue
             try:
                 study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             except (KeyError, ValueError, RuntimeError):
                 pass
-        names = list(old.exclude(weights_file="").values_list("weights_file", flat=True))
-        for name in names:
+        for name in unfinished.exclude(weights_file="").values_list("weights_file", flat=True):
             blob_delete(name)
-        old.delete()
+        unfinished.delete()
+        return list(old.filter(status__in=finished).order_by("index"))
 
     def run(self, space: SearchSpace, *, n_trials: int, deadline: float,
             train: Callable[[TrialSpec, int], TrialResult], progress: Callable[[int, int, TrialResult], None],
             ) -> list[TrialResult]:
         run = self.run_row
         study = study_for(run, self.objectives)
-        self._restart(study)
+        kept = self._resume(study)
         if not study.trials:
             start = genome_params(self.context.genome, space)
             if start is not None:
@@ -195,8 +203,16 @@ class SharedTrialRunner:
         self.reporter.log(f"search: study {study.study_name} ({len(study.trials)} earlier trials), "
                           f"{n_trials} trials, {self.parallel} at a time")
         results: list[TrialResult] = []
-        asked = 0
-        batch_number = 0
+        for row in kept:
+            result = self._tell(study, row, None)
+            results.append(result)
+            progress(len(results), n_trials, result)
+        if kept:
+            self.reporter.log(f"search resumed: {len(kept)} trial(s) finished by an earlier attempt are kept "
+                              f"({sum(r.val_score is not None for r in results)} trained)")
+        asked = len(kept)
+        batch_number = max((row.generation for row in kept), default=-1) + 1
+        next_index = max((row.index for row in kept), default=-1) + 1
         while asked < n_trials and (not results or time.monotonic() < deadline):
             rows: list[SearchCandidate] = []
             for _ in range(min(self.parallel, n_trials - asked)):
@@ -207,10 +223,11 @@ class SharedTrialRunner:
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     self.reporter.log(f"trial {trial.number}: invalid genome ({exc})")
                     continue
-                rows.append(SearchCandidate(run=run, generation=batch_number, index=asked + len(rows),
+                rows.append(SearchCandidate(run=run, generation=batch_number, index=next_index + len(rows),
                                             genome=spec.genome, train_params=spec.train_params(),
                                             trial_number=trial.number))
             asked += self.parallel
+            next_index += len(rows)
             batch_number += 1
             if not rows:
                 continue

@@ -89,6 +89,29 @@ class Applicability:
     urgency: float = 0.0  # 0..1: how far past the trigger the metrics are
 
 
+class Checkpoints(Protocol):
+    """Where a strategy keeps what it has built so far, so that a run whose worker died resumes.
+
+    ``load(key)`` answers the weights and notes saved under ``key`` by an earlier attempt of the
+    same run (None: nothing saved); ``save(key, state, meta, final=...)`` keeps them (a final
+    save marks the phase finished; other saves may be throttled by the store).
+    """
+
+    def load(self, key: str) -> tuple[dict[str, torch.Tensor], dict] | None: ...
+
+    def save(self, key: str, state: dict[str, torch.Tensor], meta: dict, *, final: bool = False) -> None: ...
+
+
+class NoCheckpoints:
+    """Checkpoints for a context outside a run (tests, benchmarks): nothing is kept."""
+
+    def load(self, key: str) -> tuple[dict[str, torch.Tensor], dict] | None:
+        return None
+
+    def save(self, key: str, state: dict[str, torch.Tensor], meta: dict, *, final: bool = False) -> None:
+        return None
+
+
 @dataclasses.dataclass
 class StrategyContext:
     """Everything a strategy may use. Built by the engine from the database; plain data here."""
@@ -115,6 +138,10 @@ class StrategyContext:
     # worker and persisted across runs: improvement.runs.search); otherwise it runs one in memory.
     trial_runner: Any | None = None
     params: dict = dataclasses.field(default_factory=dict)
+    # The run's checkpoints (improvement.runs.checkpoints): an attempt after a dead worker resumes.
+    checkpoints: Checkpoints = dataclasses.field(default_factory=NoCheckpoints)
+    # A line for the run's log (what the strategy decided and why); nowhere outside a run.
+    log: Callable[[str], None] = dataclasses.field(default=lambda line: None)
 
     @property
     def is_image(self) -> bool:

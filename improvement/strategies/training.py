@@ -17,6 +17,7 @@ as ``NonFiniteLossError`` and fails the run without promotion.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 
@@ -103,6 +104,22 @@ class TrainingStrategy(StrategyBase):
         for i, (kind, share) in enumerate(plan):
             if i > 0 and budget.left < 1.0:
                 break
+            key = f"training-{i}-{kind}"
+            saved = context.checkpoints.load(key)
+            if saved is not None and saved[1].get("final"):
+                # An earlier attempt of this run finished this phase: its candidate is kept as it was.
+                state, meta = saved
+                kept = build_module(meta["genome"])
+                kept.load_state_dict(state)
+                candidates.append(Candidate(genome=meta["genome"], module=kept.eval(), val_score=meta["val_score"],
+                                            note=meta["note"], details={"train": meta.get("train", {}),
+                                                                        "resumed": "finished by an earlier attempt"}))
+                message = (f"{kind}: finished by an earlier attempt (val {meta['val_score']:.4f}); its candidate "
+                           "is kept from the checkpoint")
+                context.log(message)
+                progress(start + span, message, None)
+                start += span
+                continue
             seconds = budget.share(share)
             if kind == "fine-tune":
                 module, genome, config = clone_module(context.module), context.genome, train_config(
@@ -117,14 +134,37 @@ class TrainingStrategy(StrategyBase):
                 module = self._fresh(context, genome, seed=context.seed + 2)
                 config = train_config(context, lr_schedule="cosine", max_seconds=seconds, seed=context.seed + 2)
                 note = "retrained with wider layers"
-            progress(start, f"{note} (validation score now {current:.4f})", None)
+            resumed = saved is not None and saved[1].get("genome") == genome
+            if saved is not None and resumed:
+                # Cut short by a dead worker: go on from the best weights it reached, for the time left.
+                state, meta = saved
+                module.load_state_dict(state)
+                config = dataclasses.replace(config, max_seconds=max(1.0, seconds - float(meta.get("seconds", 0.0))))
+                message = (f"{kind}: resuming from its checkpoint (epoch {meta.get('epoch')}, val "
+                           f"{meta.get('val_score', 0.0):.4f}) for the {config.max_seconds:.0f} s left")
+                context.log(message)
+                progress(start, message, None)
+            else:
+                progress(start, f"{note} (validation score now {current:.4f})", None)
+            spent = float(saved[1].get("seconds", 0.0)) if saved is not None and resumed else 0.0
+
+            def on_best(state, event, key=key, genome=genome, note=note, spent=spent) -> None:
+                context.checkpoints.save(key, state, {"genome": genome, "note": note, "epoch": event["epoch"],
+                                                      "val_score": event["val_score"],
+                                                      "seconds": spent + event["elapsed_s"]})
+
             result = train_module(
                 module, context.data, output_kind=context.output_kind, config=config,
                 progress=epoch_progress(progress, start=start, span=span, label=kind),
-                augment=context.augment, extra_data=context.extra_data,
+                augment=context.augment, extra_data=context.extra_data, on_best=on_best,
             )
+            summary = {**_summary(result), **({"resumed_from_epoch": saved[1].get("epoch")}
+                                              if saved is not None and resumed else {})}
+            context.checkpoints.save(key, module.state_dict(), {"genome": genome, "note": note,
+                                                                "val_score": result.best_val_score,
+                                                                "train": summary}, final=True)
             candidates.append(Candidate(genome=genome, module=module, val_score=result.best_val_score, note=note,
-                                        details={"train": _summary(result)}))
+                                        details={"train": summary}))
             start += span
         best = max(candidates, key=lambda c: c.val_score or 0.0)
         progress(1.0, f"best candidate: {best.note} (val {best.val_score:.4f})", None)

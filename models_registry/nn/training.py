@@ -202,6 +202,7 @@ def train_module(
     extra_data: ExtraDataFn | None = None,
     loss_fn: LossFn | None = None,
     device: str | torch.device | None = None,
+    on_best: Callable[[dict[str, torch.Tensor], EpochEvent], None] | None = None,
 ) -> TrainResult:
     """Train ``module`` in place with AdamW and return a ``TrainResult``.
 
@@ -222,6 +223,8 @@ def train_module(
     - ``loss_fn(outputs, targets, inputs)`` replaces the default loss (distillation).
     - ``progress(event)`` is called after every epoch; an exception it raises
       (e.g. a cancellation) propagates, leaving the module with its latest weights.
+    - ``on_best(state, event)`` is called after an epoch whose weights become the kept ones
+      (a copy on the CPU, safe to store): what a checkpoint saves to resume from.
     - Raises ``NonFiniteLossError`` naming the epoch and step if the loss is NaN/inf.
 
     Seeding uses a forked torch RNG, so the caller's global RNG state is untouched.
@@ -238,7 +241,8 @@ def train_module(
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(config.seed)
         try:
-            return _train(module, data, output_kind, config, progress, augment, extra_data, loss_fn, device)
+            return _train(module, data, output_kind, config, progress, augment, extra_data, loss_fn, device,
+                          on_best)
         finally:
             module.to("cpu")
 
@@ -273,6 +277,7 @@ def _train(
     extra_data: ExtraDataFn | None,
     loss_fn: LossFn | None,
     device: torch.device,
+    on_best: Callable[[dict[str, torch.Tensor], EpochEvent], None] | None = None,
 ) -> TrainResult:
     start = time.perf_counter()
     rng = np.random.default_rng(config.seed)
@@ -373,6 +378,8 @@ def _train(
             "elapsed_s": time.perf_counter() - start,
         }
         history.append(event)
+        if on_best is not None and (improved or tied):
+            on_best({k: v.detach().to("cpu") for k, v in best_state.items()}, event)
         if progress is not None:
             progress(event)
         if out_of_time:

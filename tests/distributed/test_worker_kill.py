@@ -69,6 +69,7 @@ def _loads(version: ModelVersion) -> None:
 
 def test_a_killed_worker_run_is_retried_or_failed_with_a_reason(settings, weak_model, fast_loop, tmp_path):
     settings.PLASTICITY_HEARTBEAT_TIMEOUT = HEARTBEAT_TIMEOUT_S
+    settings.PLASTICITY_RUN_MAX_ATTEMPTS = 2
     model_a, model_b = weak_model("a"), weak_model("b")
     active_b = model_b.versions.get(is_active=True)
 

@@ -20,6 +20,11 @@ Worker counts come from the options, else the environment, else defaults that su
 Every child is supervised (``Supervised``): one that exits is started again with an exponential
 back-off (1 s doubling to 30 s), and the exit is logged with its code or signal. gunicorn's
 master also replaces a web worker that dies on its own.
+
+``serve`` also reconciles runs every ``RECONCILE_EVERY_S`` seconds: a run whose worker stopped
+beating for ``PLASTICITY_HEARTBEAT_TIMEOUT`` seconds (a killed worker) is requeued at once, and
+its next attempt resumes from the run's checkpoints, rather than waiting for the scheduler's
+minute tick.
 """
 
 from __future__ import annotations
@@ -31,12 +36,16 @@ import sys
 import time
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connection
 
 from events.env import env_int
+from improvement.runs.lifecycle import runs_reconcile
 from improvement.scheduler.loop import loop_boot
 
 #: Seconds a gunicorn worker may spend on one request (an upload fits its algorithm in the request).
 WEB_TIMEOUT_S = 300
+#: How often the supervisor requeues runs whose worker vanished (see ``runs_reconcile``).
+RECONCILE_EVERY_S = 5.0
 
 
 #: Thread counts of OpenMP / BLAS set to 1 in the web processes unless the environment sets them.
@@ -132,15 +141,28 @@ class Command(BaseCommand):
             sys.exit(0)
 
         signal.signal(signal.SIGTERM, stop_and_exit)
+        reconcile_at = time.monotonic() + RECONCILE_EVERY_S
         try:
             while True:  # supervise: a child that exits is started again, after a back-off
                 for child in children:
                     child.check()
+                if time.monotonic() >= reconcile_at:
+                    reconcile_at = time.monotonic() + RECONCILE_EVERY_S
+                    self._reconcile()
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
         finally:
             stop()
+
+
+    def _reconcile(self) -> None:
+        try:
+            for line in runs_reconcile():
+                self.stderr.write(f"serve: {line}\n")
+        except DatabaseError as exc:  # the database is restarting: try again at the next round
+            self.stderr.write(f"serve: reconciling runs failed ({exc}); trying again in {RECONCILE_EVERY_S:g} s\n")
+            connection.close_if_unusable_or_obsolete()
 
 
 def _signal_group(child: subprocess.Popen, sig: int) -> None:
