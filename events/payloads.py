@@ -23,6 +23,7 @@ EventType = Literal[
     "cycle.finished",
     "config.changed",
     "task.created",
+    "task_job.progress",
 ]
 
 GROUP = "live"
@@ -113,6 +114,18 @@ class TaskCreatedPayload(TypedDict):
     task_id: int
 
 
+class TaskJobPayload(TypedDict):
+    """task_job.progress: a generator task's creation job (``TaskCreationJob``) moved or changed state."""
+
+    job_id: int
+    slug: str
+    status: str
+    progress: float
+    message: str
+    task: str | None  # the created task's slug, once it exists
+    error: str
+
+
 class LiveMessage(TypedDict):
     id: int
     type: str
@@ -132,6 +145,7 @@ PAYLOAD_TYPES: dict[str, type] = {
     "cycle.finished": CycleFinishedPayload,
     "config.changed": ConfigChangedPayload,
     "task.created": TaskCreatedPayload,
+    "task_job.progress": TaskJobPayload,
 }
 assert set(PAYLOAD_TYPES) == set(get_args(EventType)), "every event type needs its payload type"
 

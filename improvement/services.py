@@ -4,13 +4,18 @@
   API, the panel and the specification's facade all call it, so every edit is validated the
   same way and announced with ``config.changed``.
 * ``demo_seed`` — the demo ``make run`` seeds: three built-in tasks with weak models.
+* ``task_first_model`` — every new task's first model, its first version trained by a worker.
+* ``task_job_queue`` — a generator task's creation, accepted now and done by a worker
+  (``models_registry.task_jobs``); ``task_jobs_requeue`` queues again the jobs whose worker died.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django_q.tasks import async_task
@@ -22,13 +27,15 @@ from improvement.models import ImprovementConfig
 from improvement.predictor import PREDICTOR_TASK_SLUG, gain_predictor, history_load
 from models_registry.choices import OutputKind
 from models_registry.data.builtin import BUILTIN_DATASETS
+from models_registry.data.upload import UploadLimits
 from models_registry.evaluation import algorithm_evaluate
-from models_registry.models import NeuralModel, Task
+from models_registry.models import NeuralModel, Task, TaskCreationJob
 from models_registry.nn.families import default_genome, family_for
 from models_registry.nn.genome import GenomeError, genome_summary, validate_genome
 from models_registry.nn.training import TrainConfig
 from models_registry.selectors import algorithm_latest_sample
 from models_registry.services import model_create, task_create_builtin
+from models_registry.task_jobs import task_job_create, task_jobs_reconcile
 from models_registry.training import version_seed
 
 CONFIG_READ_ONLY = ("id", "pk", "updated_at")
@@ -144,3 +151,61 @@ def model_bootstrap(*, model: NeuralModel, genome: dict | None = None) -> str:
     version = version_seed(model=model, genome=genome, config=BOOTSTRAP_TRAIN,
                            note=f"first version: {genome_summary(genome)}")
     return f"{model}: v{version.number} gate {version.metric} {version.score:.4f}"
+
+
+def task_first_model(*, task: Task, genome: dict | None = None) -> NeuralModel | None:
+    """Every new task gets a first model, once (a task with a model is left alone; returns None).
+
+    A given genome is fitted to the task; one that cannot serve it is named in the task's
+    warnings and the first model is built from the data's shape instead — not fatal.
+    """
+    if task.neural_models.exists():
+        return None
+    fitted = None
+    with transaction.atomic():
+        if genome is not None:
+            try:
+                fitted = genome_for_task(task, genome)
+            except GenomeError as exc:
+                task.warnings = [*task.warnings, f"genome: {exc}; the first model is built from the data's shape"]
+                Task.objects.filter(pk=task.pk).update(warnings=task.warnings)
+        return model_bootstrap_queue(task=task, genome=fitted)
+
+
+# -------------------------------------------------------------------- a generator task's creation
+
+TASK_JOB_TASK = "improvement.tasks.task_create_job"
+
+
+def task_job_queue(
+    *, name: str, algorithm_path: str, sampler_spec: dict, slug: str = "", description: str = "",
+    latency_budget_ms: float = 200.0, metric: str | None = None, split_seed: int = 0, genome: dict | None = None,
+    created_by: User | None = None, limits: UploadLimits | None = None,
+) -> TaskCreationJob:
+    """Accept a generator task's creation (``task_job_create`` checks what is cheap) and queue it on commit.
+
+    The worker (``improvement.tasks.task_create_job``) labels the samples, creates the task and
+    gives it its first model (``task_first_model``); the job row reports its progress.
+    """
+    with transaction.atomic():
+        job = task_job_create(
+            name=name, algorithm_path=algorithm_path, sampler_spec=sampler_spec, slug=slug, description=description,
+            latency_budget_ms=latency_budget_ms, metric=metric, split_seed=split_seed, genome=genome,
+            created_by=created_by, limits=limits,
+        )
+        transaction.on_commit(partial(task_job_enqueue, job_id=job.pk))
+    return job
+
+
+def task_job_enqueue(*, job_id: int) -> None:
+    async_task(TASK_JOB_TASK, job_id, task_name=f"task-job-{job_id}", group="registry")
+
+
+def task_jobs_requeue() -> list[str]:
+    """Queue again the creation jobs whose worker died (``task_jobs_reconcile``); one line per job."""
+    lines = []
+    with transaction.atomic():
+        for job_id in task_jobs_reconcile():
+            transaction.on_commit(partial(task_job_enqueue, job_id=job_id))
+            lines.append(f"task job #{job_id} requeued (its worker sent no heartbeat)")
+    return lines

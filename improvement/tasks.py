@@ -6,15 +6,18 @@ which ``async_task`` would silently swallow.
 
 from __future__ import annotations
 
+import uuid
+
 from django.db import close_old_connections
 
 from improvement import services
 from improvement.models import CycleRecord
 from improvement.runs.execution import run_execute
-from improvement.runs.lifecycle import run_pick
+from improvement.runs.lifecycle import Heartbeat, run_pick, worker_name
 from improvement.runs.search import search_candidate_execute
 from improvement.scheduler import loop
-from models_registry.models import NeuralModel
+from models_registry.models import NeuralModel, TaskCreationJob
+from models_registry.task_jobs import task_job_execute
 
 
 def run_improvement(run_id: int) -> str:
@@ -55,3 +58,12 @@ def model_bootstrap(model_id: int, genome: dict | None = None) -> str:
     done = services.model_bootstrap(model=model, genome=genome)
     loop.cycle_after_run()
     return done
+
+
+def task_create_job(job_id: int) -> str:
+    """A generator task's creation (``POST /api/tasks`` answered 202): label, create, queue its first model."""
+    close_old_connections()
+    worker = f"{worker_name()}/{uuid.uuid4().hex[:8]}"  # one claim: a later claim by this process differs
+    # The heartbeat keeps a slow labelling batch (or the algorithm's evaluation) from looking dead.
+    with Heartbeat(job_id, worker, model=TaskCreationJob):
+        return task_job_execute(job_id=job_id, worker=worker, after_create=services.task_first_model)

@@ -6,7 +6,7 @@ from models_registry.data.errors import ImplementationError
 from models_registry.errors import RegistryError
 from models_registry.evaluation import task_metric_change
 from models_registry.loading import load_implementation
-from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
+from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task, TaskCreationJob
 from models_registry.selectors import version_active
 from models_registry.services import version_activate, version_rollback
 from models_registry.serving import admin as _serving_admin  # noqa: F401  (registers the serving admin)
@@ -152,6 +152,22 @@ class PerformanceSampleAdmin(admin.ModelAdmin):
     list_select_related = ("task", "version__model")
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in PerformanceSample._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(TaskCreationJob)
+class TaskCreationJobAdmin(admin.ModelAdmin):
+    """Read only: jobs are made by ``POST /api/tasks`` and moved by their worker (``models_registry.task_jobs``)."""
+
+    list_display = ("id", "slug", "status", "progress", "message", "task", "created_by", "attempts", "created_at",
+                    "finished_at")
+    list_filter = ("status",)
+    search_fields = ("slug", "name", "algorithm_path")
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -39,3 +39,10 @@ class SampleSource(models.TextChoices):
     EVALUATION = "evaluation", "Held-out evaluation"
     LIVE = "live", "Live traffic"
     SHADOW = "shadow", "Shadow check"
+
+
+class TaskJobStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from models_registry.choices import DataSource, Implementation, OutputKind, Runtime, SampleSource, ScoreSplit
+from models_registry.choices import (
+    DataSource,
+    Implementation,
+    OutputKind,
+    Runtime,
+    SampleSource,
+    ScoreSplit,
+    TaskJobStatus,
+)
 from models_registry.nn.metrics import METRIC_CHOICES
 
 
@@ -188,6 +197,56 @@ class PerformanceSample(models.Model):
     def __str__(self) -> str:
         who = f"v{self.version.number}" if self.version_id and self.version is not None else "algorithm"
         return f"{self.task.slug} {who} {self.source} {self.split or 'live'} score={self.score}"
+
+
+class TaskCreationJob(models.Model):
+    """The creation of a generator task, done by a worker: its samples are labelled there, not in a request.
+
+    ``POST /api/tasks`` (JSON) validates what is cheap to validate and answers 202 with this
+    row; ``models_registry.task_jobs`` owns its state machine:
+
+    * pending → running: a worker claims it (a conditional UPDATE; a duplicate delivery does
+      nothing). A running job whose ``heartbeat_at`` is older than ``PLASTICITY_HEARTBEAT_TIMEOUT``
+      (its worker died) may be claimed again, up to ``MAX_ATTEMPTS`` claims in all.
+    * running → done: the task exists (``task``) and its first model is queued for training.
+    * running → failed: ``error`` says why (the algorithm raised or gave non-finite labels, the
+      slug was taken meanwhile, ...); no task and no dataset file were left behind.
+    * running → pending: the reconciler found it stale and queued it again.
+
+    ``task`` is set in the transaction that creates the task, so an attempt that follows a
+    worker's death after that point does not label twice.
+    """
+
+    status = models.CharField(max_length=12, choices=TaskJobStatus.choices, default=TaskJobStatus.PENDING,
+                              db_index=True)
+    progress = models.FloatField(default=0.0, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    message = models.CharField(max_length=200, blank=True, help_text="What the job is doing now, or did last.")
+    error = models.TextField(blank=True)
+    # What the request asked for, validated when it was accepted.
+    name = models.CharField(max_length=120)
+    slug = models.SlugField(max_length=80, help_text="The slug the task will have (checked free when accepted).")
+    description = models.TextField(blank=True)
+    algorithm_path = models.CharField(max_length=200)
+    sampler_spec = models.JSONField()
+    latency_budget_ms = models.FloatField(default=200.0)
+    metric = models.CharField(max_length=32, blank=True)
+    split_seed = models.PositiveIntegerField(default=0)
+    genome = models.JSONField(null=True, blank=True, help_text="The first model's genome, if one was given.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    worker = models.CharField(max_length=120, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"task job #{self.pk} ({self.slug}, {self.status})"
 
 
 from models_registry.serving.models import ServingState, ServingSwitch  # noqa: E402,F401

@@ -1,7 +1,9 @@
 """Writes to the model registry. Each state change has exactly one service here.
 
 * ``task_create_*``   — the dataset file is written first, then the row; a failed row
-  removes the file, so a rejected task leaves nothing behind. Once the row has committed, the
+  removes the file, so a rejected task leaves nothing behind. A generator task is made in
+  three steps — ``generator_check`` (cheap), ``generator_label`` (heavy: a worker runs it for
+  the API, see ``task_jobs``), ``task_create_from_generated``. Once the row has committed, the
   task's algorithm is evaluated (gate and sealed test samples), so serving can compare it with
   the first neural version; a failed evaluation leaves the task, with a warning saying why.
 * ``task_dataset_replace`` — the same order for a task whose data grows: new file, then the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -33,6 +36,7 @@ from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.data.errors import DatasetError
 from models_registry.data.splits import DEFAULT_FRACTIONS, SPLIT_NAMES, make_splits
 from models_registry.data.upload import (
+    SamplerSpec,
     UploadLimits,
     generate_dataset,
     parse_csv,
@@ -60,7 +64,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class _TaskData:
+class TaskData:
+    """A new task's data and contract, ready for ``_task_create`` (parsed, built in, or labelled)."""
+
     X: np.ndarray
     y: np.ndarray
     output_kind: str
@@ -104,22 +110,30 @@ def gate_size_check(n_gate: int, *, alpha: float = GATE_ALPHA) -> list[str]:
             f"to {GATE_WARN_ABOVE:.0%}."]
 
 
-def _task_create(
-    *, slug: str, name: str, description: str, source: str, data: _TaskData, algorithm_path: str,
-    seed: int, builtin_key: str = "", sampler_spec: dict | None = None, latency_budget_ms: float = 200.0,
-    metric: str | None = None,
-) -> Task:
-    """Write the dataset file, then the task row (one transaction), then measure the task's algorithm.
-
-    The algorithm's gate and sealed test evaluation (``algorithm_evaluate``) runs right after
-    the row commits, outside its transaction: fitting and timing a model can take seconds, and
-    no lock is held meanwhile. See ``_algorithm_evaluate_at_creation`` for what a failure does.
-    """
-    slug = slugify(slug or name)[:80]
+def task_slug_check(*, slug: str) -> str:
+    """The slug a new task named ``slug`` gets (slugified); refused when empty or already a task's."""
+    slug = slugify(slug)[:80]
     if not slug:
         raise RegistryError("name: must contain at least one letter or digit")
     if Task.objects.filter(slug=slug).exists():
         raise RegistryError(f"slug: a task named {slug!r} already exists")
+    return slug
+
+
+def _task_create(
+    *, slug: str, name: str, description: str, source: str, data: TaskData, algorithm_path: str,
+    seed: int, builtin_key: str = "", sampler_spec: dict | None = None, latency_budget_ms: float = 200.0,
+    metric: str | None = None, on_row: Callable[[Task], None] | None = None,
+) -> Task:
+    """Write the dataset file, then the task row (one transaction), then measure the task's algorithm.
+
+    ``on_row(task)`` runs inside the row's transaction (a creation job links the task there);
+    whatever it raises undoes the row and removes the file. The algorithm's gate and sealed test
+    evaluation (``algorithm_evaluate``) runs right after the row commits, outside its
+    transaction: fitting and timing a model can take seconds, and no lock is held meanwhile.
+    See ``_algorithm_evaluate_at_creation`` for what a failure does.
+    """
+    slug = task_slug_check(slug=slug or name)
     y = data.y
     if data.output_kind == OutputKind.VALUES and y.ndim == 1:
         y = y.reshape(-1, 1)
@@ -148,6 +162,8 @@ def _task_create(
                 warnings=warnings,
             )
             publish("task.created", TaskCreatedPayload(task=task.slug, task_id=task.pk))
+            if on_row is not None:
+                on_row(task)
     except IntegrityError:
         blob_delete(dataset_file)
         raise RegistryError(f"slug: a task named {slug!r} already exists") from None
@@ -189,7 +205,7 @@ def task_create_builtin(*, key: str, seed: int = 0, metric: str | None = None) -
         raise RegistryError(f"key: unknown built-in task {key!r}; expected one of {', '.join(BUILTIN_DATASETS)}")
     spec = BUILTIN_DATASETS[key]
     X, y = spec.load(seed)
-    data = _TaskData(
+    data = TaskData(
         X=X, y=y, output_kind=spec.output_kind, input_shape=list(spec.input_shape),
         n_outputs=spec.n_outputs,
     )
@@ -233,7 +249,7 @@ def task_create_from_upload(
         raise DatasetError(f"file: expected a .csv or .npz file, got {filename!r}")
     if algorithm_path:
         load_implementation(algorithm_path)  # fail now, not at first evaluation
-    data = _TaskData(
+    data = TaskData(
         X=parsed.X, y=parsed.y, output_kind=parsed.output_kind, input_shape=list(parsed.input_shape),
         n_outputs=_n_outputs(parsed.output_kind, parsed.X, parsed.y), class_labels=parsed.class_labels,
         # An NPZ's arrays have no column names (x0, x1, ... are made up): its rows may be signals.
@@ -247,22 +263,63 @@ def task_create_from_upload(
     )
 
 
+def generator_check(*, algorithm_path: str, sampler_spec: dict, limits: UploadLimits | None = None) -> SamplerSpec:
+    """What a generator task's creation can check without labelling anything.
+
+    The spec and its bounds (``limits``: rows, values per input, and the numbers the inputs
+    would make, before anything is drawn), then the algorithm path: the allowlist first, then
+    the import (``load_callable``). The algorithm is not called.
+    """
+    spec = parse_sampler_spec(sampler_spec, limits=limits)
+    load_callable(algorithm_path)
+    return spec
+
+
+def generator_label(
+    *, algorithm_path: str, spec: SamplerSpec, seed: int, progress: Callable[[int, int], None] | None = None,
+    limits: UploadLimits | None = None,
+) -> TaskData:
+    """Draw the spec's inputs with ``seed`` and label them with the algorithm, in batches.
+
+    The heavy part of a generator task's creation: a worker runs it (``models_registry.task_jobs``)
+    and ``progress(labelled, total)`` follows it. Raises ``DatasetError`` when the algorithm
+    raises or gives labels that cannot make a task (non-finite values, one class, ...).
+    """
+    X, y, output_kind = generate_dataset(load_callable(algorithm_path), spec, seed, progress=progress,
+                                         limits=limits)
+    return TaskData(
+        X=X, y=y, output_kind=output_kind, input_shape=list(X.shape[1:]), n_outputs=_n_outputs(output_kind, X, y),
+    )
+
+
+def task_create_from_generated(
+    *, name: str, algorithm_path: str, sampler_spec: dict, data: TaskData, slug: str = "", description: str = "",
+    seed: int = 0, latency_budget_ms: float = 200.0, metric: str | None = None,
+    on_row: Callable[[Task], None] | None = None,
+) -> Task:
+    """Create a generator task from the data ``generator_label`` made (see ``_task_create``)."""
+    return _task_create(
+        slug=slug or name, name=name, description=description, source=DataSource.GENERATOR, data=data,
+        algorithm_path=algorithm_path, seed=seed, sampler_spec=sampler_spec, latency_budget_ms=latency_budget_ms,
+        metric=metric, on_row=on_row,
+    )
+
+
 def task_create_from_generator(
     *, name: str, algorithm_path: str, sampler_spec: dict, slug: str = "", description: str = "",
     seed: int = 0, latency_budget_ms: float = 200.0, metric: str | None = None,
 ) -> Task:
-    """Create a task whose data the algorithm labels itself (system-generated data)."""
-    spec = parse_sampler_spec(sampler_spec)
-    fn = load_callable(algorithm_path)
-    X, y, output_kind = generate_dataset(fn, spec, seed)
-    data = _TaskData(
-        X=X, y=y, output_kind=output_kind, input_shape=list(X.shape[1:]),
-        n_outputs=_n_outputs(output_kind, X, y),
-    )
-    return _task_create(
-        slug=slug or name, name=name, description=description, source=DataSource.GENERATOR, data=data,
-        algorithm_path=algorithm_path, seed=seed, sampler_spec=sampler_spec, latency_budget_ms=latency_budget_ms,
-        metric=metric,
+    """Create a task whose data the algorithm labels itself (system-generated data), in one call.
+
+    Check, label, create: for scripts, the demo and tests. The API labels in a worker instead
+    (``models_registry.task_jobs``), through the same three steps.
+    """
+    spec = generator_check(algorithm_path=algorithm_path, sampler_spec=sampler_spec)
+    task_slug_check(slug=slug or name)  # refuse a taken slug before labelling, not after
+    data = generator_label(algorithm_path=algorithm_path, spec=spec, seed=seed)
+    return task_create_from_generated(
+        name=name, algorithm_path=algorithm_path, sampler_spec=sampler_spec, data=data, slug=slug,
+        description=description, seed=seed, latency_budget_ms=latency_budget_ms, metric=metric,
     )
 
 

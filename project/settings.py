@@ -261,6 +261,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ImplementationEnum": "models_registry.choices.Implementation",
         "ImplementationOrAutoEnum": ["neural", "algorithmic", "auto"],
+        # Two "status" choice sets: runs keep the name they had alone, task creation jobs get their own.
+        "StatusEnum": "improvement.choices.RunStatus",
+        "TaskJobStatusEnum": "models_registry.choices.TaskJobStatus",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

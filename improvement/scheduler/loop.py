@@ -13,7 +13,8 @@ When cycles run — one rule:
   (``improvement.tasks.cycle_after_run``) that only hands out free slots; it does not move the
   next scheduled cycle.
 
-Each tick also ends runs whose worker vanished, records a brain-state snapshot and trims history.
+Each tick also ends runs whose worker vanished, queues again the task-creation jobs whose worker
+vanished, records a brain-state snapshot and trims history.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, L
 from improvement.releases import resource_pressure_signal
 from improvement.runs.lifecycle import runs_reconcile
 from improvement.scheduler.cycle import cycle_run, cycles_trim, effective_interval_s
+from improvement.services import task_jobs_requeue
 from models_registry.evaluation import versions_rescore_legacy
 
 SCHEDULE_NAME = "plasticity-tick"
@@ -116,7 +118,7 @@ def loop_due(state: LoopState, config: ImprovementConfig) -> bool:
 
 def loop_tick() -> dict:
     """One scheduler tick (every minute)."""
-    reconciled = runs_reconcile()
+    reconciled = runs_reconcile() + task_jobs_requeue()
     # Versions scored before their task had a gate split are re-measured on it, a few per tick.
     rescored = versions_rescore_legacy(limit=LEGACY_RESCORE_PER_TICK)
     config = ImprovementConfig.load()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from models_registry.choices import OutputKind
-from models_registry.models import ModelVersion, NeuralModel, Task
+from models_registry.models import ModelVersion, NeuralModel, Task, TaskCreationJob
 from models_registry.nn.genome import KINDS, GenomeError, validate_genome
 from models_registry.nn.metrics import METRIC_CHOICES
 from project.api.fields import MAX_ID, FiniteRepresentationMixin
@@ -79,6 +80,31 @@ class TaskGeneratorSerializer(serializers.Serializer):
     metric = serializers.ChoiceField(choices=METRIC_CHOICES, required=False, allow_blank=True, help_text=_METRIC_HELP)
     genome = serializers.JSONField(required=False, help_text=_GENOME_HELP)
     split_seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1, help_text=_SPLIT_SEED_HELP)
+
+
+class TaskCreationJobSerializer(serializers.ModelSerializer):
+    """A generator task's creation, done by a worker: its state, progress and (once done) its task."""
+
+    url = serializers.SerializerMethodField(help_text="Where to read this job (also the 202's Location header).")
+    task: serializers.SlugRelatedField[Task] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True, allow_null=True,
+        help_text="The created task's slug once it exists (null before); read it at /api/tasks/<slug>.")
+    created_by = serializers.CharField(source="created_by.get_username", read_only=True, allow_null=True,
+                                       default=None, help_text="Who asked for the task.")
+    progress = serializers.FloatField(read_only=True, help_text="0 to 1: labelling the samples is most of it.")
+    error = serializers.CharField(read_only=True, help_text="Why the job failed (empty unless status is failed).")
+
+    class Meta:
+        model = TaskCreationJob
+        fields = [
+            "id", "url", "status", "progress", "message", "error", "task", "name", "slug", "description",
+            "algorithm_path", "sampler_spec", "latency_budget_ms", "metric", "split_seed", "genome", "created_by",
+            "attempts", "created_at", "started_at", "heartbeat_at", "finished_at",
+        ]
+        read_only_fields = fields
+
+    def get_url(self, obj: TaskCreationJob) -> str:
+        return reverse("task-job-detail", args=[obj.pk])
 
 
 # ---------------------------------------------------------------------------------- models

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import django_filters
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Prefetch
 from django.http import HttpResponse
@@ -29,13 +30,14 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from improvement.services import genome_for_task, model_bootstrap_queue
+from improvement.services import task_first_model, task_job_queue
 from models_registry.api.serializers import (
     ActivateSerializer,
     ModelVersionSerializer,
     NeuralModelCreateSerializer,
     NeuralModelSerializer,
     RollbackSerializer,
+    TaskCreationJobSerializer,
     TaskGeneratorSerializer,
     TaskSerializer,
     TaskUploadSerializer,
@@ -43,12 +45,10 @@ from models_registry.api.serializers import (
 from models_registry.choices import DataSource, OutputKind, Runtime
 from models_registry.errors import RegistryError
 from models_registry.implementations import version_module
-from models_registry.models import ModelVersion, NeuralModel, Task
-from models_registry.nn.genome import GenomeError
+from models_registry.models import ModelVersion, NeuralModel, Task, TaskCreationJob
 from models_registry.nn.runtimes import export_onnx
 from models_registry.services import (
     model_create,
-    task_create_from_generator,
     task_create_from_upload,
     version_activate,
     version_rollback,
@@ -150,45 +150,65 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
             "**multipart/form-data**: a CSV (a header row, then one example per row; numeric inputs; the "
             "target is `target_column` or the last column) or an NPZ (arrays `X` and `y`). Files above "
             "the upload limit are refused with 413 before they are read whole; rows and columns beyond "
-            "the limits, non-UTF-8 text, ragged rows, NaN or a single class get a 400 that says where.\n\n"
+            "the limits, non-UTF-8 text, ragged rows, NaN or a single class get a 400 that says where. "
+            "The task is created in the request: **201** with the task.\n\n"
             "**application/json**: a generator task — `sampler_spec` draws inputs and the algorithm at "
-            "`algorithm_path` labels them. The train/validation/test splits are fixed at creation.\n\n"
+            "`algorithm_path` labels them. Labelling thousands of samples takes a while, so a worker does "
+            "it: the request checks what is cheap (the fields, the spec and the numbers it would produce, "
+            "the algorithm path against the allowlist — imported, not called —, a free slug) and answers "
+            "**202 Accepted** with a task creation job and its URL in `Location` "
+            "(`GET /api/task-jobs/<id>`). The job goes `pending` → `running` (its `progress` goes from 0 "
+            "to 1 as the samples are labelled) → `done`, with `task` the new task's slug and its first "
+            "model queued for training, or `failed`, with `error` saying why (the algorithm raised or "
+            "gave non-finite labels, the slug was taken meanwhile, ...) and no task left behind. The "
+            "train/validation/gate/test splits are fixed at creation.\n\n"
             "`algorithm_path` names code the server runs: only superusers may set it (403 otherwise), and "
             "only inside the modules of `PLASTICITY_ALGORITHM_MODULES` (400 otherwise, before anything "
             "is imported)."
         ),
         request={"multipart/form-data": TaskUploadSerializer, "application/json": TaskGeneratorSerializer},
-        responses={201: TaskSerializer},
+        responses={
+            201: OpenApiResponse(TaskSerializer, description="An upload: the task, created."),
+            202: OpenApiResponse(TaskCreationJobSerializer,
+                                 description="A generator: the creation job, queued for a worker."),
+        },
+        parameters=[OpenApiParameter("Location", str, OpenApiParameter.HEADER, response=[202],
+                                     description="The job's URL: /api/task-jobs/<id>")],
         examples=[_CSV_EXAMPLE, _GENERATOR_EXAMPLE],
     )
     def create(self, request: Request) -> Response:
-        serializer: TaskUploadSerializer | TaskGeneratorSerializer
-        if (request.content_type or "").startswith("multipart/"):
-            serializer = TaskUploadSerializer(data=request.data)
-            serializer.is_valid(raise_exception=True)
-            data = serializer.validated_data
-            if data.get("algorithm_path"):
-                _superuser_only(request)
-            upload = data["file"]
-            task = task_create_from_upload(
-                name=data["name"], filename=upload.name or "", content=upload.read(), slug=data.get("slug", ""),
-                description=data.get("description", ""), target_column=data.get("target_column") or None,
-                output_kind=data.get("output_kind") or None, algorithm_path=data.get("algorithm_path", ""),
-                limits=upload_limits(), metric=data.get("metric") or None, seed=data.get("split_seed", 0),
-            )
-        else:
-            serializer = TaskGeneratorSerializer(data=request.data)
-            serializer.is_valid(raise_exception=True)
-            data = serializer.validated_data
-            _superuser_only(request)  # a generator's labeller is its algorithm
-            task = task_create_from_generator(
-                name=data["name"], algorithm_path=data["algorithm_path"], sampler_spec=data["sampler_spec"],
-                slug=data.get("slug", ""), description=data.get("description", ""),
-                latency_budget_ms=data.get("latency_budget_ms", 200.0), metric=data.get("metric") or None,
-                seed=data.get("split_seed", 0),
-            )
-        _first_model(task, data.get("genome"))
+        if not (request.content_type or "").startswith("multipart/"):
+            return self._create_from_generator(request)
+        serializer = TaskUploadSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if data.get("algorithm_path"):
+            _superuser_only(request)
+        upload = data["file"]
+        task = task_create_from_upload(
+            name=data["name"], filename=upload.name or "", content=upload.read(), slug=data.get("slug", ""),
+            description=data.get("description", ""), target_column=data.get("target_column") or None,
+            output_kind=data.get("output_kind") or None, algorithm_path=data.get("algorithm_path", ""),
+            limits=upload_limits(), metric=data.get("metric") or None, seed=data.get("split_seed", 0),
+        )
+        task_first_model(task=task, genome=data.get("genome"))
         return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
+
+    def _create_from_generator(self, request: Request) -> Response:
+        serializer = TaskGeneratorSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        _superuser_only(request)  # a generator's labeller is its algorithm
+        job = task_job_queue(
+            name=data["name"], algorithm_path=data["algorithm_path"], sampler_spec=data["sampler_spec"],
+            slug=data.get("slug", ""), description=data.get("description", ""),
+            latency_budget_ms=data.get("latency_budget_ms", 200.0), metric=data.get("metric") or None,
+            split_seed=data.get("split_seed", 0), genome=data.get("genome"),
+            created_by=request.user if isinstance(request.user, User) else None,
+            limits=upload_limits(),
+        )
+        body = TaskCreationJobSerializer(job).data
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 
 
 def _superuser_only(request: Request) -> None:
@@ -199,16 +219,22 @@ def _superuser_only(request: Request) -> None:
             "empty for the classical default, or ask a superuser")
 
 
-def _first_model(task: Task, genome: dict | None) -> None:
-    """Every new task gets a first model; a genome that cannot serve the task is said so, not fatal."""
-    fitted = None
-    if genome is not None:
-        try:
-            fitted = genome_for_task(task, genome)
-        except GenomeError as exc:
-            task.warnings = [*task.warnings, f"genome: {exc}; the first model is built from the data's shape"]
-            Task.objects.filter(pk=task.pk).update(warnings=task.warnings)
-    model_bootstrap_queue(task=task, genome=fitted)
+@extend_schema_view(
+    retrieve=extend_schema(
+        summary="A task creation job", tags=["tasks"], parameters=[id_path_parameter("Job id.")],
+        description="The creation of a generator task, as `POST /api/tasks` accepted it (202): `status` "
+                    "`pending`, `running` (`progress` 0 to 1, `message` says what it does now), `done` "
+                    "(`task` is the new task's slug) or `failed` (`error` says why; no task was left). "
+                    "Poll it, or follow the `task_job.progress` live events.",
+    ),
+)
+class TaskCreationJobViewSet(_Base, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Task creation jobs: a generator task's samples are labelled by a worker, not in the request."""
+
+    queryset = TaskCreationJob.objects.select_related("task", "created_by")
+    serializer_class = TaskCreationJobSerializer
+    pagination_class = None
+    lookup_value_regex = "[0-9]{1,18}"  # ids; anything else is the JSON 404 of the catch-all
 
 
 # ----------------------------------------------------------------------------------- models

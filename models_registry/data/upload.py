@@ -695,25 +695,42 @@ def _call_algorithm(impl: Any, batch: np.ndarray) -> np.ndarray:
     return arr
 
 
-def generate_dataset(fn: Any, spec: SamplerSpec, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+def generate_dataset(
+    fn: Any, spec: SamplerSpec, seed: int, *, progress: Callable[[int, int], None] | None = None,
+    limits: UploadLimits | None = None,
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Draw ``spec.n_samples`` inputs with ``seed`` and label them with the algorithm ``fn``.
 
     ``fn`` is what ``load_callable`` returns: an implementation object
     (``predict(X)``), a class of one (instantiated without arguments), or a
     plain function ``f(X)``.
-    It is called in batches of ``GENERATE_BATCH``. Integer outputs that form
+    It is called in batches of ``GENERATE_BATCH``; after each, ``progress(labelled, total)``
+    is called when given. The labels are bounded like the inputs (``limits.max_values``):
+    an algorithm that returns more values per input than that allows is refused at its first
+    batch. Integer outputs that form
     a 1-D vector of non-negative labels make a "classes" task (labels kept as
     given: the algorithm's answers must stay comparable with the model's);
     anything else numeric is "values", float32 (N, k). Returns ``(X, y, output_kind)``.
     """
-
+    limits = limits or UploadLimits()
     try:
         impl = as_implementation(fn)
     except ValueError as exc:
         raise DatasetError(f"the labelling algorithm cannot be used: {exc}")
     rng = np.random.default_rng(seed)
     x = spec.sample(spec.n_samples, rng)
-    parts = [_call_algorithm(impl, x[i : i + GENERATE_BATCH]) for i in range(0, len(x), GENERATE_BATCH)]
+    parts = []
+    for i in range(0, len(x), GENERATE_BATCH):
+        part = _call_algorithm(impl, x[i : i + GENERATE_BATCH])
+        per_input = math.prod(part.shape[1:])
+        if per_input * len(x) > limits.max_values:
+            raise DatasetError(
+                f"the algorithm returns {per_input} values per input: {len(x)} inputs would make "
+                f"{per_input * len(x):,} label values; at most {limits.max_values:,} are accepted"
+            )
+        parts.append(part)
+        if progress is not None:
+            progress(min(i + GENERATE_BATCH, len(x)), len(x))
     tails = {p.shape[1:] for p in parts}
     if len(tails) > 1:
         raise DatasetError(

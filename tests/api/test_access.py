@@ -17,6 +17,7 @@ from django.urls.resolvers import RoutePattern
 
 from improvement.runs.lifecycle import run_create
 from models_registry.services import model_create
+from models_registry.task_jobs import task_job_create
 from tests.factories import csv_task, trained_version
 
 pytestmark = pytest.mark.django_db
@@ -163,14 +164,16 @@ def world():
     v1 = trained_version(model, epochs=1)
     v2 = trained_version(model, epochs=1, seed=1, parent=v1)
     run = run_create(model=model, strategy="training", enqueue=False)
-    return {"task": task, "model": model, "versions": [v1, v2], "run": run}
+    job = task_job_create(name="generated", algorithm_path="tests.api.helpers.sum_of_squares",
+                          sampler_spec={"shape": [2]})
+    return {"task": task, "model": model, "versions": [v1, v2], "run": run, "job": job}
 
 
 def _fill(template: str, world: dict) -> str:
     def value(match: re.Match) -> str:
         resource, name = match.string[: match.start()].rstrip("/").split("/")[-1], match.group(1)
         objects = {"tasks": world["task"].slug, "models": world["model"].pk, "versions": world["versions"][0].pk,
-                   "runs": world["run"].pk}
+                   "runs": world["run"].pk, "task-jobs": world["job"].pk}
         assert resource in objects, f"no sample object for {{{name}}} in {template}: add one to world()"
         return str(objects[resource])
 

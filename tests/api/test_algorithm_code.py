@@ -16,6 +16,7 @@ from models_registry.serving.router import serving_router
 from models_registry.serving.switching import ALGORITHMIC, serving_switch
 from tests.api.test_uploads import _upload, assert_nothing_left_behind
 from tests.factories import blobs_csv
+from tests.jobs import job_wait
 
 pytestmark = pytest.mark.django_db
 
@@ -46,11 +47,16 @@ def test_even_a_superuser_cannot_name_code_outside_the_allowed_modules(root, pat
     assert_nothing_left_behind()
 
 
-def test_a_superuser_names_an_allowed_algorithm(root):
-    response = root.post("/api/tasks", {"name": "Squares", "algorithm_path": "user_algorithms.examples.sum_of_squares",
-                                        "sampler_spec": SAMPLER}, format="json")
-    assert response.status_code == 201, response.content
+def test_a_superuser_names_an_allowed_algorithm(root, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = root.post("/api/tasks", {"name": "Squares",
+                                            "algorithm_path": "user_algorithms.examples.sum_of_squares",
+                                            "sampler_spec": SAMPLER}, format="json")
+    assert response.status_code == 202, response.content
     assert response.json()["algorithm_path"] == "user_algorithms.examples.sum_of_squares"
+    job = job_wait(root, response["Location"])
+    assert job["status"] == "done", job
+    assert Task.objects.get(slug=job["task"]).algorithm_path == "user_algorithms.examples.sum_of_squares"
 
 
 def test_a_stored_path_outside_the_list_is_never_imported_by_serving(alice, bob, tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from improvement.runs.lifecycle import run_create
+from models_registry.task_jobs import task_job_create
 from tests.factories import model_with_versions
 
 pytestmark = pytest.mark.django_db
@@ -130,7 +131,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(operator, bob
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     model, versions = model_with_versions(2)
     run = run_create(model=model, strategy="training", enqueue=False)
-    objects = {"tasks": model.task.slug, "models": model.pk, "versions": versions[0].pk, "runs": run.pk}
+    job = task_job_create(name="generated", algorithm_path="tests.api.helpers.sum_of_squares",
+                          sampler_spec={"shape": [2]})
+    objects = {"tasks": model.task.slug, "models": model.pk, "versions": versions[0].pk, "runs": run.pk,
+               "task-jobs": job.pk}
     token = Token.objects.create(user=operator).key
     raw = bob.get("/api/schema/?format=json").json()
     schema = schemathesis.from_dict(raw, app=wsgi_app)

@@ -17,9 +17,10 @@ from rest_framework.authtoken.models import Token
 from models_registry.api.views import TaskViewSet
 from models_registry.data.splits import make_splits
 from models_registry.datasets import dataset_load
-from models_registry.models import Task
+from models_registry.models import Task, TaskCreationJob
 from project.api.uploads import BODY_OVERHEAD_BYTES, LimitedUploadHandler
 from tests.factories import blobs_csv
+from tests.jobs import job_wait
 
 pytestmark = pytest.mark.django_db
 
@@ -38,6 +39,7 @@ def _stored_datasets() -> list[str]:
 def assert_nothing_left_behind():
     assert Task.objects.count() == 0
     assert _stored_datasets() == []
+    assert TaskCreationJob.objects.count() == 0  # a refused generator task is not even queued
 
 
 def _csv(header: str, rows: list[str]) -> bytes:
@@ -89,13 +91,18 @@ def test_npz_upload_keeps_image_shapes(alice):
     assert response.json()["input_shape"] == [1, 4, 4]
 
 
-def test_generator_task_from_json(root):
-    response = root.post("/api/tasks", {
-        "name": "Squares", "algorithm_path": "tests.api.helpers.sum_of_squares",
-        "sampler_spec": {"shape": [3], "distribution": "uniform", "low": -1, "high": 1, "n_samples": 200},
-    }, format="json")
-    assert response.status_code == 201, response.content
-    assert response.json()["source"] == "generator" and response.json()["output_kind"] == "values"
+def test_generator_task_from_json(root, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = root.post("/api/tasks", {
+            "name": "Squares", "algorithm_path": "tests.api.helpers.sum_of_squares",
+            "sampler_spec": {"shape": [3], "distribution": "uniform", "low": -1, "high": 1, "n_samples": 200},
+        }, format="json")
+    assert response.status_code == 202, response.content  # labelled by a worker, not in the request
+    with django_capture_on_commit_callbacks(execute=True):
+        job = job_wait(root, response["Location"])
+    assert job["status"] == "done" and job["task"] == "squares", job
+    task = root.get("/api/tasks/squares").json()
+    assert task["source"] == "generator" and task["output_kind"] == "values"
     assert Task.objects.get(slug="squares").sampler_spec["n_samples"] == 200
 
 

@@ -15,6 +15,7 @@ from improvement.scheduler.loop import cycle_force, loop_start, loop_stop
 from improvement.services import config_update
 from models_registry.services import model_create, version_rollback
 from models_registry.serving.switching import serving_switch
+from models_registry.task_jobs import task_job_create, task_job_execute
 from tests.factories import csv_task, trained_version
 
 GOOD = RunPayload(run_id=1, model_id=2, model="t/m", task="t", strategy="training", status="running",
@@ -73,6 +74,9 @@ def test_every_event_the_system_publishes_matches_its_declared_type(settings):
     config_update(improvement_interval=120.0)
     run = run_create(model=model, strategy="training", params={"time_budget_s": 3, "epochs": 5}, enqueue=False)
     run_execute(run_id=run.pk)
+    job = task_job_create(name="squares", algorithm_path="tests.api.helpers.sum_of_squares",
+                          sampler_spec={"shape": [2], "n_samples": 100})
+    task_job_execute(job_id=job.pk, worker="w")
 
     seen = set()
     for event in OutboxEvent.objects.order_by("id"):

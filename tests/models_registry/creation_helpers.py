@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models_registry.models import TaskCreationJob
+
 
 class FitFails:
     """Loads fine, but cannot fit any data: what a broken user algorithm looks like at creation."""
@@ -13,3 +15,10 @@ class FitFails:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.zeros(len(X), dtype=np.int64)
+
+
+def hands_the_job_over(X: np.ndarray) -> np.ndarray:
+    """Labels like ``sum_of_squares`` while another worker claims the running creation job meanwhile
+    (what happens when this worker looked dead: a long pause, a lost connection)."""
+    TaskCreationJob.objects.filter(status="running").update(worker="other")
+    return (np.asarray(X, dtype=np.float64) ** 2).sum(axis=1, keepdims=True)

@@ -24,7 +24,7 @@ master also replaces a web worker that dies on its own.
 ``serve`` also reconciles runs every ``RECONCILE_EVERY_S`` seconds: a run whose worker stopped
 beating for ``PLASTICITY_HEARTBEAT_TIMEOUT`` seconds (a killed worker) is requeued at once, and
 its next attempt resumes from the run's checkpoints, rather than waiting for the scheduler's
-minute tick.
+minute tick; a generator task's creation job whose worker died is queued again the same way.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from django.db import DatabaseError, connection
 from events.env import env_int
 from improvement.runs.lifecycle import runs_reconcile
 from improvement.scheduler.loop import loop_boot
+from improvement.services import task_jobs_requeue
 
 #: Seconds a gunicorn worker may spend on one request (an upload fits its algorithm in the request).
 WEB_TIMEOUT_S = 300
@@ -158,7 +159,7 @@ class Command(BaseCommand):
 
     def _reconcile(self) -> None:
         try:
-            for line in runs_reconcile():
+            for line in runs_reconcile() + task_jobs_requeue():
                 self.stderr.write(f"serve: {line}\n")
         except DatabaseError as exc:  # the database is restarting: try again at the next round
             self.stderr.write(f"serve: reconciling runs failed ({exc}); trying again in {RECONCILE_EVERY_S:g} s\n")

@@ -348,6 +348,14 @@ def test_generate_values_in_batches() -> None:
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
 
 
+def test_generate_reports_progress_and_bounds_the_labels() -> None:
+    seen: list[tuple[int, int]] = []
+    generate_dataset(lambda x: x.sum(axis=1), _spec(), seed=0, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1024, 3000), (2048, 3000), (3000, 3000)]
+    with pytest.raises(DatasetError, match="returns 100 values per input: 3000 inputs would make 300,000 label"):
+        generate_dataset(lambda x: np.zeros((len(x), 100)), _spec(), seed=0, limits=UploadLimits(max_values=10_000))
+
+
 def test_generate_classes_and_implementation_classes() -> None:
     x, y, kind = generate_dataset(lambda x: (x[:, 0] > 0).astype(np.int64), _spec(100), seed=0)
     assert kind == "classes" and y.dtype == np.int64 and set(y.tolist()) == {0, 1}
