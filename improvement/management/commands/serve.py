@@ -10,9 +10,10 @@ Worker counts come from the options, else the environment, else defaults that su
 * ``--web-workers`` / ``PLASTICITY_WEB_WORKERS`` — gunicorn processes (default: the CPU count + 1, at
   least 3; see ``default_web_workers``);
 * ``--web-threads`` / ``PLASTICITY_WEB_THREADS`` — threads per gunicorn process (default 4: threaded
-  ``gthread`` workers; 1: gunicorn's sync workers). Threaded workers keep connections alive and
-  never block on an idle connection (a browser's spare connection, a slow client), so they are
-  the default; sync workers hold a whole process per connection (idle ones included), so they
+  ``gthread`` workers — ``project.gunicorn_worker.PollingThreadWorker``, in which a new
+  connection waits for its first bytes in the poller rather than in a thread; 1: gunicorn's sync
+  workers). Threaded workers keep connections alive and never block on an idle connection (a
+  browser's spare connection, a pooled client, a slow client), so they are the default; sync workers hold a whole process per connection (idle ones included), so they
   belong behind a buffering proxy (nginx);
 * ``--ws-port`` / ``PLASTICITY_WS_PORT`` — the WebSocket server's port (default: ``--port`` + 1);
 * ``--workers`` — django-q2 worker processes (0: none, the web tier only).
@@ -68,7 +69,8 @@ def web_commands(*, host: str, port: int, web_workers: int, web_threads: int, ws
     if single:
         return [("daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), "project.asgi:application"], {})]
     workers = (["--worker-class", "sync"] if web_threads == 1 else
-               ["--worker-class", "gthread", "--threads", str(web_threads), "--keep-alive", "5"])
+               ["--worker-class", "project.gunicorn_worker.PollingThreadWorker", "--threads", str(web_threads),
+                "--keep-alive", "5"])
     gunicorn = [python, "-m", "gunicorn", "project.wsgi:application", "--bind", f"{host}:{port}",
                 "--workers", str(web_workers), *workers,
                 "--timeout", str(WEB_TIMEOUT_S), "--graceful-timeout", "10",
