@@ -35,6 +35,9 @@ def _isolated_storage(settings, tmp_path):
     settings.PLASTICITY_ALGORITHM_MODULES = [*settings.PLASTICITY_ALGORITHM_MODULES, "tests"]
     # Every event a test makes publish must match its declared payload type (events/payloads.py).
     settings.PLASTICITY_CHECK_EVENT_PAYLOADS = True
+    # Shadow checks without the per-second row budget: tests of drift submit their rows at once
+    # (the budget has its own test in tests/models_registry/serving/test_shadow.py).
+    settings.PLASTICITY_SHADOW_MAX_ROWS_PER_S = 0
     # Each test's searches keep their Optuna studies to themselves (ids repeat across tests). The
     # distributed suite keeps the default: its studies live in the test PostgreSQL database.
     if "sqlite" in connection.settings_dict["ENGINE"]:

@@ -32,6 +32,8 @@ SERVING_SETTINGS: dict[str, tuple[type, float | int | bool]] = {
     "PLASTICITY_SHADOW_FRACTION": (float, 0.05),
     "PLASTICITY_SHADOW_WORKERS": (int, 1),
     "PLASTICITY_SHADOW_QUEUE": (int, 64),
+    # Rows checked per second per web process at most, whatever the fraction (0: no budget).
+    "PLASTICITY_SHADOW_MAX_ROWS_PER_S": (float, 20.0),
     # Rows of (neural, algorithmic) outputs kept per task, and the fewest judged.
     "PLASTICITY_SHADOW_WINDOW": (int, 256),
     "PLASTICITY_SHADOW_MIN_ROWS": (int, 32),

@@ -177,8 +177,15 @@ class ShadowChecker:
     BATCH_JOBS = 256  # queued checks run as one algorithm call at most
 
     def __init__(self, *, workers: int = 1, queue_size: int = 64, window_rows: int = 256, min_rows: int = 32,
-                 cooldown_s: float = 60.0, seed: int | None = None) -> None:
+                 cooldown_s: float = 60.0, seed: int | None = None, max_rows_per_s: float = 0.0) -> None:
         self.workers = max(1, workers)
+        # A budget of checked rows per second (a token bucket holding one second's worth; 0: none).
+        # The window holds a few hundred rows: at a few thousand requests per second a fraction
+        # alone would spend a large share of the CPU refreshing it many times a second.
+        self.max_rows_per_s = max(0.0, float(max_rows_per_s))
+        self._tokens = self.max_rows_per_s
+        self._tokens_at = time.monotonic()
+        self.over_budget = 0
         self.window_rows = max(1, window_rows)
         self.min_rows = max(1, min_rows)
         self.cooldown_s = cooldown_s
@@ -201,6 +208,19 @@ class ShadowChecker:
             return False
         if fraction < 1.0 and self._rng.random() >= fraction:
             return False
+        if self.max_rows_per_s:
+            # Races between request threads only blur the budget a little; no lock on the hot path.
+            now = time.monotonic()
+            self._tokens = min(self.max_rows_per_s, self._tokens + (now - self._tokens_at) * self.max_rows_per_s)
+            self._tokens_at = now
+            allowed = int(self._tokens)
+            if allowed < 1:
+                self.over_budget += 1
+                return False
+            if len(X) > allowed:  # a batch: check a random subset of its rows
+                keep = np.sort(np.asarray(self._rng.sample(range(len(X)), allowed)))
+                X, outputs = X[keep], outputs[keep]
+            self._tokens -= len(X)
         if len(self._threads) < self.workers:
             self._start_workers()
         try:
@@ -340,6 +360,7 @@ def serving_shadow() -> ShadowChecker:
                     window_rows=serving_setting("PLASTICITY_SHADOW_WINDOW"),
                     min_rows=serving_setting("PLASTICITY_SHADOW_MIN_ROWS"),
                     cooldown_s=serving_setting("PLASTICITY_SHADOW_COOLDOWN_S"),
+                    max_rows_per_s=serving_setting("PLASTICITY_SHADOW_MAX_ROWS_PER_S"),
                 )
             checker = _shadow
     return checker

@@ -96,13 +96,25 @@
     buttons.forEach((b) => { b.disabled = true; });
     try {
       const token = form.querySelector("[name=csrfmiddlewaretoken]");
-      const response = await fetch(form.action, {
+      // The attribute, not form.action: a control named "action" (the loop's stop/start field)
+      // shadows the form's action property with itself.
+      const response = await fetch(form.getAttribute("action") || window.location.href, {
         method: "POST", body: new FormData(form), credentials: "same-origin",
         headers: { Accept: "application/json", "X-CSRFToken": token ? token.value : "" },
       });
       let data = {};
       try { data = await response.json(); } catch (err) { data = {}; }
-      toast(data.message || (response.ok ? "Done." : `Refused (HTTP ${response.status}).`), !response.ok);
+      const message = data.message || (response.ok ? "Done." : `Refused (HTTP ${response.status}).`);
+      toast(message, !response.ok);
+      // A form with a [data-form-error] slot shows a refusal there too, next to what was refused.
+      const slot = form.querySelector("[data-form-error]");
+      if (slot) {
+        slot.textContent = response.ok ? "" : message;
+        slot.hidden = response.ok;
+        const field = slot.closest(".field");
+        if (field) field.classList.toggle("has-error", !response.ok);
+      }
+      if (response.ok && form.hasAttribute("data-reset")) form.reset();
       if (response.ok && form.dataset.refresh) refresh(form.dataset.refresh.split(/\s+/));
     } catch (err) {
       toast(`Network error: ${err}`, true);
@@ -263,6 +275,7 @@
     const again = () => refresh(["tasks-table", "tasks-chart"]);
     live.on("serving.switched", again);
     live.on("version.activated", again);
+    live.on("dataset.appended", again);
   }
 
   function hormonesPage() {

@@ -165,3 +165,32 @@ def test_checks_queued_under_load_run_as_one_algorithm_call(blobs_task, monkeypa
     serving_tracker().flush()
     shadow = PerformanceSample.objects.get(source=SampleSource.SHADOW)
     assert shadow.n_requests == 21 and shadow.extra["rows"] == 84
+
+
+@transactional
+def test_checked_rows_stay_within_the_per_second_budget_whatever_the_fraction(blobs_task, monkeypatch):
+    from models_registry.serving import shadow as shadow_module
+    from models_registry.serving.shadow import ShadowChecker
+
+    task = blobs_task
+    algorithm_evaluate(task=task, measure=False)
+    version = trained_version(model_create(task=task, name="good"), seed=0, epochs=3)
+    _serve_neural(task, version, fraction=1.0)
+    route = serving_router().route(task.slug)
+    clock = [1000.0]
+    monkeypatch.setattr(shadow_module.time, "monotonic", lambda: clock[0])
+    checker = ShadowChecker(queue_size=10_000, min_rows=1, max_rows_per_s=10)
+    checker._start_workers = lambda: None  # nothing drains the queue: what was queued is counted below
+    X, _ = task_dataset(task).gate
+    rows = X[:4]
+    accepted = [checker.submit(route, rows, route.predict(rows)) for _ in range(20)]
+    assert sum(accepted) == 3 and checker.over_budget == 17  # 4 + 4 rows, then a 2-row subset: 10 in all
+    queued = [checker._queue.get_nowait() for _ in range(checker._queue.qsize())]
+    assert sum(len(job.X) for job in queued) == 10
+    # A batch on a refilled bucket is checked on a random subset of its rows, with their own outputs.
+    clock[0] += 5.0
+    batch = X[:100]
+    assert checker.submit(route, batch, route.predict(batch))
+    (job,) = [checker._queue.get_nowait() for _ in range(checker._queue.qsize())]
+    assert len(job.X) == 10
+    np.testing.assert_array_equal(job.outputs, route.predict(job.X))
