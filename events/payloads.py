@@ -24,6 +24,7 @@ EventType = Literal[
     "config.changed",
     "task.created",
     "task_job.progress",
+    "dataset.appended",
 ]
 
 GROUP = "live"
@@ -126,6 +127,19 @@ class TaskJobPayload(TypedDict):
     error: str
 
 
+class DatasetAppendedPayload(TypedDict):
+    """dataset.appended: rows were appended to a task's dataset, making dataset version ``number``."""
+
+    task: str
+    task_id: int
+    version_id: int
+    number: int
+    rows_added: int
+    rows_total: int
+    added: dict[str, int]  # new rows per split: train, val, gate, test
+    created_by: str | None
+
+
 class LiveMessage(TypedDict):
     id: int
     type: str
@@ -146,6 +160,7 @@ PAYLOAD_TYPES: dict[str, type] = {
     "config.changed": ConfigChangedPayload,
     "task.created": TaskCreatedPayload,
     "task_job.progress": TaskJobPayload,
+    "dataset.appended": DatasetAppendedPayload,
 }
 assert set(PAYLOAD_TYPES) == set(get_args(EventType)), "every event type needs its payload type"
 

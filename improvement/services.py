@@ -5,6 +5,9 @@
   same way and announced with ``config.changed``.
 * ``demo_seed`` — the demo ``make run`` seeds: three built-in tasks with weak models.
 * ``task_first_model`` — every new task's first model, its first version trained by a worker.
+* ``task_upload_create`` — an upload through the API: the task now, its algorithm's evaluation
+  (``task_algorithm_queue``) and its first model by workers; ``task_algorithms_requeue`` queues
+  again the evaluations whose worker died.
 * ``task_job_queue`` — a generator task's creation, accepted now and done by a worker
   (``models_registry.task_jobs``); ``task_jobs_requeue`` queues again the jobs whose worker died.
 """
@@ -28,13 +31,17 @@ from improvement.predictor import PREDICTOR_TASK_SLUG, gain_predictor, history_l
 from models_registry.choices import OutputKind
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.data.upload import UploadLimits
-from models_registry.evaluation import algorithm_evaluate
 from models_registry.models import NeuralModel, Task, TaskCreationJob
 from models_registry.nn.families import default_genome, family_for
 from models_registry.nn.genome import GenomeError, genome_summary, validate_genome
 from models_registry.nn.training import TrainConfig
 from models_registry.selectors import algorithm_latest_sample
-from models_registry.services import model_create, task_create_builtin
+from models_registry.services import model_create, task_create_builtin, task_create_from_upload
+from models_registry.task_algorithm import (
+    task_algorithm_ensure,
+    task_algorithm_evaluate,
+    task_algorithms_reconcile,
+)
 from models_registry.task_jobs import task_job_create, task_jobs_reconcile
 from models_registry.training import version_seed
 
@@ -72,8 +79,9 @@ def demo_seed(*, interval: float = 60.0, budget: float = 150.0) -> Iterator[str]
         # Task creation measures the algorithm; this catches a task whose measurement failed
         # then (or that predates it), and leaves a measured one alone.
         if algorithm_latest_sample(task=task) is None:
-            sample = algorithm_evaluate(task=task)
-            yield f"task {task.slug}: algorithm scores {sample.score:.4f}"
+            sample = task_algorithm_evaluate(task=task)
+            yield (f"task {task.slug}: algorithm scores {sample.score:.4f}" if sample is not None
+                   else f"task {task.slug}: {task.warnings[-1]}")
         model = NeuralModel.objects.filter(task=task, name="baseline").first() or model_create(
             task=task, name="baseline", description="Seeded weak model; the loop improves it."
         )
@@ -144,9 +152,15 @@ BOOTSTRAP_TASK = "improvement.tasks.model_bootstrap"
 
 
 def model_bootstrap(*, model: NeuralModel, genome: dict | None = None) -> str:
-    """Train the model's first version (once: a model with versions is left alone). Returns what was done."""
+    """Train the model's first version (once: a model with versions is left alone). Returns what was done.
+
+    The task's algorithm is measured first if it has not been yet (an upload's evaluation still
+    queued or running: ``task_algorithm_ensure``), so the version's activation decides serving
+    with both scores.
+    """
     if model.versions.exists():
         return f"{model}: has versions already"
+    task_algorithm_ensure(task=model.task)
     genome = genome or first_genome(model.task)
     version = version_seed(model=model, genome=genome, config=BOOTSTRAP_TRAIN,
                            note=f"first version: {genome_summary(genome)}")
@@ -170,6 +184,55 @@ def task_first_model(*, task: Task, genome: dict | None = None) -> NeuralModel |
                 task.warnings = [*task.warnings, f"genome: {exc}; the first model is built from the data's shape"]
                 Task.objects.filter(pk=task.pk).update(warnings=task.warnings)
         return model_bootstrap_queue(task=task, genome=fitted)
+
+
+# ------------------------------------------------------------------------ an upload's creation
+
+ALGORITHM_TASK = "improvement.tasks.task_algorithm_evaluate"
+
+
+def task_upload_create(
+    *, name: str, filename: str, content: bytes, slug: str = "", description: str = "",
+    target_column: str | None = None, output_kind: str | None = None, algorithm_path: str = "",
+    limits: UploadLimits | None = None, seed: int = 0, metric: str | None = None, genome: dict | None = None,
+    created_by: User | None = None,
+) -> Task:
+    """An upload through the API: the task now, usable at once; the heavy work queued for workers.
+
+    The request parses the file, fixes the splits and writes the dataset and the row
+    (``task_create_from_upload``), and creates the first model; the algorithm's evaluation
+    (fitting it can take tens of seconds on a large table) and the first version's training are
+    queued. Whichever worker comes first evaluates the algorithm: the first version's training
+    starts with it (``model_bootstrap``), so that version's activation decides serving with both
+    scores. The evaluation is queued last, once the first model's warnings are written.
+    """
+    task = task_create_from_upload(
+        name=name, filename=filename, content=content, slug=slug, description=description,
+        target_column=target_column, output_kind=output_kind, algorithm_path=algorithm_path, limits=limits,
+        seed=seed, metric=metric, created_by=created_by, evaluate_algorithm=False,
+    )
+    task_first_model(task=task, genome=genome)
+    task_algorithm_queue(task=task)
+    return task
+
+
+def task_algorithm_queue(*, task: Task) -> None:
+    """Queue the evaluation of a task created with its algorithm's evaluation pending, once the row commits."""
+    transaction.on_commit(partial(task_algorithm_enqueue, task_id=task.pk))
+
+
+def task_algorithm_enqueue(*, task_id: int) -> None:
+    async_task(ALGORITHM_TASK, task_id, task_name=f"algorithm-{task_id}", group="registry")
+
+
+def task_algorithms_requeue() -> list[str]:
+    """Queue again the algorithm evaluations left unfinished too long (``task_algorithms_reconcile``)."""
+    lines = []
+    with transaction.atomic():
+        for task_id in task_algorithms_reconcile():
+            transaction.on_commit(partial(task_algorithm_enqueue, task_id=task_id))
+            lines.append(f"task #{task_id}: algorithm evaluation requeued (unfinished after the queue's timeout)")
+    return lines
 
 
 # -------------------------------------------------------------------- a generator task's creation

@@ -17,6 +17,7 @@ from improvement.runs.lifecycle import Heartbeat, run_pick, worker_name
 from improvement.runs.search import search_candidate_execute
 from improvement.scheduler import loop
 from models_registry.models import NeuralModel, TaskCreationJob
+from models_registry.task_algorithm import task_algorithm_execute
 from models_registry.task_jobs import task_job_execute
 
 
@@ -67,3 +68,9 @@ def task_create_job(job_id: int) -> str:
     # The heartbeat keeps a slow labelling batch (or the algorithm's evaluation) from looking dead.
     with Heartbeat(job_id, worker, model=TaskCreationJob):
         return task_job_execute(job_id=job_id, worker=worker, after_create=services.task_first_model)
+
+
+def task_algorithm_evaluate(task_id: int) -> str:
+    """An uploaded task's algorithm (``POST /api/tasks`` answered 201): fit and score it on the gate and test splits."""
+    close_old_connections()
+    return task_algorithm_execute(task_id=task_id)

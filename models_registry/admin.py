@@ -6,7 +6,14 @@ from models_registry.data.errors import ImplementationError
 from models_registry.errors import RegistryError
 from models_registry.evaluation import task_metric_change
 from models_registry.loading import load_implementation
-from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task, TaskCreationJob
+from models_registry.models import (
+    DatasetVersion,
+    ModelVersion,
+    NeuralModel,
+    PerformanceSample,
+    Task,
+    TaskCreationJob,
+)
 from models_registry.selectors import version_active
 from models_registry.services import version_activate, version_rollback
 from models_registry.serving import admin as _serving_admin  # noqa: F401  (registers the serving admin)
@@ -21,7 +28,8 @@ class TaskAdmin(admin.ModelAdmin):
     search_fields = ("slug", "name", "description", "algorithm_path")
     readonly_fields = ("output_kind", "source", "builtin_key", "input_shape", "n_outputs", "class_labels",
                        "feature_names", "target_name", "dataset_file", "dataset_sha256", "n_samples", "n_train",
-                       "n_val", "n_gate", "n_test", "split_seed", "sampler_spec", "warnings", "created_at")
+                       "n_val", "n_gate", "n_test", "split_seed", "sampler_spec", "warnings", "algorithm_evaluation",
+                       "algorithm_evaluation_at", "algorithm_evaluation_attempts", "created_at")
 
     def get_readonly_fields(self, request, obj=None):
         # The algorithm path names code the server runs: only superusers may change it.
@@ -168,6 +176,24 @@ class TaskCreationJobAdmin(admin.ModelAdmin):
                     "finished_at")
     list_filter = ("status",)
     search_fields = ("slug", "name", "algorithm_path")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(DatasetVersion)
+class DatasetVersionAdmin(admin.ModelAdmin):
+    """Read only: versions are made by task creation and appends (``models_registry.dataset_versions``)."""
+
+    list_display = ("__str__", "source", "rows_added", "rows_total", "n_train", "n_val", "n_gate", "n_test",
+                    "created_by", "created_at")
+    list_filter = ("source", "task")
+    search_fields = ("task__slug", "idempotency_key", "content_sha256")
+    list_select_related = ("task", "created_by")
+    readonly_fields = [f.name for f in DatasetVersion._meta.fields]
 
     def has_add_permission(self, request) -> bool:
         return False

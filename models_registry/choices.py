@@ -46,3 +46,21 @@ class TaskJobStatus(models.TextChoices):
     RUNNING = "running", "Running"
     DONE = "done", "Done"
     FAILED = "failed", "Failed"
+
+
+class DatasetSource(models.TextChoices):
+    """How a task's dataset version came to be (``DatasetVersion.source``)."""
+
+    CREATION = "creation", "Task creation"
+    APPEND = "append", "Rows appended"
+    REPLACEMENT = "replacement", "Dataset replaced"
+
+
+class AlgorithmEvaluation(models.TextChoices):
+    """Where a task's evaluation of its algorithm stands (``Task.algorithm_evaluation``)."""
+
+    PENDING = "pending", "Pending (queued for a worker)"
+    RUNNING = "running", "Running (a worker is evaluating it)"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed (see the task's warnings)"
+    NONE = "none", "No algorithm to evaluate"

@@ -4,8 +4,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.utils import timezone
 
 from models_registry.choices import (
+    AlgorithmEvaluation,
+    DatasetSource,
     DataSource,
     Implementation,
     OutputKind,
@@ -26,6 +29,21 @@ class Task(models.Model):
     the sealed test split (``models_registry.sealed``). ``metric`` is the score every
     evaluation of the task reports (``models_registry.nn.metrics``); ``warnings`` are what the
     task's creation found worth saying (a gate too small to detect small gains, ...).
+
+    ``algorithm_evaluation`` says whether the task's algorithm has been measured on the gate and
+    sealed test splits (serving compares neural versions with that sample);
+    ``models_registry.task_algorithm`` owns it:
+
+    * created with an algorithm: pending, then evaluated in the creating process → done, or
+      failed (scripts, the demo seed, a generator task's worker); without one: none.
+    * an upload through the API: pending → running (a worker claims it with a conditional
+      UPDATE; ``algorithm_evaluation_attempts`` counts the claims) → done, or failed with a
+      warning in ``warnings`` saying why.
+    * pending or running for longer than the queue lets a task run (its worker died, or its
+      queue message was lost) → pending again, queued by the scheduler's tick; a running one
+      that has had ``task_algorithm.MAX_ATTEMPTS`` claims → failed.
+
+    ``algorithm_evaluation_at`` is when it last changed (created, queued, claimed, ended).
     """
 
     slug = models.SlugField(max_length=80, unique=True)
@@ -53,6 +71,12 @@ class Task(models.Model):
     metric = models.CharField(max_length=32, choices=METRIC_CHOICES, default="accuracy",
                               help_text="The score every evaluation reports, in [0, 1], higher is better.")
     warnings = models.JSONField(default=list, blank=True)
+    algorithm_evaluation = models.CharField(
+        max_length=12, choices=AlgorithmEvaluation.choices, default=AlgorithmEvaluation.PENDING, db_index=True,
+        help_text="Whether the algorithm has been measured on the gate and sealed test splits yet.",
+    )
+    algorithm_evaluation_at = models.DateTimeField(null=True, blank=True)
+    algorithm_evaluation_attempts = models.PositiveSmallIntegerField(default=0)
     split_seed = models.PositiveIntegerField(default=0)
     latency_budget_ms = models.FloatField(default=200.0, validators=[MinValueValidator(0.001)])
     score_tolerance = models.FloatField(
@@ -247,6 +271,60 @@ class TaskCreationJob(models.Model):
 
     def __str__(self) -> str:
         return f"task job #{self.pk} ({self.slug}, {self.status})"
+
+
+class DatasetVersion(models.Model):
+    """One version of a task's dataset: the whole dataset as it was then, and how it came to be.
+
+    Version 1 is the dataset the task was created with; every later one is the previous one plus
+    appended rows (``source`` append) or, for the improvement predictor's run history, a
+    replacement. The task's ``dataset_file`` is always its newest version's ``file``; older files
+    are kept, so what any model version was trained on can be read again. An append adds rows
+    ``[row_start, row_end)`` at the end and splits only those: every earlier row keeps its split,
+    so a sealed test row stays sealed. Rows are immutable once written.
+
+    ``content_sha256`` (the uploaded file's digest) and the client's ``idempotency_key`` make an
+    append idempotent per upload: the same file, or the same key, on the same task answers the
+    version it made instead of adding the rows twice (``models_registry.dataset_versions``).
+    """
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="dataset_versions")
+    number = models.PositiveIntegerField()
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    source = models.CharField(max_length=12, choices=DatasetSource.choices)
+    file = models.CharField(max_length=300, blank=True,
+                            help_text="The whole dataset at this version (NPZ: X, y and the splits); empty once "
+                                      "newer versions replaced it (PLASTICITY_DATASET_FILES_KEPT).")
+    sha256 = models.CharField(max_length=64)
+    rows_total = models.PositiveIntegerField()
+    rows_added = models.PositiveIntegerField()
+    row_start = models.PositiveIntegerField(help_text="First row this version added (0-based).")
+    row_end = models.PositiveIntegerField(help_text="One past the last row this version added.")
+    n_train = models.PositiveIntegerField()
+    n_val = models.PositiveIntegerField()
+    n_gate = models.PositiveIntegerField()
+    n_test = models.PositiveIntegerField()
+    content_sha256 = models.CharField(max_length=64, blank=True,
+                                      help_text="sha256 of the uploaded file the rows came from (blank if none).")
+    idempotency_key = models.CharField(max_length=200, blank=True,
+                                       help_text="The client's Idempotency-Key header of the append, if it sent one.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["task", "-number"]
+        get_latest_by = "number"
+        constraints = [
+            models.UniqueConstraint(fields=["task", "number"], name="dataset_version_number_unique_per_task"),
+            models.UniqueConstraint(fields=["task", "content_sha256"], condition=~models.Q(content_sha256=""),
+                                    name="dataset_version_content_unique_per_task"),
+            models.UniqueConstraint(fields=["task", "idempotency_key"], condition=~models.Q(idempotency_key=""),
+                                    name="dataset_version_key_unique_per_task"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task.slug} data v{self.number}"
 
 
 from models_registry.serving.models import ServingState, ServingSwitch  # noqa: E402,F401

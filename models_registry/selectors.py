@@ -8,11 +8,16 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from models_registry.choices import Implementation, SampleSource, ScoreSplit
-from models_registry.models import ModelVersion, NeuralModel, PerformanceSample, Task
+from models_registry.models import DatasetVersion, ModelVersion, NeuralModel, PerformanceSample, Task
 
 
 def task_list() -> QuerySet[Task]:
     return Task.objects.all().order_by("slug")
+
+
+def dataset_versions(*, task: Task) -> QuerySet[DatasetVersion]:
+    """The task's dataset versions, newest first, with their parents and authors."""
+    return DatasetVersion.objects.filter(task=task).select_related("task", "parent", "created_by").order_by("-number")
 
 
 def model_list(*, task: Task | None = None) -> QuerySet[NeuralModel]:

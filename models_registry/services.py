@@ -5,9 +5,13 @@
   three steps — ``generator_check`` (cheap), ``generator_label`` (heavy: a worker runs it for
   the API, see ``task_jobs``), ``task_create_from_generated``. Once the row has committed, the
   task's algorithm is evaluated (gate and sealed test samples), so serving can compare it with
-  the first neural version; a failed evaluation leaves the task, with a warning saying why.
-* ``task_dataset_replace`` — the same order for a task whose data grows: new file, then the
-  row; the old file goes after commit.
+  the first neural version: in place, or — ``evaluate_algorithm=False``, an upload through the
+  API — by a worker the caller queues (``task_algorithm``); a failed evaluation leaves the task,
+  with a warning saying why.
+* ``task_dataset_replace`` — a task's whole dataset and splits replaced (the improvement
+  predictor's run history), recorded as a new dataset version through the one dataset write,
+  ``dataset_versions.dataset_version_write``; appended rows go through
+  ``dataset_versions.task_rows_append``. Task creation records dataset version 1.
 * ``version_create``  — weights (and ONNX artifact) written first, then the version row and,
   optionally, the active switch in one transaction.
 * ``version_activate`` — the one place where the active version changes.
@@ -24,17 +28,19 @@ from functools import partial
 
 import numpy as np
 import torch
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Max
+from django.utils import timezone
 from django.utils.text import slugify
 
 from events.payloads import TaskCreatedPayload, VersionActivatedPayload
 from events.publisher import publish
 from models_registry.algorithms import default_implementation
-from models_registry.choices import DataSource, OutputKind, Runtime
+from models_registry.choices import AlgorithmEvaluation, DatasetSource, DataSource, OutputKind, Runtime
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.data.errors import DatasetError
-from models_registry.data.splits import DEFAULT_FRACTIONS, SPLIT_NAMES, make_splits
+from models_registry.data.splits import DEFAULT_FRACTIONS, make_splits
 from models_registry.data.upload import (
     SamplerSpec,
     UploadLimits,
@@ -43,9 +49,10 @@ from models_registry.data.upload import (
     parse_npz,
     parse_sampler_spec,
 )
+from models_registry.dataset_versions import dataset_version_first, dataset_version_write
 from models_registry.datasets import dataset_save
 from models_registry.errors import RegistryError
-from models_registry.evaluation import algorithm_evaluate, performance_sample_record, sealed_test_report
+from models_registry.evaluation import performance_sample_record, sealed_test_report
 from models_registry.loading import load_callable, load_implementation
 from models_registry.models import ModelVersion, NeuralModel, Task
 from models_registry.nn.evaluation import EvaluationResult
@@ -55,7 +62,8 @@ from models_registry.nn.runtimes import make_predict_fn
 from models_registry.nn.significance import min_detectable_accuracy_gain
 from models_registry.selectors import version_active
 from models_registry.serving.switching import serving_reevaluate_after_activation
-from models_registry.weights import blob_delete, blob_save, weights_save
+from models_registry.task_algorithm import task_algorithm_evaluate
+from models_registry.weights import blob_delete, blob_save, sha256_bytes, weights_save
 
 logger = logging.getLogger(__name__)
 
@@ -122,16 +130,21 @@ def task_slug_check(*, slug: str) -> str:
 
 def _task_create(
     *, slug: str, name: str, description: str, source: str, data: TaskData, algorithm_path: str,
-    seed: int, builtin_key: str = "", sampler_spec: dict | None = None, latency_budget_ms: float = 200.0,
-    metric: str | None = None, on_row: Callable[[Task], None] | None = None,
+    seed: int, evaluate_algorithm: bool, builtin_key: str = "", sampler_spec: dict | None = None,
+    latency_budget_ms: float = 200.0, metric: str | None = None, on_row: Callable[[Task], None] | None = None,
+    content_sha256: str = "", created_by: User | None = None,
 ) -> Task:
-    """Write the dataset file, then the task row (one transaction), then measure the task's algorithm.
+    """Write the dataset file, then the task row and its dataset version 1 (one transaction), then
+    measure the task's algorithm.
 
-    ``on_row(task)`` runs inside the row's transaction (a creation job links the task there);
-    whatever it raises undoes the row and removes the file. The algorithm's gate and sealed test
-    evaluation (``algorithm_evaluate``) runs right after the row commits, outside its
-    transaction: fitting and timing a model can take seconds, and no lock is held meanwhile.
-    See ``_algorithm_evaluate_at_creation`` for what a failure does.
+    ``content_sha256`` is the uploaded file's digest (an append of the same file later adds
+    nothing). ``on_row(task)`` runs inside the row's transaction (a creation job links the task there);
+    whatever it raises undoes the row and removes the file. With ``evaluate_algorithm`` the
+    algorithm's gate and sealed test evaluation (``task_algorithm_evaluate``) runs right after
+    the row commits, outside its transaction: fitting and timing a model can take seconds, and
+    no lock is held meanwhile. A failure leaves the task, with a warning saying why. Without it
+    the task is returned with its evaluation pending, for a worker the caller queues
+    (``task_algorithm_execute``; ``improvement.services.task_algorithm_queue``).
     """
     slug = task_slug_check(slug=slug or name)
     y = data.y
@@ -159,8 +172,10 @@ def _task_create(
                 dataset_file=dataset_file, dataset_sha256=dataset_sha, n_samples=len(data.X),
                 n_train=len(splits["train"]), n_val=len(splits["val"]), n_gate=len(splits["gate"]),
                 n_test=len(splits["test"]), split_seed=seed, latency_budget_ms=latency_budget_ms, metric=metric,
-                warnings=warnings,
+                warnings=warnings, algorithm_evaluation_at=timezone.now(),
+                algorithm_evaluation=AlgorithmEvaluation.PENDING if algorithm_path else AlgorithmEvaluation.NONE,
             )
+            dataset_version_first(task=task, content_sha256=content_sha256, created_by=created_by)
             publish("task.created", TaskCreatedPayload(task=task.slug, task_id=task.pk))
             if on_row is not None:
                 on_row(task)
@@ -170,34 +185,9 @@ def _task_create(
     except BaseException:
         blob_delete(dataset_file)
         raise
-    _algorithm_evaluate_at_creation(task)
+    if evaluate_algorithm and algorithm_path:
+        task_algorithm_evaluate(task=task)
     return task
-
-
-def _algorithm_evaluate_at_creation(task: Task) -> None:
-    """Record the new task's algorithm on its gate and sealed test splits, never failing the creation.
-
-    Serving compares the latest gate samples of the algorithm and of the neural version, so the
-    algorithm is measured as soon as the task exists (without it serving would keep the
-    algorithm "for lack of a held-out algorithmic score"). The row's transaction has ended by
-    now (committed, unless a caller holds an outer one) and the task stays whatever happens:
-    an algorithm that cannot fit or predict on the data (a user's implementation, unusual
-    data) is logged and named in the task's ``warnings``, which the creation answers with —
-    rather than refusing a dataset that neural models can still learn. ``algorithm_evaluate``
-    writes both samples in one transaction (a savepoint inside an outer one), so a failure
-    leaves neither; evaluating later (``algorithm_evaluate``, as ``demo_seed`` does for a
-    built-in task without a sample) fills the gap.
-    """
-    if not task.algorithm_path:
-        return
-    try:
-        algorithm_evaluate(task=task)
-    except Exception as exc:  # noqa: BLE001 - the task is created; only its baseline score is missing
-        logger.exception("task %s: evaluating the algorithm %s at creation failed", task.slug, task.algorithm_path)
-        warning = (f"algorithm: {task.algorithm_path} could not be evaluated on the data ({type(exc).__name__}: "
-                   f"{str(exc)[:200]}); until it is, serving has no algorithmic score to compare neural versions with")
-        task.warnings = [*task.warnings, warning]
-        Task.objects.filter(pk=task.pk).update(warnings=task.warnings)
 
 
 def task_create_builtin(*, key: str, seed: int = 0, metric: str | None = None) -> Task:
@@ -212,7 +202,7 @@ def task_create_builtin(*, key: str, seed: int = 0, metric: str | None = None) -
     return _task_create(
         slug=spec.slug, name=spec.name, description=spec.description, source=DataSource.BUILTIN, data=data,
         algorithm_path=spec.algorithm_path, seed=seed, builtin_key=key, latency_budget_ms=spec.latency_budget_ms,
-        metric=metric,
+        metric=metric, evaluate_algorithm=True,
     )
 
 
@@ -231,13 +221,16 @@ def task_create_from_upload(
     *, name: str, filename: str, content: bytes, slug: str = "", description: str = "",
     target_column: str | None = None, output_kind: str | None = None, algorithm_path: str = "",
     limits: UploadLimits | None = None, seed: int = 0, metric: str | None = None,
+    created_by: User | None = None, evaluate_algorithm: bool = True,
 ) -> Task:
     """Create a task from a CSV or NPZ upload (features plus a target).
 
     ``metric`` (``models_registry.nn.metrics``) defaults to what suits the data: balanced
     accuracy when the classes are imbalanced, accuracy otherwise, R² for values. Without an
     ``algorithm_path`` the algorithm suits the inputs (``_default_algorithm``: gradient boosting
-    for tables). The algorithm is evaluated once the task exists (``_task_create``).
+    for tables). The algorithm is evaluated once the task exists: here, before returning, or
+    with ``evaluate_algorithm=False`` (an upload through the API) by a worker the caller queues
+    — the task is returned with its evaluation pending (``_task_create``).
     """
     limits = limits or UploadLimits()
     lower = filename.lower()
@@ -259,7 +252,8 @@ def task_create_from_upload(
         slug=slug or name, name=name, description=description, source=DataSource.UPLOAD, data=data,
         algorithm_path=algorithm_path or _default_algorithm(data.output_kind, data.input_shape, data.n_outputs,
                                                             named_columns=bool(data.feature_names)),
-        seed=seed, metric=metric,
+        seed=seed, metric=metric, content_sha256=sha256_bytes(content), created_by=created_by,
+        evaluate_algorithm=evaluate_algorithm,
     )
 
 
@@ -295,13 +289,16 @@ def generator_label(
 def task_create_from_generated(
     *, name: str, algorithm_path: str, sampler_spec: dict, data: TaskData, slug: str = "", description: str = "",
     seed: int = 0, latency_budget_ms: float = 200.0, metric: str | None = None,
-    on_row: Callable[[Task], None] | None = None,
+    on_row: Callable[[Task], None] | None = None, created_by: User | None = None,
 ) -> Task:
-    """Create a generator task from the data ``generator_label`` made (see ``_task_create``)."""
+    """Create a generator task from the data ``generator_label`` made (see ``_task_create``).
+
+    Its algorithm is evaluated here: the caller is a worker (``task_jobs``) or a script.
+    """
     return _task_create(
         slug=slug or name, name=name, description=description, source=DataSource.GENERATOR, data=data,
         algorithm_path=algorithm_path, seed=seed, sampler_spec=sampler_spec, latency_budget_ms=latency_budget_ms,
-        metric=metric, on_row=on_row,
+        metric=metric, on_row=on_row, created_by=created_by, evaluate_algorithm=True,
     )
 
 
@@ -323,28 +320,17 @@ def task_create_from_generator(
     )
 
 
-def _checked_splits(splits: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    missing = [name for name in SPLIT_NAMES if name not in splits]
-    if missing:
-        raise RegistryError(f"splits: missing {', '.join(missing)}")
-    checked = {name: np.sort(np.asarray(splits[name], dtype=np.int64).reshape(-1)) for name in SPLIT_NAMES}
-    empty = [name for name, index in checked.items() if not len(index)]
-    if empty:
-        raise RegistryError(f"splits: {', '.join(empty)} must not be empty")
-    every = np.concatenate(list(checked.values()))
-    if len(every) != n or not np.array_equal(np.sort(every), np.arange(n)):
-        raise RegistryError(f"splits: the four index arrays must be disjoint and cover the {n} rows exactly")
-    return checked
-
-
 def task_dataset_replace(*, task: Task, X: np.ndarray, y: np.ndarray, splits: dict[str, np.ndarray]) -> Task:
-    """Replace a task's dataset and its fixed splits (a task whose data grows, e.g. run history).
+    """Replace a task's dataset and its fixed splits (a task whose data is rebuilt, e.g. run history).
 
-    Written like task creation: the new file first, then the row in one transaction; a failed
-    row update removes the new file, and the old file is removed only after commit. The input
-    and output contract (input shape, output kind, outputs) must stay the same, so existing
-    versions still apply. Their stored scores were measured on the old split; promotion
-    re-evaluates the baseline on the current split, so comparisons stay fair.
+    Recorded as a new dataset version (source ``replacement``) through the one dataset write,
+    ``dataset_version_write``: the new file first, then the task's counts and the version row in
+    one transaction; a failed transaction removes the new file, and earlier files stay (they are
+    earlier versions'). Rows are added to a task with ``task_rows_append`` instead, which keeps
+    every earlier row's split. The input and output contract (input shape, output kind,
+    outputs) must stay the same, so existing versions still apply. Their stored scores were
+    measured on the old split; promotion re-evaluates the baseline on the current split, so
+    comparisons stay fair.
     """
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y)
@@ -362,25 +348,10 @@ def task_dataset_replace(*, task: Task, X: np.ndarray, y: np.ndarray, splits: di
             raise RegistryError(f"y: class ids must lie in [0, {task.n_outputs})")
     if not np.isfinite(X).all() or (y.dtype.kind == "f" and not np.isfinite(y).all()):
         raise RegistryError("X, y: values must be finite")
-    checked = _checked_splits(splits, len(X))
-    old_file = task.dataset_file
-    dataset_file, dataset_sha = dataset_save(X, y, checked)
-    fields = {"dataset_file": dataset_file, "dataset_sha256": dataset_sha, "n_samples": len(X),
-              "n_train": len(checked["train"]), "n_val": len(checked["val"]), "n_gate": len(checked["gate"]),
-              "n_test": len(checked["test"])}
-    try:
-        with transaction.atomic():
-            if not Task.objects.filter(pk=task.pk).update(**fields):
-                raise RegistryError(f"task {task.slug} no longer exists")
-            if old_file and old_file != dataset_file:
-                transaction.on_commit(lambda: blob_delete(old_file))
-    except BaseException:
-        blob_delete(dataset_file)
-        raise
-    for name, value in fields.items():
-        setattr(task, name, value)
-    logger.info("task %s: dataset replaced (%s rows: %s/%s/%s)", task.slug, len(X), fields["n_train"],
-                fields["n_val"], fields["n_test"])
+    dataset_version_write(task=task, X=X, y=y, splits=splits, source=DatasetSource.REPLACEMENT,
+                          row_range=(0, len(X)))
+    logger.info("task %s: dataset replaced (%s rows: %s/%s/%s/%s)", task.slug, len(X), task.n_train, task.n_val,
+                task.n_gate, task.n_test)
     return task
 
 

@@ -235,7 +235,7 @@ def task_job_execute(
                 name=job.name, algorithm_path=job.algorithm_path, sampler_spec=job.sampler_spec, data=data,
                 slug=job.slug, description=job.description, seed=job.split_seed,
                 latency_budget_ms=job.latency_budget_ms, metric=job.metric or None,
-                on_row=lambda created: _link(job, created),
+                on_row=lambda created: _link(job, created), created_by=job.created_by,
             )
         if after_create is not None:
             reporter.flush(FIRST_MODEL_AT, "creating the first model")

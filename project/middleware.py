@@ -88,12 +88,15 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
 
 _PREDICT_PATH = re.compile(r"^/api/tasks/[^/]+/predict/?$")
 _UPLOAD_PATHS = ("/api/tasks", "/api/tasks/")
+#: Rows appended to a task's dataset, through the API and from the panel's task page.
+_ROWS_PATH = re.compile(r"^(?:/api)?/tasks/[^/]+/rows/?$")
 
 
 def request_body_limit(path: str) -> int:
-    """The most bytes a request body to ``path`` may carry: dataset uploads, predict batches, and a
-    small allowance (``DATA_UPLOAD_MAX_MEMORY_SIZE``) for everything else."""
-    if path in _UPLOAD_PATHS:
+    """The most bytes a request body to ``path`` may carry: dataset uploads (a new task's, or rows
+    appended to one), predict batches, and a small allowance (``DATA_UPLOAD_MAX_MEMORY_SIZE``) for
+    everything else."""
+    if path in _UPLOAD_PATHS or _ROWS_PATH.match(path):
         return upload_body_limit()
     if _PREDICT_PATH.match(path):
         return serving_setting("PLASTICITY_PREDICT_MAX_BYTES")

@@ -264,6 +264,8 @@ SPECTACULAR_SETTINGS = {
         # Two "status" choice sets: runs keep the name they had alone, task creation jobs get their own.
         "StatusEnum": "improvement.choices.RunStatus",
         "TaskJobStatusEnum": "models_registry.choices.TaskJobStatus",
+        # Two "source" choice sets: a task's data source keeps its name, a dataset version's gets its own.
+        "DatasetSourceEnum": "models_registry.choices.DatasetSource",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -298,6 +300,9 @@ PLASTICITY_HEARTBEAT_TIMEOUT = env_int("PLASTICITY_HEARTBEAT_TIMEOUT", 20, minim
 # Attempts of one run (each one a claim by a worker): a run whose worker vanished is requeued and
 # resumes from its checkpoint until it has had this many; then it ends failed.
 PLASTICITY_RUN_MAX_ATTEMPTS = env_int("PLASTICITY_RUN_MAX_ATTEMPTS", 3, minimum=1)
+# Dataset versions whose files are kept per task (each holds every row up to it); older versions
+# keep their lineage row, not their file.
+PLASTICITY_DATASET_FILES_KEPT = env_int("PLASTICITY_DATASET_FILES_KEPT", 5, minimum=1)
 # Extra strategy modules to register (dotted paths; every module in improvement/strategies/ is found on its own).
 PLASTICITY_STRATEGY_MODULES = env_list("PLASTICITY_STRATEGY_MODULES", [])
 # Check every live event's payload against its declared TypedDict (events/payloads.py) before publishing.

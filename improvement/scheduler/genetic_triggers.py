@@ -5,7 +5,8 @@
 * drift — serving saw the neural implementation disagree with the algorithm (shadow checks)
   since the model's last run;
 * data growth — the task's data grew by ``growth_fraction`` since the model's active version
-  was trained.
+  was trained (rows appended through ``POST /api/tasks/<slug>/rows`` count as they commit:
+  the evidence names the dataset versions made since).
 
 Each firing is recorded with its evidence when it leads to a run.
 """
@@ -17,7 +18,7 @@ from django.utils import timezone
 from improvement.choices import RunStatus
 from improvement.models import GeneticTrigger, ImprovementConfig, ImprovementRun
 from improvement.strategies.registry import ROLE_EVOLVE, ROLE_RETRAIN, strategies_with_role
-from models_registry.models import NeuralModel, ServingSwitch
+from models_registry.models import DatasetVersion, NeuralModel, ServingSwitch
 from models_registry.selectors import version_active
 from models_registry.serving.choices import SwitchReason
 
@@ -61,7 +62,9 @@ def data_growth_evidence(model: NeuralModel, *, fraction: float = GROWTH_FRACTIO
     trained_on = (active.metrics or {}).get("n_train_samples")
     current = model.task.n_train
     if trained_on and current >= trained_on * (1 + fraction):
-        return {"trained_on": trained_on, "now": current, "fraction": fraction}
+        since = DatasetVersion.objects.filter(task_id=model.task_id, created_at__gt=active.created_at)
+        return {"trained_on": trained_on, "now": current, "fraction": fraction,
+                "dataset_versions": list(since.order_by("number").values_list("number", flat=True))}
     return None
 
 

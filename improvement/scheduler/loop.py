@@ -33,7 +33,7 @@ from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, L
 from improvement.releases import resource_pressure_signal
 from improvement.runs.lifecycle import runs_reconcile
 from improvement.scheduler.cycle import cycle_run, cycles_trim, effective_interval_s
-from improvement.services import task_jobs_requeue
+from improvement.services import task_algorithms_requeue, task_jobs_requeue
 from models_registry.evaluation import versions_rescore_legacy
 
 SCHEDULE_NAME = "plasticity-tick"
@@ -118,7 +118,7 @@ def loop_due(state: LoopState, config: ImprovementConfig) -> bool:
 
 def loop_tick() -> dict:
     """One scheduler tick (every minute)."""
-    reconciled = runs_reconcile() + task_jobs_requeue()
+    reconciled = runs_reconcile() + task_jobs_requeue() + task_algorithms_requeue()
     # Versions scored before their task had a gate split are re-measured on it, a few per tick.
     rescored = versions_rescore_legacy(limit=LEGACY_RESCORE_PER_TICK)
     config = ImprovementConfig.load()

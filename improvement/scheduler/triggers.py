@@ -13,8 +13,11 @@ from improvement.strategies.registry import (
     all_strategies,
     strategies_with_role,
 )
+from models_registry.choices import Implementation
 from models_registry.models import NeuralModel
 from models_registry.selectors import teacher_score, version_active, version_live_latency_p95
+from models_registry.serving.conf import serving_setting
+from models_registry.serving.feedback import feedback_live_score
 
 
 def config_triggers(config: ImprovementConfig) -> Triggers:
@@ -43,6 +46,11 @@ def model_metrics(model: NeuralModel, *, genetic_trigger: str | None = None) -> 
     active = version_active(model=model)
     # Serving's own measurement when there was traffic (what users get), else the evaluation's.
     live_p95 = version_live_latency_p95(version=active) if active else None
+    # What clients reported about the answers this version gave, once there is enough of it.
+    live = (feedback_live_score(task=model.task, implementation=Implementation.NEURAL, version_id=active.pk)
+            if active else None)
+    if live is not None and live.n < serving_setting("PLASTICITY_FEEDBACK_MIN_COUNT"):
+        live = None
     return ModelMetrics(
         score=active.score if active else None,
         latency_p95_ms=live_p95 if live_p95 is not None else (active.latency_p95_ms if active else None),
@@ -54,6 +62,9 @@ def model_metrics(model: NeuralModel, *, genetic_trigger: str | None = None) -> 
         teacher_score=teacher_score(model=model),
         genetic_trigger=genetic_trigger,
         recent_training_gains=recent_training_gains(model),
+        live_score=live.score if live else None,
+        live_score_ci95=(live.low, live.high) if live else None,
+        live_reports=live.n if live else 0,
     )
 
 

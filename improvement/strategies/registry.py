@@ -67,6 +67,11 @@ class ModelMetrics:
     genetic_trigger: str | None = None  # evidence of a plateau / drift / data growth, if any
     recent_training_gains: tuple[float, ...] = ()
     latency_source: str = "evaluation"  # "live": latency_p95_ms is what serving measured lately
+    # The task's metric on live feedback of the active version (reported truths), when there is
+    # enough of it (PLASTICITY_FEEDBACK_MIN_COUNT reports): the score, its 95 % interval, the reports.
+    live_score: float | None = None
+    live_score_ci95: tuple[float, float] | None = None
+    live_reports: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

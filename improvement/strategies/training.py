@@ -1,5 +1,9 @@
 """Training: improve accuracy by better training (trigger: score below 0.75).
 
+The trigger reads the gate score, then the live score from clients' feedback
+(``ModelMetrics.live_score``): a version whose live score is below the threshold beyond
+sampling noise (the upper end of its 95 % interval) is retrained, the evidence in the reason.
+
 Candidates, each trained with AdamW, an adaptive learning-rate schedule, early stopping on
 the validation split and gradient clipping, on the training split plus system-generated
 data (image shifts; fresh algorithm-labelled samples for generator tasks; the best model's
@@ -82,12 +86,19 @@ class TrainingStrategy(StrategyBase):
     def applies(self, metrics: ModelMetrics, triggers: Triggers) -> Applicability:
         if metrics.score is None:
             return Applicability(True, "no score measured yet", urgency=1.0)
-        if metrics.score < triggers.training_score_below:
-            gap = (triggers.training_score_below - metrics.score) / max(triggers.training_score_below, 1e-9)
-            return Applicability(
-                True, f"score {metrics.score:.4f} < {triggers.training_score_below:.2f}", urgency=min(1.0, 0.7 + 0.3 * gap)
-            )
-        return Applicability(False, f"score {metrics.score:.4f} ≥ {triggers.training_score_below:.2f}")
+        threshold = triggers.training_score_below
+        if metrics.score < threshold:
+            gap = (threshold - metrics.score) / max(threshold, 1e-9)
+            return Applicability(True, f"score {metrics.score:.4f} < {threshold:.2f}", urgency=min(1.0, 0.7 + 0.3 * gap))
+        if metrics.live_score is not None and metrics.live_score_ci95 is not None:
+            low, high = metrics.live_score_ci95
+            if high < threshold:  # live traffic is served worse than the threshold, beyond sampling noise
+                gap = (threshold - metrics.live_score) / max(threshold, 1e-9)
+                return Applicability(
+                    True, f"live score {metrics.live_score:.4f} [{low:.4f}, {high:.4f}] over {metrics.live_reports} "
+                          f"feedback reports < {threshold:.2f} (gate score {metrics.score:.4f})",
+                    urgency=min(1.0, 0.7 + 0.3 * gap))
+        return Applicability(False, f"score {metrics.score:.4f} ≥ {threshold:.2f}")
 
     def build_candidates(self, context: StrategyContext, progress: ProgressFn) -> list[Candidate]:
         budget = Budget(context.time_budget_s)

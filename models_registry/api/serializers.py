@@ -6,19 +6,36 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from models_registry.choices import OutputKind
-from models_registry.models import ModelVersion, NeuralModel, Task, TaskCreationJob
+from models_registry.choices import AlgorithmEvaluation, OutputKind
+from models_registry.models import DatasetVersion, ModelVersion, NeuralModel, Task, TaskCreationJob
 from models_registry.nn.genome import KINDS, GenomeError, validate_genome
 from models_registry.nn.metrics import METRIC_CHOICES
+from models_registry.selectors import algorithm_latest_sample
 from project.api.fields import MAX_ID, FiniteRepresentationMixin
 
 # ----------------------------------------------------------------------------------- tasks
+
+
+class AlgorithmEvaluationSerializer(FiniteRepresentationMixin, serializers.Serializer):
+    """Where the measurement of a task's algorithm stands, and its gate score once measured."""
+
+    status = serializers.ChoiceField(
+        choices=AlgorithmEvaluation.choices,
+        help_text="pending (queued for a worker), running (a worker is fitting and scoring it), done, failed (the "
+                  "task's warnings say why; serving has no algorithmic score to compare neural versions with) "
+                  "or none (the task has no algorithm).")
+    gate_score = serializers.FloatField(allow_null=True, help_text="The algorithm's latest score on the gate split "
+                                                                   "(what serving compares with); null until done.")
+    updated_at = serializers.DateTimeField(allow_null=True, help_text="When the status last changed.")
 
 
 class TaskSerializer(serializers.ModelSerializer):
     warnings = serializers.ListField(child=serializers.CharField(), read_only=True,
                                      help_text="What the task's creation found worth saying (a small gate split, ...).")
     models = serializers.SerializerMethodField(help_text="The task's neural models (id, name).")
+    algorithm_evaluation = serializers.SerializerMethodField(
+        help_text="The algorithm's measurement on the gate and sealed test splits: an upload's is done by a worker "
+                  "after the task is created.")
 
     class Meta:
         model = Task
@@ -26,13 +43,21 @@ class TaskSerializer(serializers.ModelSerializer):
             "slug", "name", "description", "output_kind", "metric", "source", "builtin_key", "input_shape",
             "n_outputs", "class_labels", "feature_names", "target_name", "algorithm_path", "sampler_spec",
             "n_samples", "n_train", "n_val", "n_gate", "n_test", "split_seed", "latency_budget_ms",
-            "score_tolerance", "warnings", "models", "dataset_sha256", "created_at",
+            "score_tolerance", "warnings", "algorithm_evaluation", "models", "dataset_sha256", "created_at",
         ]
         read_only_fields = fields
 
     @extend_schema_field(serializers.ListField(child=serializers.DictField()))
     def get_models(self, obj: Task) -> list[dict]:
         return [{"id": m.pk, "name": m.name} for m in obj.neural_models.order_by("pk")]
+
+    @extend_schema_field(AlgorithmEvaluationSerializer)
+    def get_algorithm_evaluation(self, obj: Task) -> dict:
+        gate = algorithm_latest_sample(task=obj)
+        return AlgorithmEvaluationSerializer({
+            "status": obj.algorithm_evaluation, "gate_score": gate.score if gate is not None else None,
+            "updated_at": obj.algorithm_evaluation_at,
+        }).data
 
 
 _GENOME_HELP = ("Optional architecture of the first model (its input_shape and outputs are filled in from the "
@@ -105,6 +130,48 @@ class TaskCreationJobSerializer(serializers.ModelSerializer):
 
     def get_url(self, obj: TaskCreationJob) -> str:
         return reverse("task-job-detail", args=[obj.pk])
+
+
+class DatasetVersionSerializer(serializers.ModelSerializer):
+    """One version of a task's dataset: its rows, its splits, and where it came from."""
+
+    task: serializers.SlugRelatedField[Task] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    parent_number = serializers.IntegerField(
+        source="parent.number", read_only=True, allow_null=True, default=None,
+        help_text="Number of the version this one was made from (null for version 1).")
+    created_by = serializers.CharField(source="created_by.get_username", read_only=True, allow_null=True,
+                                       default=None, help_text="Who created the task or appended the rows.")
+    row_range = serializers.SerializerMethodField(
+        help_text="[first, end): the rows this version added, 0-based, end excluded.")
+
+    class Meta:
+        model = DatasetVersion
+        fields = [
+            "id", "task", "number", "parent_number", "source", "rows_total", "rows_added", "row_range", "n_train", "n_val",
+            "n_gate", "n_test", "sha256", "content_sha256", "idempotency_key", "created_by", "created_at",
+        ]
+        read_only_fields = fields
+        extra_kwargs = {"sha256": {"help_text": "sha256 of the whole dataset file at this version."}}
+
+    @extend_schema_field(serializers.ListField(child=serializers.IntegerField(), min_length=2, max_length=2))
+    def get_row_range(self, obj: DatasetVersion) -> list[int]:
+        return [obj.row_start, obj.row_end]
+
+
+class DatasetAppendResultSerializer(DatasetVersionSerializer):
+    created = serializers.BooleanField(
+        read_only=True, help_text="false: this file or Idempotency-Key had already made this version; nothing "
+                                  "was added.")
+
+    class Meta(DatasetVersionSerializer.Meta):
+        fields = [*DatasetVersionSerializer.Meta.fields, "created"]
+        read_only_fields = fields
+
+
+class DatasetAppendSerializer(serializers.Serializer):
+    """multipart/form-data: rows with the task's columns (CSV) or its input shape (NPZ)."""
+
+    file = serializers.FileField(help_text="A .csv (the task's column names in the header) or an .npz (X, y).")
 
 
 # ---------------------------------------------------------------------------------- models

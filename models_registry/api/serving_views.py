@@ -1,8 +1,9 @@
-"""REST views of serving: predictions, the serving state of a task, the switch history, a ping.
+"""REST views of serving: predictions, feedback, the serving state of a task, the switch history, a ping.
 
 Thin: validate, call one service, serialize. ``POST /api/tasks/<slug>/predict`` is the hot
 path: the route comes from the process's route table (no database query beyond
-authentication), inputs are validated with numpy, and the answer is built directly.
+authentication), inputs are validated with numpy, and the answer is built directly; its
+prediction id is signed, not stored (``serving.prediction_ids``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from rest_framework.views import APIView
 
 from models_registry.api.parsers import NPY_MEDIA_TYPE, PredictJSONParser, PredictNPYParser
 from models_registry.api.serving_serializers import (
+    FeedbackLiveSerializer,
+    FeedbackRequestSerializer,
+    FeedbackResponseSerializer,
     PredictRequestSerializer,
     PredictResponseSerializer,
     ServingForceSerializer,
@@ -33,12 +37,18 @@ from models_registry.models import ModelVersion, Task
 from models_registry.selectors import version_best_in_task
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.conf import serving_setting
+from models_registry.serving.feedback import FeedbackInvalid, feedback_live, feedback_record, feedback_reports
 from models_registry.serving.inputs import InputError, expected_text, inputs_validate
 from models_registry.serving.models import ServingSwitch
 from models_registry.serving.predict import PredictionFailed, serving_predict
 from models_registry.serving.router import ServingUnavailable, TaskNotFound, serving_router
 from models_registry.serving.selectors import serving_comparison, serving_state_get, serving_switch_list
-from models_registry.serving.switching import serving_pin_clear, serving_reevaluate, serving_switch
+from models_registry.serving.switching import (
+    serving_pin_clear,
+    serving_reevaluate,
+    serving_reevaluate_after_feedback,
+    serving_switch,
+)
 from project.api.errors import api_exception_handler, error_body
 from project.api.pagination import Pagination
 from project.api.permissions import IsOperatorOrReadOnly
@@ -69,7 +79,8 @@ _PREDICT_EXAMPLES = [
     OpenApiExample("Answered by the neural version", response_only=True, status_codes=["200"],
                    value={"task": "pattern-recognition", "implementation": "neural", "version": 4,
                           "version_id": 17, "runtime": "onnx_int8", "outputs": [7], "labels": None,
-                          "batch_size": 1}),
+                          "batch_size": 1,
+                          "prediction_id": "AQABAwAAABEAAAA8ahVrAQAAAAEAsrzxdC7ttOUHHQoufidqjPbyKHko8ymI_Q"}),
 ]
 _INVALID_INPUT = OpenApiResponse(
     description="The inputs do not meet the task's contract; the message states what was expected.",
@@ -99,7 +110,9 @@ class TaskPredictView(_ServingAPIView):
             "expected shape. Throttled with the `predict` scope. The inputs may also be sent as one binary "
             "array in NumPy's `.npy` format (`numpy.save`) with `Content-Type: application/x-npy`, which "
             "skips parsing text: the fastest way to send a large batch. Bodies above "
-            "`PLASTICITY_PREDICT_MAX_BYTES` (32 MiB by default) are refused with 413."
+            "`PLASTICITY_PREDICT_MAX_BYTES` (32 MiB by default) are refused with 413. The answer's `prediction_id` "
+            "(one per request, with the row index for a batch) is what `POST /api/tasks/{slug}/feedback` takes "
+            "with the true answer."
         ),
         tags=["serving"],
         request={"application/json": PredictRequestSerializer, NPY_MEDIA_TYPE: OpenApiTypes.BINARY},
@@ -142,6 +155,7 @@ class TaskPredictView(_ServingAPIView):
             "version_id": version.pk if version is not None else None,
             "runtime": version.runtime if version is not None else None,
             "outputs": outputs.tolist(), "labels": labels, "batch_size": prediction.batch_size,
+            "prediction_id": prediction.prediction_id(),
         })
 
     def handle_exception(self, exc: Exception) -> Response:
@@ -154,6 +168,85 @@ class TaskPredictView(_ServingAPIView):
                 hint = ""
             exc = exceptions.ParseError(f"body: not valid JSON ({exc.detail}){hint}")
         return super().handle_exception(exc)
+
+
+# ------------------------------------------------------------------------------ feedback
+
+_FEEDBACK_EXAMPLES = [
+    OpenApiExample("One prediction's truth", request_only=True,
+                   value={"items": [{"prediction_id": "AQABAwAAABEAAAA8ahVrAQAAAAEAsrzxdC7ttOUHHQoufidqjPbyKHko8ymI_Q",
+                                     "truth": 7}]}),
+    OpenApiExample("Rows of a batch", request_only=True,
+                   value={"items": [{"prediction_id": "<the batch's prediction_id>", "rows": [0, 3, 4],
+                                     "truths": ["c1", "c0", 2]}]}),
+]
+_INVALID_FEEDBACK = OpenApiResponse(
+    description="An item cannot be recorded (nothing is): the message names the first bad item, "
+                "`details.errors` each of them (up to 50).",
+    examples=[OpenApiExample("A tampered id", value={"error": {
+        "code": "invalid_feedback",
+        "message": "items[2].prediction_id: the signature does not match: the id was altered or not issued by "
+                   "this service",
+        "details": {"errors": [{"item": 2, "field": "prediction_id",
+                                "message": "the signature does not match: the id was altered or not issued by "
+                                           "this service"}]}}})],
+)
+
+
+class TaskFeedbackView(_ServingAPIView):
+    """True answers for live predictions (any client that may predict) and the live scores they give."""
+
+    permission_classes = [IsAuthenticated]
+    throttle_classes = [UserRateThrottle]
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        operation_id="task_feedback_live",
+        summary="Live scores from feedback",
+        description=(
+            "The task's metric on reported truths, with its 95 % interval, per implementation and version: "
+            "accuracy with Wilson's interval for classification, mean absolute error and R² for regression. "
+            "Computed over the newest `PLASTICITY_FEEDBACK_WINDOW_ROWS` reports of predictions made in the last "
+            "`PLASTICITY_FEEDBACK_WINDOW_S` seconds; switching and the training trigger use a live score once "
+            "it rests on `PLASTICITY_FEEDBACK_MIN_COUNT` reports (`enough`)."
+        ),
+        tags=["serving"],
+        responses={200: FeedbackLiveSerializer},
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        task = get_object_or_404(Task, slug=slug)
+        return Response(FeedbackLiveSerializer({"task": task.slug, **feedback_live(task=task)}).data)
+
+    @extend_schema(
+        operation_id="task_feedback_report",
+        summary="Report true answers",
+        description=(
+            "Records the true label or value of rows of earlier predictions, each named by the answer's "
+            "`prediction_id` and a row index. Ids are verified (signed by this service), must belong to this task "
+            "and be at most `PLASTICITY_FEEDBACK_MAX_AGE_S` old; each (id, row) counts once, however often it is "
+            "reported, so a request may be retried. Any bad item is a 400 naming it and nothing is recorded. At "
+            "most `PLASTICITY_FEEDBACK_MAX_ROWS` rows per request. Serving is re-evaluated afterwards: a neural "
+            "version whose live score is conclusively below the floor is switched away from at once."
+        ),
+        tags=["serving"],
+        request=FeedbackRequestSerializer,
+        responses={200: FeedbackResponseSerializer, 400: _INVALID_FEEDBACK},
+        examples=_FEEDBACK_EXAMPLES,
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        task = get_object_or_404(Task, slug=slug)
+        data = request.data
+        try:
+            reports = feedback_reports(task=task, items=data.get("items") if isinstance(data, dict) else None)
+        except FeedbackInvalid as exc:
+            return Response(error_body("invalid_feedback", exc.message, {"errors": exc.errors}),
+                            status=status.HTTP_400_BAD_REQUEST)
+        result = feedback_record(task=task, reports=reports, user=request.user)
+        switch = serving_reevaluate_after_feedback(task=task) if result.recorded else None
+        return Response(FeedbackResponseSerializer({
+            "task": task.slug, "received": result.received, "recorded": result.recorded,
+            "duplicates": result.duplicates, "switch": switch,
+        }).data)
 
 
 # ------------------------------------------------------------------------------ serving state

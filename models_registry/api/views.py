@@ -30,9 +30,12 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from improvement.services import task_first_model, task_job_queue
+from improvement.services import task_job_queue, task_upload_create
 from models_registry.api.serializers import (
     ActivateSerializer,
+    DatasetAppendResultSerializer,
+    DatasetAppendSerializer,
+    DatasetVersionSerializer,
     ModelVersionSerializer,
     NeuralModelCreateSerializer,
     NeuralModelSerializer,
@@ -43,21 +46,24 @@ from models_registry.api.serializers import (
     TaskUploadSerializer,
 )
 from models_registry.choices import DataSource, OutputKind, Runtime
+from models_registry.dataset_versions import AppendConflict, task_rows_append
 from models_registry.errors import RegistryError
 from models_registry.implementations import version_module
 from models_registry.models import ModelVersion, NeuralModel, Task, TaskCreationJob
 from models_registry.nn.runtimes import export_onnx
+from models_registry.selectors import dataset_versions
 from models_registry.services import (
     model_create,
-    task_create_from_upload,
     version_activate,
     version_rollback,
 )
 from models_registry.training import version_seed
 from models_registry.weights import blob_load, sha256_bytes
+from project.api.errors import Conflict
 from project.api.fields import IdFilter, id_path_parameter
 from project.api.pagination import Pagination
 from project.api.permissions import IsOperatorOrReadOnly
+from project.api.schema import EXTRA_ERRORS
 from project.api.throttles import UploadRateThrottle, UserRateThrottle
 from project.api.uploads import UploadLimitMixin, upload_limits
 
@@ -130,8 +136,11 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
     lookup_value_regex = "[^/]+"
     parser_classes = [MultiPartParser, JSONParser]
 
+    #: Actions that read an uploaded dataset: they spend the upload allowance.
+    UPLOAD_ACTIONS = ("create", "rows")
+
     def get_throttles(self):
-        if self.action == "create":
+        if self.action in self.UPLOAD_ACTIONS:
             return [UserRateThrottle(), UploadRateThrottle()]
         return super().get_throttles()
 
@@ -139,7 +148,7 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
         response = super().handle_exception(exc)
         # A refused upload (malformed file, bad field, too large) does not count against the
         # upload allowance: a few mistakes must not lock an operator out for an hour.
-        if self.action == "create" and 400 <= response.status_code < 500 and response.status_code != 429:
+        if self.action in self.UPLOAD_ACTIONS and 400 <= response.status_code < 500 and response.status_code != 429:
             UploadRateThrottle().refund(self.request, self)
         return response
 
@@ -151,7 +160,13 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
             "target is `target_column` or the last column) or an NPZ (arrays `X` and `y`). Files above "
             "the upload limit are refused with 413 before they are read whole; rows and columns beyond "
             "the limits, non-UTF-8 text, ragged rows, NaN or a single class get a 400 that says where. "
-            "The task is created in the request: **201** with the task.\n\n"
+            "The task is created in the request — **201** with the task, usable at once — and its first "
+            "model is queued for training. Its algorithm is fitted on the training "
+            "split and scored on the gate and sealed test splits by a worker, not in the request: "
+            "`algorithm_evaluation.status` is `pending` (or `running`) until it is `done`, with "
+            "`algorithm_evaluation.gate_score`, or `failed`, with a warning in `warnings` saying why (the "
+            "task stays usable; serving then has no algorithmic score to compare neural versions with). "
+            "Poll `GET /api/tasks/<slug>`.\n\n"
             "**application/json**: a generator task — `sampler_spec` draws inputs and the algorithm at "
             "`algorithm_path` labels them. Labelling thousands of samples takes a while, so a worker does "
             "it: the request checks what is cheap (the fields, the spec and the numbers it would produce, "
@@ -168,7 +183,8 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
         ),
         request={"multipart/form-data": TaskUploadSerializer, "application/json": TaskGeneratorSerializer},
         responses={
-            201: OpenApiResponse(TaskSerializer, description="An upload: the task, created."),
+            201: OpenApiResponse(TaskSerializer, description="An upload: the task, created; its algorithm's "
+                                                              "evaluation is queued for a worker."),
             202: OpenApiResponse(TaskCreationJobSerializer,
                                  description="A generator: the creation job, queued for a worker."),
         },
@@ -185,13 +201,14 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
         if data.get("algorithm_path"):
             _superuser_only(request)
         upload = data["file"]
-        task = task_create_from_upload(
+        task = task_upload_create(
             name=data["name"], filename=upload.name or "", content=upload.read(), slug=data.get("slug", ""),
             description=data.get("description", ""), target_column=data.get("target_column") or None,
             output_kind=data.get("output_kind") or None, algorithm_path=data.get("algorithm_path", ""),
             limits=upload_limits(), metric=data.get("metric") or None, seed=data.get("split_seed", 0),
+            genome=data.get("genome"),
+            created_by=request.user if isinstance(request.user, User) else None,
         )
-        task_first_model(task=task, genome=data.get("genome"))
         return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
 
     def _create_from_generator(self, request: Request) -> Response:
@@ -209,6 +226,72 @@ class TaskViewSet(UploadLimitMixin, _Base, mixins.ListModelMixin, mixins.Retriev
         )
         body = TaskCreationJobSerializer(job).data
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
+
+    @extend_schema(
+        operation_id="tasks_rows",
+        summary="Append rows to the task's dataset",
+        tags=["tasks"],
+        description=(
+            "**multipart/form-data** `file`: a CSV whose header holds the task's column names (the inputs "
+            "and the target, by name, in any order, no others) or an NPZ with `X` of the task's input shape "
+            "and `y` (optional for reconstruction). Class labels must be the task's: an unknown label is "
+            "refused with its row and column. The rows make a new dataset version: they are added after the "
+            "existing rows and split in the task's proportions (train/validation/gate/test, stratified by "
+            "class, seeded by the task's split seed and the version number); no earlier row changes split, "
+            "so the sealed test rows stay sealed, and a new row whose input is already in the dataset goes to "
+            "that input's split. **201** with the new version.\n\n"
+            "Idempotent per upload: the same file again, or the same `Idempotency-Key` header, answers "
+            "**200** with the version it made (`created: false`) and adds nothing; a key that already "
+            "appended another file is a **409**. A malformed file is a **400** naming the row and column, "
+            "and nothing changes. The upload limits apply per file and to the task's rows in all."
+        ),
+        request={"multipart/form-data": DatasetAppendSerializer},
+        parameters=[OpenApiParameter(
+            "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+            description="Any string up to 200 characters; a retried request with the same key adds nothing.")],
+        responses={
+            201: OpenApiResponse(DatasetAppendResultSerializer, description="The new dataset version."),
+            200: OpenApiResponse(DatasetAppendResultSerializer,
+                                 description="This file or key had already made this version: nothing added."),
+        },
+        examples=[OpenApiExample(
+            "CSV rows", request_only=True, media_type="multipart/form-data",
+            value={"file": "(more-iris.csv: sepal_length,sepal_width,petal_length,petal_width,species)"})],
+        extensions={EXTRA_ERRORS: ["409"]},
+        filters=False,
+    )
+    @action(detail=True, methods=["post"], parser_classes=[MultiPartParser], pagination_class=None,
+            filterset_class=None)
+    def rows(self, request: Request, slug=None) -> Response:
+        task = self.get_object()
+        serializer = DatasetAppendSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = serializer.validated_data["file"]
+        try:
+            version, created = task_rows_append(
+                task=task, filename=upload.name or "", content=upload.read(),
+                idempotency_key=request.headers.get("Idempotency-Key", ""),
+                created_by=request.user if isinstance(request.user, User) else None, limits=upload_limits(),
+            )
+        except AppendConflict as exc:
+            raise Conflict(str(exc)) from None
+        return Response({**DatasetVersionSerializer(version).data, "created": created},
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(
+        operation_id="tasks_datasets",
+        summary="The task's dataset versions",
+        tags=["tasks"],
+        description="Every version of the task's dataset, newest first: version 1 from the task's creation, "
+                    "then one per append (rows added, their row range, the split sizes after it, who and when).",
+        responses={200: DatasetVersionSerializer(many=True)},
+        filters=False,
+    )
+    @action(detail=True, methods=["get"], filterset_class=None)
+    def datasets(self, request: Request, slug=None) -> Response:
+        task = self.get_object()
+        page = self.paginate_queryset(dataset_versions(task=task))
+        return self.get_paginated_response(DatasetVersionSerializer(page, many=True).data)
 
 
 def _superuser_only(request: Request) -> None:

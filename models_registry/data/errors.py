@@ -11,6 +11,10 @@ from __future__ import annotations
 class DatasetError(ValueError):
     """A dataset (uploaded, generated or built in) cannot be used as given."""
 
+    #: The request field the error is about, when the message does not start with it (an API
+    #: error's ``details`` key): rows appended from an upload are all about its ``file``.
+    field: str | None = None
+
 
 class ImplementationError(ValueError):
     """An algorithmic implementation cannot be loaded or does not behave as required."""

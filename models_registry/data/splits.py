@@ -34,6 +34,16 @@ HELD_OUT = ("val", "gate", "test")
 DEFAULT_FRACTIONS = (0.6, 0.1, 0.15, 0.15)
 
 
+
+def _class_labels(y, n: int) -> np.ndarray:
+    """``y`` as the 1-D array of ``n`` class labels that stratified splits need."""
+    if y is None:
+        raise DatasetError("stratified splits need the class labels y")
+    labels = np.asarray(y)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise DatasetError(f"y must be a 1-D array of {n} class labels; got shape {labels.shape}")
+    return labels
+
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     if len(fractions) != len(SPLIT_NAMES):
         raise DatasetError(f"fractions must be four numbers (train, val, gate, test); got {len(fractions)}")
@@ -89,11 +99,7 @@ def make_splits(
 
     groups: list[np.ndarray]
     if stratify:
-        if y is None:
-            raise DatasetError("stratified splits need the class labels y")
-        labels = np.asarray(y)
-        if labels.ndim != 1 or labels.shape[0] != n:
-            raise DatasetError(f"y must be a 1-D array of {n} class labels; got shape {labels.shape}")
+        labels = _class_labels(y, n)
         classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         too_small = [(cls, int(c)) for cls, c in zip(classes, counts, strict=True) if c < MIN_ROWS_PER_CLASS]
         if too_small:
@@ -143,3 +149,43 @@ def legacy_gate_split(test: np.ndarray, y: np.ndarray, *, seed: int = 0) -> tupl
         rest.append(shuffled[1::2])
     return (np.sort(np.concatenate(gate)).astype(np.int64) if gate else test[:0],
             np.sort(np.concatenate(rest)).astype(np.int64) if rest else test[:0])
+
+
+#: 1/φ: the additive recurrence frac(offset + i/φ) covers [0, 1) more evenly than any other step.
+_GOLDEN_STEP = (5 ** 0.5 - 1) / 2
+
+
+def spread_splits(
+    n: int,
+    *,
+    y: np.ndarray | Sequence | None = None,
+    stratify: bool,
+    seed: int | Sequence[int],
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+) -> np.ndarray:
+    """The split of each of ``n`` new rows, as an index into ``SPLIT_NAMES`` (int8, one per row).
+
+    For rows appended to a task whose splits are fixed: unlike ``make_splits`` it takes any
+    number of rows (one included) and any number per class. The rows are shuffled (within each
+    class when ``stratify``: classes one after another, in sorted order); along that sequence,
+    row ``i`` goes to the split whose share of [0, 1) holds ``frac(offset + i/φ)`` — a
+    low-discrepancy sequence, so every stretch of it (the whole batch, each class) is divided
+    in ``fractions`` to within a row or two, where rounding per class would give a small class
+    one row in every split. ``seed`` (an int or a sequence of ints, e.g. the task's split seed
+    and the version number) fixes the shuffle and the offset: same arguments, same splits.
+    """
+    n = int(n)
+    cumulative = np.cumsum(_check_fractions(fractions))
+    rng = np.random.default_rng(seed)
+    if n <= 0:
+        return np.zeros(0, dtype=np.int8)
+    if stratify:
+        _, inverse = np.unique(_class_labels(y, n), return_inverse=True)
+        order = np.concatenate([rng.permutation(np.flatnonzero(inverse == k)) for k in range(int(inverse.max()) + 1)])
+    else:
+        order = rng.permutation(n)
+    points = (rng.random() + np.arange(n) * _GOLDEN_STEP) % 1.0
+    chosen = np.minimum(np.searchsorted(cumulative, points, side="right"), len(SPLIT_NAMES) - 1)
+    assignment = np.empty(n, dtype=np.int8)
+    assignment[order] = chosen
+    return assignment

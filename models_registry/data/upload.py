@@ -155,24 +155,15 @@ def _column_ref(index: int, names: Sequence[str]) -> str:
     return f"column {index + 1} ('{names[index]}')"
 
 
-def parse_csv(
-    data: bytes,
-    *,
-    target_column: str | None = None,
-    output_kind: str | None = None,
-    limits: UploadLimits | None = None,
-) -> ParsedDataset:
-    """Parse a CSV upload: a header row, then one example per row, all features numeric.
+def read_csv_table(
+    data: bytes, *, limits: UploadLimits, reconstruction: bool = False,
+) -> tuple[list[str], list[list[str]], list[int]]:
+    """A CSV upload's header names, its non-blank data rows (as text) and each row's line number.
 
-    The target is ``target_column`` or, by default, the last column. Its kind
-    is inferred unless ``output_kind`` says: text labels, or integer-valued
-    numbers with at most 50 distinct values, make a classification task;
-    other numbers a regression ("values") task. With ``output_kind=
-    "reconstruction"`` there is no target: every column is a feature and the
-    target is the input itself.
+    The size, the encoding, the delimiter, the header (see ``_check_header``), ragged rows and
+    the row and column limits are checked here; the cells are not interpreted. A file with a
+    header and no data rows is refused.
     """
-    limits = limits or UploadLimits()
-    _check_output_kind(output_kind)
     _check_size(data, limits)
     text = _decode_utf8(data)
     if "\x00" in text:
@@ -198,7 +189,7 @@ def parse_csv(
             raise DatasetError(
                 f"too many columns: {n_cols} in the header; at most {limits.max_columns} are accepted"
             )
-        _check_header(names, reconstruction=output_kind == "reconstruction")
+        _check_header(names, reconstruction=reconstruction)
 
         rows: list[list[str]] = []
         line_numbers: list[int] = []
@@ -216,9 +207,31 @@ def parse_csv(
                 raise DatasetError(f"too many rows: at most {limits.max_rows} data rows are accepted")
     except csv.Error as exc:
         raise DatasetError(f"row {reader.line_num}: malformed CSV ({exc})")
-
     if not rows:
         raise DatasetError("the file has a header but no data rows")
+    return names, rows, line_numbers
+
+
+def parse_csv(
+    data: bytes,
+    *,
+    target_column: str | None = None,
+    output_kind: str | None = None,
+    limits: UploadLimits | None = None,
+) -> ParsedDataset:
+    """Parse a CSV upload: a header row, then one example per row, all features numeric.
+
+    The target is ``target_column`` or, by default, the last column. Its kind
+    is inferred unless ``output_kind`` says: text labels, or integer-valued
+    numbers with at most 50 distinct values, make a classification task;
+    other numbers a regression ("values") task. With ``output_kind=
+    "reconstruction"`` there is no target: every column is a feature and the
+    target is the input itself.
+    """
+    limits = limits or UploadLimits()
+    _check_output_kind(output_kind)
+    names, rows, line_numbers = read_csv_table(data, limits=limits, reconstruction=output_kind == "reconstruction")
+    n_cols = len(names)
     _check_rows(len(rows), limits)
 
     if output_kind == "reconstruction":

@@ -1,4 +1,5 @@
-"""Admin for serving: tune a task's serving (shadow fraction, tolerance, hysteresis, dwell), read switches.
+"""Admin for serving: tune a task's serving (shadow fraction, tolerance, hysteresis, dwell), read switches
+and feedback.
 
 Not auto-discovered (Django looks at ``models_registry.admin`` only): that module imports
 this one. The implementation itself changes only through ``serving_switch`` — here, through
@@ -11,7 +12,7 @@ from django.contrib import admin, messages
 
 from models_registry.errors import RegistryError
 from models_registry.serving.choices import SwitchReason
-from models_registry.serving.models import ServingState, ServingSwitch
+from models_registry.serving.models import Feedback, ServingState, ServingSwitch
 from models_registry.serving.switching import (
     ALGORITHMIC,
     serving_pin_clear,
@@ -66,3 +67,21 @@ class ServingSwitchAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # the history is never rewritten
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(admin.ModelAdmin):
+    """Reported truths, read-only: recorded by the feedback endpoint, each (prediction, row) once."""
+
+    list_display = ("predicted_at", "task", "implementation", "version", "row", "predicted", "truth", "correct",
+                    "abs_error", "reported_by", "created_at")
+    list_filter = ("implementation", "correct", "task")
+    search_fields = ("task__slug", "prediction")
+    date_hierarchy = "predicted_at"
+    list_select_related = ("task", "version__model", "reported_by")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

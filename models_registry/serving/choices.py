@@ -12,6 +12,8 @@ class SwitchReason(models.TextChoices):
     NO_NEURAL = "no_neural", "No active neural version"
     NO_ALGORITHM = "no_algorithm", "The task has no algorithmic implementation"
     SHADOW_DISAGREEMENT = "shadow_disagreement", "Live shadow checks disagree with the algorithm"
+    LIVE_BELOW_FLOOR = "live_below_floor", "Live feedback puts neural below the floor"
+    LIVE_BETTER = "live_better", "Live feedback puts neural above the algorithm"
     VERSION_ACTIVATED = "version_activated", "A new neural version became active"
     OPERATOR = "operator", "Forced by an operator"
     INSUFFICIENT_EVIDENCE = "insufficient_evidence", "A held-out score is missing; serving stays as it is"

@@ -46,6 +46,18 @@ SERVING_SETTINGS: dict[str, tuple[type, float | int | bool]] = {
     "PLASTICITY_SERVING_HYSTERESIS": (float, 0.01),
     "PLASTICITY_SERVING_LATENCY_MARGIN": (float, 0.10),
     "PLASTICITY_SERVING_MIN_DWELL_S": (float, 60.0),
+    # Feedback (serving.feedback): the most output values one prediction id carries (rows × outputs
+    # per row; a larger batch gets no id), how long an id is accepted, and the most rows one
+    # feedback request may report.
+    "PLASTICITY_PREDICTION_ID_MAX_VALUES": (int, 16384),
+    "PLASTICITY_FEEDBACK_MAX_AGE_S": (float, 7 * 86400.0),
+    "PLASTICITY_FEEDBACK_MAX_ROWS": (int, 1000),
+    # Live accuracy/error is computed over the newest WINDOW_ROWS reports of predictions made in the
+    # last WINDOW_S seconds, per implementation and version; decisions (switching, the training
+    # trigger) use it once it rests on at least MIN_COUNT reports.
+    "PLASTICITY_FEEDBACK_WINDOW_S": (float, 7 * 86400.0),
+    "PLASTICITY_FEEDBACK_WINDOW_ROWS": (int, 1000),
+    "PLASTICITY_FEEDBACK_MIN_COUNT": (int, 30),
 }
 
 

@@ -1,7 +1,8 @@
-"""Serving records: the current serving state of each task and the history of its switches."""
+"""Serving records: the current serving state of each task, the history of its switches, feedback."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -107,3 +108,44 @@ class ServingSwitch(models.Model):
     def __str__(self) -> str:
         return f"{self.task.slug}: {self.from_implementation or '-'} → {self.to_implementation} ({self.reason})"
 
+
+
+class Feedback(models.Model):
+    """A true label or value a client reported for one row of one prediction, with what was predicted.
+
+    Written only by ``feedback_record`` and never changed. ``prediction`` is the digest of the
+    prediction id (``serving.prediction_ids``) and ``row`` the row of its batch: the pair is
+    unique, so the same report sent twice counts once. ``predicted`` and ``truth`` are a class
+    index (classes) or a list of values; ``correct`` (classes) and ``abs_error`` (values: the
+    mean absolute error over the outputs) are derived when recorded. ``predicted_at`` is when
+    the prediction was made (from the id); live scores are computed over recent predictions.
+    ``version`` is null for the algorithm.
+    """
+
+    task = models.ForeignKey("models_registry.Task", on_delete=models.CASCADE, related_name="feedback")
+    implementation = models.CharField(max_length=20, choices=Implementation.choices)
+    version = models.ForeignKey(
+        "models_registry.ModelVersion", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    prediction = models.CharField(max_length=32, help_text="Digest of the prediction id (hex).")
+    row = models.PositiveIntegerField(default=0, help_text="Row of the predicted batch.")
+    predicted = models.JSONField()
+    truth = models.JSONField()
+    correct = models.BooleanField(null=True, blank=True)
+    abs_error = models.FloatField(null=True, blank=True)
+    predicted_at = models.DateTimeField()
+    reported_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-predicted_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["prediction", "row"], name="feedback_once_per_prediction_row"),
+        ]
+        indexes = [models.Index(fields=["task", "implementation", "version", "-predicted_at"])]
+        verbose_name_plural = "feedback"
+
+    def __str__(self) -> str:
+        return f"{self.task.slug} {self.implementation} {self.prediction[:8]}:{self.row}"

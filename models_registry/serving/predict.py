@@ -1,9 +1,10 @@
-"""One prediction: run the task's route, time it, fold it into the tracker, maybe shadow it.
+"""One prediction: run the task's route, time it, fold it into the tracker, maybe shadow it; its id.
 
 No database access and no file read: the route comes from the router's table, the
 tracker aggregates in memory and the shadow check is queued for a worker thread. If the
 neural implementation raises or produces NaN/infinity, the error is counted and the
-algorithm answers instead (when the task has one).
+algorithm answers instead (when the task has one). ``Prediction.prediction_id`` signs what was
+predicted into the id a client quotes with its feedback (``serving.prediction_ids``): no write.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models_registry.choices import Implementation
+from models_registry.choices import Implementation, OutputKind
+from models_registry.serving.conf import serving_setting
+from models_registry.serving.prediction_ids import KIND_VALUES_F32, classes_kind, prediction_id_issue
 from models_registry.serving.router import Route, algorithm_route, serving_router_reset
 from models_registry.serving.shadow import serving_shadow, serving_shadow_reset
 from models_registry.serving.tracker import serving_tracker, serving_tracker_reset
@@ -35,6 +38,22 @@ class Prediction:
     @property
     def batch_size(self) -> int:
         return int(self.outputs.shape[0])
+
+    def prediction_id(self) -> str | None:
+        """The signed id of this answer (one for the batch; feedback names rows by index).
+
+        None for reconstruction tasks and for batches of more than
+        ``PLASTICITY_PREDICTION_ID_MAX_VALUES`` output values.
+        """
+        task = self.route.task
+        if task.output_kind == OutputKind.CLASSES:
+            kind = classes_kind(task.n_outputs)
+        elif task.output_kind == OutputKind.VALUES:
+            kind = KIND_VALUES_F32
+        else:
+            return None
+        return prediction_id_issue(task_id=task.pk, version_id=self.route.version_id, kind=kind, outputs=self.outputs,
+                                   limit=serving_setting("PLASTICITY_PREDICTION_ID_MAX_VALUES"))
 
 
 def serving_predict(*, route: Route, X: np.ndarray) -> Prediction:

@@ -1,4 +1,4 @@
-"""Reads of serving: the state of a task, its switches, and neural vs algorithmic side by side."""
+"""Reads of serving: the state of a task, its switches, and neural vs algorithmic side by side (live feedback too)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from django.utils import timezone
 from models_registry.choices import Implementation, SampleSource
 from models_registry.models import ModelVersion, PerformanceSample, Task
 from models_registry.selectors import algorithm_latest_sample, version_best_in_task, version_latest_sample
+from models_registry.serving.feedback import feedback_live
 from models_registry.serving.models import ServingState, ServingSwitch
 from models_registry.serving.switching import serving_measurements
 
@@ -94,7 +95,7 @@ def serving_shadow_summary(*, task: Task, since_s: float = 3600.0) -> dict | Non
 
 
 def serving_comparison(*, task: Task, since_s: float = 3600.0) -> dict:
-    """Neural vs algorithmic for ``task``: held-out (latest evaluation samples) and live traffic.
+    """Neural vs algorithmic for ``task``: held-out (latest evaluation samples), live traffic and feedback.
 
     The neural side is the version serving (or, while the algorithm serves, the best active
     version: the one a switch would pick).
@@ -116,4 +117,5 @@ def serving_comparison(*, task: Task, since_s: float = 3600.0) -> dict:
             "algorithmic": serving_live_summary(task=task, implementation=Implementation.ALGORITHMIC, since_s=since_s),
         },
         "shadow": serving_shadow_summary(task=task, since_s=since_s),
+        "feedback": feedback_live(task=task),
     }

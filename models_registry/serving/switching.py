@@ -3,14 +3,25 @@
 * ``serving_decide`` — the rule, a pure function over measurements.
 * ``serving_switch`` — the ONE service that changes a task's ``ServingState``; it records a
   ``ServingSwitch`` with its reason and evidence and publishes ``serving.switched``.
-* ``serving_reevaluate`` — gathers the latest held-out evaluation samples and applies the
-  rule; called when a version is activated (``version_activate`` on commit) and on demand.
+* ``serving_reevaluate`` — gathers the latest held-out evaluation samples and live scores and
+  applies the rule; called when a version is activated (``version_activate`` on commit), after
+  feedback is recorded (``serving_reevaluate_after_feedback``) and on demand.
 
 The rule (floor = algorithmic score − tolerance)::
 
     serve neural  if  score_n > score_a            and p95_n ≤ latency budget   "neural_better"
               or  if  score_n ≥ floor              and p50_n < p50_a            "neural_faster_within_floor"
     otherwise the algorithm: "below_floor" (score_n < floor) or "neural_slower".
+
+Live feedback comes first once there is enough of it (``PLASTICITY_FEEDBACK_MIN_COUNT`` reports
+of the neural version in the window, ``serving.feedback``). The algorithm's level is its live
+score's lower 95 % bound when it has enough feedback too, else its held-out score::
+
+    the algorithm  if  high_n < level_a − tolerance                             "live_below_floor"
+    neural         if  low_n > high_a (+ margin) and p95_n ≤ budget (both live)  "live_better"
+
+where low/high are the 95 % interval of a live score. Anything in between is not conclusive
+and the held-out rule decides. Live evidence below the floor is urgent like a held-out one.
 
 Hysteresis: while the algorithm serves, neural must win with a margin — its score higher by
 ``score_margin`` than each threshold above and its latency better by ``latency_margin``
@@ -41,6 +52,7 @@ from models_registry.sealed import deciding
 from models_registry.selectors import algorithm_latest_sample, version_best_in_task, version_latest_sample
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.conf import serving_setting
+from models_registry.serving.feedback import LiveScore, feedback_live_score
 from models_registry.serving.models import ServingState, ServingSwitch
 from models_registry.serving.router import serving_router_invalidate
 
@@ -67,6 +79,10 @@ class ServingMeasurements:
     has_neural: bool = True
     has_algorithm: bool = True
     neural_version_id: int | None = None
+    # Live feedback (serving.feedback): the task's metric on recent reports, with its 95 % interval.
+    neural_live: LiveScore | None = None
+    algorithmic_live: LiveScore | None = None
+    live_min_count: int = 30
 
     @property
     def floor(self) -> float | None:
@@ -126,6 +142,29 @@ def _rule(m: ServingMeasurements, *, entering: bool, policy: SwitchPolicy) -> tu
     return ALGORITHMIC, SwitchReason.NEURAL_SLOWER
 
 
+def _live_rule(m: ServingMeasurements, *, entering: bool, policy: SwitchPolicy) -> tuple[str, str, str] | None:
+    """(implementation, reason, detail) when live feedback is conclusive, else None (the held-out rule decides)."""
+    nl = m.neural_live
+    if nl is None or nl.n < m.live_min_count:
+        return None
+    al = m.algorithmic_live if m.algorithmic_live is not None and m.algorithmic_live.n >= m.live_min_count else None
+    level = al.low if al is not None else m.algorithmic_score
+    if level is None:
+        return None
+    floor = level - m.tolerance
+    source = (f"the algorithm's live {al.score:.4f} [{al.low:.4f}, {al.high:.4f}] over {al.n} reports"
+              if al is not None else f"the algorithm's held-out {level:.4f}")
+    neural = f"neural live {nl.metric} {nl.score:.4f} [{nl.low:.4f}, {nl.high:.4f}] over {nl.n} reports"
+    if nl.high < floor:
+        return ALGORITHMIC, SwitchReason.LIVE_BELOW_FLOOR, f"{neural} < floor {floor:.4f} ({source} − tolerance)"
+    p95 = m.neural_latency_p95_ms
+    within_budget = p95 is not None and p95 <= m.latency_budget_ms * (1.0 - (policy.latency_margin if entering else 0.0))
+    margin = policy.score_margin if entering else 0.0
+    if al is not None and nl.low > al.high + margin and within_budget:
+        return NEURAL, SwitchReason.LIVE_BETTER, f"{neural} > {source}; p95 {_ms(p95)} ms within the budget"
+    return None
+
+
 def serving_decide(
     *, measurements: ServingMeasurements, current: str | None, seconds_since_switch: float | None,
     policy: SwitchPolicy | None = None,
@@ -148,6 +187,8 @@ def serving_decide(
         target, reason, detail = ALGORITHMIC, SwitchReason.NO_NEURAL, "no active neural version"
     elif not m.has_algorithm:
         target, reason, detail = NEURAL, SwitchReason.NO_ALGORITHM, "the task has no algorithmic implementation"
+    elif (live := _live_rule(m, entering=current != NEURAL, policy=policy)) is not None:
+        target, reason, detail = live
     elif m.neural_score is None or m.algorithmic_score is None:
         missing = "neural" if m.neural_score is None else "algorithmic"
         target = current or ALGORITHMIC
@@ -161,7 +202,7 @@ def serving_decide(
     switch = current is not None and target != current
     if (switch and current is not None  # switch implies a current implementation
             and seconds_since_switch is not None and seconds_since_switch < policy.min_dwell_s):
-        urgent = current == NEURAL and reason == SwitchReason.BELOW_FLOOR
+        urgent = current == NEURAL and reason in (SwitchReason.BELOW_FLOOR, SwitchReason.LIVE_BELOW_FLOOR)
         if not urgent:
             return ServingDecision(
                 current, reason, f"{detail}; switch to {target} held: {seconds_since_switch:.0f} s since the last "
@@ -174,7 +215,7 @@ def serving_decide(
 
 def serving_measurements(*, task: Task, version: ModelVersion | None,
                          state: ServingState | None = None) -> ServingMeasurements:
-    """The latest held-out measurements of ``version`` and of the task's algorithm."""
+    """The latest held-out measurements of ``version`` and of the task's algorithm, and their live scores."""
     algo = algorithm_latest_sample(task=task)
     neural = version_latest_sample(version=version) if version is not None else None
 
@@ -190,6 +231,11 @@ def serving_measurements(*, task: Task, version: ModelVersion | None,
         neural_latency_p95_ms=pick(neural and neural.latency_p95_ms, version and version.latency_p95_ms),
         latency_budget_ms=task.latency_budget_ms, tolerance=tolerance, has_neural=version is not None,
         has_algorithm=bool(task.algorithm_path), neural_version_id=version.pk if version is not None else None,
+        neural_live=(feedback_live_score(task=task, implementation=NEURAL, version_id=version.pk)
+                     if version is not None else None),
+        algorithmic_live=(feedback_live_score(task=task, implementation=ALGORITHMIC, version_id=None)
+                          if task.algorithm_path else None),
+        live_min_count=serving_setting("PLASTICITY_FEEDBACK_MIN_COUNT"),
     )
 
 
@@ -336,6 +382,19 @@ def serving_reevaluate_after_activation(*, task_id: int) -> None:
             serving_reevaluate(task=task)
     except Exception:  # noqa: BLE001
         logger.exception("serving: re-evaluation after a version activation failed (task id %s)", task_id)
+
+
+def serving_reevaluate_after_feedback(*, task: Task) -> ServingSwitch | None:
+    """New feedback was recorded: apply the rule again (live scores may now be conclusive).
+
+    Never raises: the feedback is recorded; a failed re-evaluation is logged and the next one
+    (the next feedback, activation or operator) decides.
+    """
+    try:
+        return serving_reevaluate(task=task).switch
+    except Exception:  # noqa: BLE001
+        logger.exception("serving: re-evaluation after feedback failed (task %s)", task.slug)
+        return None
 
 
 def _jsonable(value):

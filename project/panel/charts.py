@@ -221,8 +221,27 @@ def run_curve_figure(curve: list[dict], *, max_points: int = MAX_POINTS) -> dict
 # ------------------------------------------------------------------------------ tasks
 
 
+def _live_trace(rows: list[dict], side: str, color: str, group: str) -> dict | None:
+    """Live score from feedback (open circles) with its 95 % interval (error bars), beside its bar."""
+    lives = [r.get(f"{side}_live") for r in rows]
+    if not any(lives):
+        return None
+    return {"type": "scatter", "mode": "markers", "name": f"{side} live score (95% CI)", "x": [r["task"] for r in rows],
+            "y": [live["score"] if live else None for live in lives], "offsetgroup": group,
+            "error_y": {"type": "data", "symmetric": False, "color": color,
+                        "array": [live["high"] - live["score"] if live else None for live in lives],
+                        "arrayminus": [live["score"] - live["low"] if live else None for live in lives]},
+            "customdata": [live["n"] if live else None for live in lives],
+            "marker": {"color": color, "symbol": "circle-open", "size": 10, "line": {"width": 2}},
+            "hovertemplate": f"{side} live %{{y:.4f}} over %{{customdata}} reports<extra></extra>"}
+
+
 def serving_comparison_figure(rows: list[dict]) -> dict:
-    """Neural vs algorithmic per task: held-out score (bars, left) and p95 latency (markers, right)."""
+    """Neural vs algorithmic per task: held-out score (bars, left), live score from feedback with its
+    95 % interval (open circles, left; only when there is feedback) and p95 latency (markers, right).
+
+    ``neural_live``/``algorithmic_live`` of a row: {"score", "low", "high", "n"} or None.
+    """
     tasks = [r["task"] for r in rows]
     data = [
         {"type": "bar", "name": "neural score", "x": tasks, "y": [r["neural_score"] for r in rows],
@@ -230,12 +249,15 @@ def serving_comparison_figure(rows: list[dict]) -> dict:
         {"type": "bar", "name": "algorithmic score", "x": tasks, "y": [r["algorithmic_score"] for r in rows],
          "marker": {"color": MUTED}, "offsetgroup": "a", "hovertemplate": "algorithmic %{y:.4f}<extra></extra>"},
         {"type": "scatter", "mode": "markers", "name": "neural p95 ms", "x": tasks,
-         "y": [r["neural_p95_ms"] for r in rows], "yaxis": "y2",
+         "y": [r["neural_p95_ms"] for r in rows], "yaxis": "y2", "offsetgroup": "n",
          "marker": {"color": ACCENT, "symbol": "diamond", "size": 11, "line": {"color": FG, "width": 1}}},
         {"type": "scatter", "mode": "markers", "name": "algorithmic p95 ms", "x": tasks,
-         "y": [r["algorithmic_p95_ms"] for r in rows], "yaxis": "y2",
+         "y": [r["algorithmic_p95_ms"] for r in rows], "yaxis": "y2", "offsetgroup": "a",
          "marker": {"color": MUTED, "symbol": "diamond", "size": 11, "line": {"color": FG, "width": 1}}},
     ]
-    return figure(data, barmode="group", yaxis={"title": {"text": "held-out score"}, "range": [0, 1.05]},
+    data += [trace for trace in (_live_trace(rows, "neural", WARN, "n"), _live_trace(rows, "algorithmic", OK, "a"))
+             if trace is not None]
+    return figure(data, barmode="group", scattermode="group",
+                  yaxis={"title": {"text": "held-out score"}, "range": [0, 1.05]},
                   yaxis2={"title": {"text": "p95 latency (ms)"}, "overlaying": "y", "side": "right", "type": "log",
                           "showgrid": False, "automargin": True})

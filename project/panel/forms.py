@@ -66,3 +66,9 @@ class VersionChoiceForm(forms.Form):
 
 class LoopForm(forms.Form):
     action = forms.ChoiceField(choices=[("start", "start"), ("stop", "stop")])
+
+
+class DatasetAppendForm(forms.Form):
+    """Rows to append to a task's dataset: a CSV with the task's columns, or an NPZ."""
+
+    file = forms.FileField(help_text="A .csv whose header holds the task's column names, or an .npz with X and y.")

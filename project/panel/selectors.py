@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db.models import Prefetch
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -19,7 +20,8 @@ from improvement.choices import FINISHED, IN_FLIGHT, RunStatus
 from improvement.health import system_health_report
 from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, LoopState
 from improvement.selectors import improvement_status, run_dict, runs_query
-from models_registry.models import ModelVersion, NeuralModel, Task
+from models_registry.choices import Implementation
+from models_registry.models import DatasetVersion, ModelVersion, NeuralModel, Task
 from models_registry.serving.models import ServingState
 from models_registry.serving.selectors import serving_comparison, serving_switch_list
 from project.panel import charts
@@ -223,10 +225,20 @@ def _side(held: dict | None, live: dict | None) -> dict:
             "live_error_rate": (live or {}).get("error_rate")}
 
 
+def _live_point(feedback: dict, implementation: str, version_id: int | None) -> dict | None:
+    """The live score of one implementation (and version) from ``feedback_live``, for the chart."""
+    for entry in feedback["live"]:
+        if entry["implementation"] == implementation and entry["version_id"] == version_id:
+            low, high = entry["score_ci95"]
+            return {"score": entry["score"], "low": low, "high": high, "n": entry["n"]}
+    return None
+
+
 def tasks_page() -> dict:
     rows = []
     states = {s.task_id: s for s in ServingState.objects.select_related("version__model")}
-    for task in Task.objects.prefetch_related("neural_models").order_by("slug"):
+    datasets = Prefetch("dataset_versions", queryset=DatasetVersion.objects.select_related("created_by"))
+    for task in Task.objects.prefetch_related("neural_models", datasets).order_by("slug"):
         comparison = serving_comparison(task=task)
         state = states.get(task.pk)
         neural = _side(comparison["held_out"]["neural"], comparison["live"]["neural"])
@@ -241,10 +253,15 @@ def tasks_page() -> dict:
             "neural": neural, "algorithmic": algorithmic, "floor": comparison["floor"],
             "budget_ms": comparison["latency_budget_ms"], "shadow": comparison["shadow"],
             "switches": switches_recent(limit=5, task=task),
+            "datasets": list(task.dataset_versions.all()),  # newest first
+            "feedback": comparison["feedback"],
+            "neural_version_id": (comparison["held_out"]["neural"] or {}).get("version_id"),
         })
     figure = charts.serving_comparison_figure([
         {"task": r["task"].slug, "neural_score": r["neural"]["score"], "algorithmic_score": r["algorithmic"]["score"],
-         "neural_p95_ms": r["neural"]["p95_ms"], "algorithmic_p95_ms": r["algorithmic"]["p95_ms"]} for r in rows
+         "neural_p95_ms": r["neural"]["p95_ms"], "algorithmic_p95_ms": r["algorithmic"]["p95_ms"],
+         "neural_live": _live_point(r["feedback"], Implementation.NEURAL, r["neural_version_id"]),
+         "algorithmic_live": _live_point(r["feedback"], Implementation.ALGORITHMIC, None)} for r in rows
     ])
     return {"rows": rows, "figure": figure}
 

@@ -8,6 +8,7 @@ app_name = "panel"
 
 urlpatterns = [
     path("tasks/", views.tasks, name="tasks"),
+    path("tasks/<slug:slug>/rows", views.task_rows_append_control, name="task-rows"),
     path("models/<int:pk>/", views.model_detail, name="model"),
     path("models/<int:pk>/activate", views.version_activate_control, name="model-activate"),
     path("models/<int:pk>/rollback", views.version_rollback_control, name="model-rollback"),

@@ -13,6 +13,7 @@ from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -25,12 +26,15 @@ from improvement.choices import RunOrigin
 from improvement.models import ImprovementConfig, ImprovementRun
 from improvement.runs.lifecycle import run_cancel, run_create
 from improvement.scheduler.loop import cycle_force, loop_start, loop_stop
+from models_registry.data.errors import DatasetError
+from models_registry.dataset_versions import task_rows_append
 from models_registry.errors import RegistryError
-from models_registry.models import ModelVersion, NeuralModel
+from models_registry.models import ModelVersion, NeuralModel, Task
 from models_registry.selectors import version_active
 from models_registry.services import version_activate, version_rollback
+from project.api.uploads import upload_limits
 from project.panel import selectors
-from project.panel.forms import ConfigForm, LoopForm, RunNowForm, VersionChoiceForm
+from project.panel.forms import ConfigForm, DatasetAppendForm, LoopForm, RunNowForm, VersionChoiceForm
 
 
 def operator_required(view: Callable) -> Callable:
@@ -213,3 +217,42 @@ def version_rollback_control(request: HttpRequest, pk: int) -> HttpResponse:
         return _done(request, fallback=back, message=str(exc), status=400)
     return _done(request, fallback=back, message=f"Rolled back to v{version.number}.",
                  data={"version": version.number})
+
+
+@require_POST
+@operator_required
+def task_rows_append_control(request: HttpRequest, slug: str) -> HttpResponse:
+    """Append an uploaded file's rows to a task's dataset (``task_rows_append``); a refusal is shown
+    under the file input: in the JSON for the page's script, in the re-rendered page without it."""
+    task = get_object_or_404(Task, slug=slug)
+    form = DatasetAppendForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _append_refused(request, task, "file: choose a .csv or .npz file to append")
+    upload = form.cleaned_data["file"]
+    try:
+        version, created = task_rows_append(task=task, filename=upload.name or "", content=upload.read(),
+                                            created_by=request.user if isinstance(request.user, User) else None,
+                                            limits=upload_limits())
+    except (DatasetError, RegistryError) as exc:
+        return _append_refused(request, task, str(exc))
+    message = (f"{task.slug}: dataset v{version.number}, {version.rows_added} rows added ({version.rows_total} in all)."
+               if created else f"{task.slug}: this file was already appended as dataset v{version.number}; "
+                               "nothing added.")
+    return _done(request, fallback=f"{reverse('panel:tasks')}#task-{task.slug}", message=message,
+                 data={"version": version.number, "created": created}, status=201 if created else 200)
+
+
+def _append_refused(request: HttpRequest, task: Task, message: str) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse({"ok": False, "message": message, "errors": {"file": [message]}}, status=400)
+
+    def build() -> dict:
+        context = selectors.tasks_page()
+        for row in context["rows"]:
+            if row["task"].pk == task.pk:
+                row["append_error"] = message
+        return context
+
+    response = page(request, "panel/tasks.html", "tasks", build)
+    response.status_code = 400
+    return response

@@ -152,6 +152,7 @@ def test_a_bad_token_is_refused_in_the_error_shape(anon):
 VIEWER_MAY_WRITE = {
     "/api/auth/token": "anyone may exchange their own credentials for a token",
     "/api/tasks/{slug}/predict": "a prediction is a read of the served model (POST only for the body)",
+    "/api/tasks/{slug}/feedback": "a client that may predict reports the truth of its own predictions",
 }
 WRITE_METHODS = ("post", "put", "patch", "delete")
 

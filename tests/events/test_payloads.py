@@ -13,10 +13,11 @@ from improvement.runs.execution import run_execute
 from improvement.runs.lifecycle import run_create
 from improvement.scheduler.loop import cycle_force, loop_start, loop_stop
 from improvement.services import config_update
+from models_registry.dataset_versions import task_rows_append
 from models_registry.services import model_create, version_rollback
 from models_registry.serving.switching import serving_switch
 from models_registry.task_jobs import task_job_create, task_job_execute
-from tests.factories import csv_task, trained_version
+from tests.factories import blobs_csv, csv_task, trained_version
 
 GOOD = RunPayload(run_id=1, model_id=2, model="t/m", task="t", strategy="training", status="running",
                   progress=0.5, message="epoch 3")
@@ -57,7 +58,7 @@ def test_the_publisher_refuses_a_mismatched_payload_and_writes_nothing(settings)
 
 @pytest.mark.django_db(transaction=True)
 def test_every_event_the_system_publishes_matches_its_declared_type(settings):
-    """Drive every sender (runs, versions, serving, hormones, brain state, cycles, config, tasks) with the
+    """Drive every sender (runs, versions, serving, hormones, brain state, cycles, config, tasks, datasets) with the
     check off, then check every stored payload: a sender that drifts from its type fails here."""
     settings.PLASTICITY_CHECK_EVENT_PAYLOADS = False
     task = csv_task(n=240)
@@ -77,6 +78,7 @@ def test_every_event_the_system_publishes_matches_its_declared_type(settings):
     job = task_job_create(name="squares", algorithm_path="tests.api.helpers.sum_of_squares",
                           sampler_spec={"shape": [2], "n_samples": 100})
     task_job_execute(job_id=job.pk, worker="w")
+    task_rows_append(task=task, filename="more.csv", content=blobs_csv(n=30, seed=5))
 
     seen = set()
     for event in OutboxEvent.objects.order_by("id"):

@@ -200,7 +200,11 @@ def test_task_dataset_replace_swaps_file_and_counts(task, django_capture_on_comm
         task_dataset_replace(task=task, X=X, y=y, splits=chronological_splits(30))
     task.refresh_from_db()
     assert (task.n_samples, task.n_train, task.n_val, task.n_gate, task.n_test) == (30, 19, 3, 4, 4)
-    assert task.dataset_file != old_file and not default_storage.exists(old_file)
+    # A new dataset version; the old file stays: it is version 1's, what earlier versions were trained on.
+    assert task.dataset_file != old_file and default_storage.exists(old_file)
+    latest = task.dataset_versions.order_by("-number").first()
+    assert (latest.number, latest.source, latest.parent.number, latest.file) == (2, "replacement", 1, task.dataset_file)
+    assert (latest.rows_total, latest.row_start, latest.row_end, latest.n_test) == (30, 0, 30, 4)
     with pytest.raises(RegistryError, match="shape"):
         task_dataset_replace(task=task, X=np.zeros((30, 5)), y=y, splits=chronological_splits(30))
     with pytest.raises(RegistryError, match="cover"):

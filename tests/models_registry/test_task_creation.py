@@ -44,6 +44,7 @@ def _assert_measured(task: Task) -> None:
     assert gate is not None and gate.split == ScoreSplit.GATE and gate.metric == task.metric
     assert gate.latency_p50_ms is not None  # serving compares latencies too
     assert not any(w.startswith("algorithm:") for w in task.warnings)
+    assert task.algorithm_evaluation == Task.objects.get(pk=task.pk).algorithm_evaluation == "done"
 
 
 # ------------------------------------------------------------------------ the default algorithm
@@ -102,13 +103,14 @@ def test_a_builtin_task_has_its_algorithm_measured_at_creation():
 
 
 def test_a_failed_measurement_keeps_the_task_and_says_why(caplog):
-    with caplog.at_level(logging.ERROR, logger="models_registry.services"):
+    with caplog.at_level(logging.ERROR, logger="models_registry.task_algorithm"):
         task = task_create_from_upload(name="broken", filename="broken.csv", content=blobs_csv(n=120),
                                        algorithm_path="tests.models_registry.creation_helpers.FitFails")
     assert Task.objects.filter(pk=task.pk).exists()
     assert _algorithm_samples(task, ScoreSplit.GATE) == 0 and _algorithm_samples(task, ScoreSplit.TEST) == 0
     stored = Task.objects.get(pk=task.pk).warnings
     assert stored == task.warnings and any("could not be evaluated" in w and "cannot fit" in w for w in stored)
+    assert task.algorithm_evaluation == Task.objects.get(pk=task.pk).algorithm_evaluation == "failed"
     assert "evaluating the algorithm" in caplog.text
 
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from django.utils import timezone
 
+from improvement.models import ImprovementConfig
+from improvement.scheduler.cycle import proposals_collect
 from improvement.scheduler.triggers import triggered_strategies
 from models_registry.evaluation import candidate_evaluate
 from models_registry.nn.genome import build_module
+from models_registry.nn.significance import wilson_interval
 from models_registry.services import model_create, task_create_from_upload, version_create
+from models_registry.serving.models import Feedback
+from tests.factories import csv_task, version_with_score
 
 pytestmark = pytest.mark.django_db
 
@@ -101,3 +107,40 @@ def test_the_optimization_trigger_reads_the_live_p95_of_serving():
     assert "(live)" in reason and "> 200 ms" in reason
     expected = (900.0 * 10 + 300.0 * 60 + 600.0 * 30) / 100
     assert f"{expected:.2f} ms" in reason
+
+
+# ------------------------------------------------------------------------------ live feedback
+
+
+def _reports(version, *, right: int, wrong: int, start: int = 0) -> None:
+    """Reported truths for answers of ``version``: class 1 predicted each time, ``right`` of them were class 1."""
+    now = timezone.now()
+    Feedback.objects.bulk_create([
+        Feedback(task=version.model.task, implementation="neural", version=version, prediction=f"{start + i:032x}",
+                 row=0, predicted=1, truth=1 if i < right else 2, correct=i < right, predicted_at=now)
+        for i in range(right + wrong)
+    ])
+
+
+def test_a_live_score_below_the_threshold_triggers_training_with_the_evidence():
+    model = model_create(task=csv_task(), name="m")
+    version = version_with_score(model, 0.95)
+    assert "training" not in [name for name, _, _ in triggered_strategies(model)]
+    _reports(version, right=5, wrong=20)  # 25 reports: fewer than the 30 a decision needs
+    assert "training" not in [name for name, _, _ in triggered_strategies(model)]
+    _reports(version, right=15, wrong=0, start=100)  # 20 of 40 right: 0.5 [0.352, 0.648]
+    low, high = wilson_interval(20, 40)
+    assert (low, high) == pytest.approx((0.352, 0.648), abs=1e-3)
+    reasons = {name: reason for name, reason, _ in triggered_strategies(model)}
+    assert reasons["training"] == (f"live score 0.5000 [{low:.4f}, {high:.4f}] over 40 feedback reports < 0.75 "
+                                   f"(gate score 0.9500)")
+    [proposal] = [p for p in proposals_collect(ImprovementConfig.load(), {}) if p.strategy == "training"]
+    assert proposal.kind == "trigger" and proposal.reason == reasons["training"]  # the run's trigger reason
+    assert proposal.metrics is not None and (proposal.metrics.live_score, proposal.metrics.live_reports) == (0.5, 40)
+
+
+def test_a_live_score_whose_interval_reaches_the_threshold_triggers_nothing():
+    model = model_create(task=csv_task(), name="m")
+    version = version_with_score(model, 0.95)
+    _reports(version, right=26, wrong=14)  # 0.65, but its interval [0.495, 0.779] reaches 0.75
+    assert "training" not in [name for name, _, _ in triggered_strategies(model)]

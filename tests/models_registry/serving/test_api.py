@@ -40,7 +40,9 @@ def test_predict_with_the_algorithm(blobs_task, viewer, client_for):
     data = answer.json()
     expected = algorithm_predict_fn(task)(np.asarray(inputs, dtype=np.float32)).tolist()
     assert data == {"task": task.slug, "implementation": "algorithmic", "version": None, "version_id": None,
-                    "runtime": None, "outputs": expected, "labels": [f"c{i}" for i in expected], "batch_size": 5}
+                    "runtime": None, "outputs": expected, "labels": [f"c{i}" for i in expected], "batch_size": 5,
+                    "prediction_id": data["prediction_id"]}
+    assert isinstance(data["prediction_id"], str) and len(data["prediction_id"]) < 100  # one id for the batch
 
 
 def test_predict_with_the_neural_version_and_a_token(served_task, viewer):

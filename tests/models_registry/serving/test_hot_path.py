@@ -45,6 +45,7 @@ def test_a_warm_predict_makes_no_database_query(served_task, viewer, settings, i
         for _ in range(3):
             answer = _predict(client, task.slug)
             assert answer.status_code == 200, answer.content
+            assert answer.json()["prediction_id"]  # signed, not stored: no write either
     assert len(queries) == 0, [q["sql"] for q in queries.captured_queries]
 
 

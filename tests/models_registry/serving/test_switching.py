@@ -11,6 +11,7 @@ from events.models import OutboxEvent
 from models_registry.errors import RegistryError
 from models_registry.services import version_activate
 from models_registry.serving.choices import SwitchReason
+from models_registry.serving.feedback import LiveScore
 from models_registry.serving.models import ServingState, ServingSwitch
 from models_registry.serving.switching import (
     ALGORITHMIC,
@@ -224,3 +225,55 @@ def test_switch_refuses_inactive_or_foreign_versions(served_task):
     with pytest.raises(RegistryError, match="needs an active version"):
         serving_switch(task=task, implementation=NEURAL, reason=SwitchReason.OPERATOR)
     assert not ServingState.objects.filter(task=task).exists()
+
+
+# ------------------------------------------------------------------------------ live feedback
+
+
+def live(score: float, low: float, high: float, n: int = 100) -> LiveScore:
+    return LiveScore(n=n, metric="accuracy", score=score, low=low, high=high)
+
+
+def with_live(base: ServingMeasurements, neural: LiveScore | None, algorithmic: LiveScore | None = None):
+    return ServingMeasurements(**{**base.__dict__, "neural_live": neural, "algorithmic_live": algorithmic,
+                                  "live_min_count": 30})
+
+
+def test_live_feedback_below_the_floor_beats_held_out_scores_and_the_dwell():
+    # Held out, neural is better (0.99 vs 0.95); live, its whole interval is below the floor 0.93.
+    measurements = with_live(m(0.99, nl=0.5), live(0.80, 0.75, 0.85))
+    decision = serving_decide(measurements=measurements, current=NEURAL, seconds_since_switch=5.0, policy=POLICY)
+    assert (decision.implementation, decision.reason, decision.switch) == (ALGORITHMIC, SwitchReason.LIVE_BELOW_FLOOR,
+                                                                           True)
+    assert "neural live accuracy 0.8000 [0.7500, 0.8500] over 100 reports < floor 0.9300" in decision.detail
+    assert decision.evidence["neural_live"] == {"n": 100, "metric": "accuracy", "score": 0.80, "low": 0.75,
+                                                "high": 0.85}
+    # And it keeps neural out while the evidence stands.
+    again = serving_decide(measurements=measurements, current=ALGORITHMIC, seconds_since_switch=1e6, policy=POLICY)
+    assert (again.implementation, again.switch) == (ALGORITHMIC, False)
+
+
+@pytest.mark.parametrize(
+    ("neural", "algorithmic"),
+    [
+        (live(0.90, 0.85, 0.95), None),  # the interval reaches the floor: not conclusive
+        (live(0.50, 0.30, 0.70, n=29), None),  # conclusive, but fewer reports than the minimum
+        (live(0.95, 0.93, 0.97), live(0.96, 0.94, 0.98)),  # both live, overlapping
+    ],
+)
+def test_inconclusive_or_thin_live_feedback_leaves_the_held_out_rule_in_charge(neural, algorithmic):
+    decision = serving_decide(measurements=with_live(m(0.99, nl=0.5), neural, algorithmic), current=NEURAL,
+                              seconds_since_switch=1e6, policy=POLICY)
+    assert (decision.implementation, decision.reason) == (NEURAL, SwitchReason.NEURAL_BETTER)
+
+
+def test_the_algorithms_own_live_score_sets_the_level_when_it_has_enough():
+    # Held out the algorithm scores 0.95, live it does worse (0.70 [0.65, 0.75]): neural's live 0.85 beats it.
+    measurements = with_live(m(0.99, nl=0.5), live(0.85, 0.80, 0.90), live(0.70, 0.65, 0.75))
+    decision = serving_decide(measurements=measurements, current=ALGORITHMIC, seconds_since_switch=1e6, policy=POLICY)
+    assert (decision.implementation, decision.reason) == (NEURAL, SwitchReason.LIVE_BETTER)
+    # Live better needs both live and the margin; over the budget it is not enough.
+    slow = with_live(m(0.99, nl=50.0, budget=10.0), live(0.85, 0.80, 0.90), live(0.70, 0.65, 0.75))
+    assert serving_decide(measurements=slow, current=ALGORITHMIC, seconds_since_switch=1e6,
+                          policy=POLICY).reason == SwitchReason.NEURAL_SLOWER
+

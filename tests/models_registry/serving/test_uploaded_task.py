@@ -1,10 +1,11 @@
-"""An uploaded task: its algorithm is measured at creation, so serving moves to a better neural version at once.
+"""An uploaded task: its algorithm is measured by a worker, so serving moves to a better neural version at once.
 
 The reported bug: predict kept serving the algorithm of an uploaded task with "no held-out
 algorithmic score yet", because nothing had measured the algorithm. Here the upload goes
 through the REST API, the data are a tilted linear rule over ten features (trees approximate
 it with many small steps, a small MLP learns it), and the first neural version that beats the
-algorithm on the gate split takes over predict as soon as it is activated.
+algorithm on the gate split takes over predict as soon as it is activated. The upload answers
+before the algorithm is measured; a worker measures it (``tests.jobs`` runs what the queue holds).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from models_registry.services import model_create
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.models import ServingState, ServingSwitch
 from tests.factories import trained_version
+from tests.jobs import algorithm_evaluation_wait
 
 pytestmark = pytest.mark.django_db
 
@@ -67,13 +69,16 @@ def _predict(client, slug: str, inputs: list) -> dict:
 def test_serving_switches_to_a_better_neural_version_of_an_uploaded_task(alice, django_capture_on_commit_callbacks):
     x, y = _tilted_rule(1000)
     upload = SimpleUploadedFile("tilted.csv", _csv(x, y))
-    created = alice.post("/api/tasks", {"name": "Tilted", "slug": "tilted", "file": upload,
-                                        "target_column": "side"}, format="multipart")
+    with django_capture_on_commit_callbacks(execute=True):  # the evaluation is queued on commit
+        created = alice.post("/api/tasks", {"name": "Tilted", "slug": "tilted", "file": upload,
+                                            "target_column": "side"}, format="multipart")
     assert created.status_code == 201, created.content
+    assert created.json()["algorithm_evaluation"]["status"] == "pending"
     task = Task.objects.get(slug="tilted")
     assert task.algorithm_path == "models_registry.algorithms.GradientBoostingClassifier"  # a table
 
-    # Measured at creation: the gate sample serving compares with, and the sealed test sample.
+    # Measured by a worker: the gate sample serving compares with, and the sealed test sample.
+    assert algorithm_evaluation_wait(alice, task.slug)["algorithm_evaluation"]["status"] == "done"
     algo = algorithm_latest_sample(task=task)
     assert algo is not None and algo.split == ScoreSplit.GATE and algo.latency_p50_ms is not None
     assert PerformanceSample.objects.filter(task=task, version=None, split=ScoreSplit.TEST).count() == 1
