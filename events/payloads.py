@@ -18,6 +18,7 @@ EventType = Literal[
     "version.activated",
     "serving.switched",
     "serving.drift",
+    "serving.input_drift",
     "hormone.changed",
     "brain.state",
     "cycle.finished",
@@ -74,6 +75,16 @@ class ServingDriftPayload(TypedDict):
     version: int | None
     switched: bool
     switch_id: int | None
+
+
+class ServingInputDriftPayload(TypedDict):
+    task: str
+    task_id: int
+    drift_id: int
+    psi_max: float
+    threshold: float
+    rows: int
+    features: list[str]
 
 
 class HormonePayload(TypedDict):
@@ -154,6 +165,7 @@ PAYLOAD_TYPES: dict[str, type] = {
     "version.activated": VersionActivatedPayload,
     "serving.switched": ServingSwitchedPayload,
     "serving.drift": ServingDriftPayload,
+    "serving.input_drift": ServingInputDriftPayload,
     "hormone.changed": HormonePayload,
     "brain.state": BrainStatePayload,
     "cycle.finished": CycleFinishedPayload,

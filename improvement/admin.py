@@ -19,6 +19,8 @@ class ImprovementConfigAdmin(admin.ModelAdmin):
         ("Triggers", {"fields": ("training_score_below", "architecture_score_low", "architecture_score_high",
                                  "distillation_teacher_min_score", "optimization_latency_ms",
                                  "optimization_score_tolerance")}),
+        ("Input drift", {"fields": ("drift_psi_threshold", "drift_min_rows", "drift_window_rows",
+                                    "drift_cooldown_s")}),
     )
     list_display = ("__str__", "enabled", "improvement_interval", "max_concurrent_improvements",
                     "performance_threshold", "hormone_driven", "updated_at")

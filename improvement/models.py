@@ -86,6 +86,24 @@ class ImprovementConfig(models.Model):
         default=240.0, validators=[MinValueValidator(5.0), MaxValueValidator(86400.0)],
         help_text="Wall-clock budget of one run's training."
     )
+    # Input drift (models_registry.serving.drift): live predict inputs against the training split.
+    drift_psi_threshold = models.FloatField(
+        default=0.25, validators=[MinValueValidator(0.01), MaxValueValidator(10.0)],
+        help_text="Population stability index at which a feature of the live inputs counts as moved "
+                  "(0.1 = slight, 0.25 = significant shift); the move must also be statistically significant.",
+    )
+    drift_min_rows = models.PositiveIntegerField(
+        default=500, validators=[MinValueValidator(50), MaxValueValidator(1_000_000)],
+        help_text="Fewest recent live rows a drift verdict rests on.",
+    )
+    drift_window_rows = models.PositiveIntegerField(
+        default=2000, validators=[MinValueValidator(50), MaxValueValidator(1_000_000)],
+        help_text="Most recent live rows compared with the training split (older samples are dropped).",
+    )
+    drift_cooldown_s = models.FloatField(
+        default=1800.0, validators=[MinValueValidator(0.0), MaxValueValidator(30 * 86400.0)],
+        help_text="After an input drift alarm, seconds before the same task may raise another.",
+    )
     # The learned parts of the loop (improvement.predictor, improvement.neural_hormones).
     predictor_min_history = models.PositiveIntegerField(
         default=30, validators=[MinValueValidator(20)],
@@ -114,6 +132,8 @@ class ImprovementConfig(models.Model):
             raise ValidationError(
                 {"architecture_score_low": "must not be above architecture_score_high"}
             )
+        if self.drift_min_rows > self.drift_window_rows:
+            raise ValidationError({"drift_min_rows": "must not be above drift_window_rows"})
         if self.run_time_budget_s > run_budget_cap_s():
             raise ValidationError({"run_time_budget_s": run_budget_cap_message()})
 

@@ -327,4 +327,4 @@ class DatasetVersion(models.Model):
         return f"{self.task.slug} data v{self.number}"
 
 
-from models_registry.serving.models import ServingState, ServingSwitch  # noqa: E402,F401
+from models_registry.serving.models import InputDrift, InputSample, ServingState, ServingSwitch  # noqa: E402,F401

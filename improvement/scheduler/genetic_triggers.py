@@ -2,8 +2,9 @@
 
 * plateau — the last ``n`` finished training runs of the model each gained less than the
   promotion threshold: more training of this architecture has stopped paying;
-* drift — serving saw the neural implementation disagree with the algorithm (shadow checks)
-  since the model's last run;
+* drift — since the model's last run, serving saw the neural implementation disagree with the
+  algorithm (shadow checks), or the task's live inputs moved away from its training split
+  (``InputDrift``: the evidence names the features that moved, their PSI and the rows compared);
 * data growth — the task's data grew by ``growth_fraction`` since the model's active version
   was trained (rows appended through ``POST /api/tasks/<slug>/rows`` count as they commit:
   the evidence names the dataset versions made since).
@@ -21,6 +22,7 @@ from improvement.strategies.registry import ROLE_EVOLVE, ROLE_RETRAIN, strategie
 from models_registry.models import DatasetVersion, NeuralModel, ServingSwitch
 from models_registry.selectors import version_active
 from models_registry.serving.choices import SwitchReason
+from models_registry.serving.input_drift import input_drift_latest
 
 PLATEAU_RUNS = 3
 GROWTH_FRACTION = 0.2
@@ -50,9 +52,14 @@ def drift_evidence(model: NeuralModel) -> dict | None:
     if last_run is not None:
         qs = qs.filter(created_at__gt=last_run)
     switch = qs.order_by("-created_at").first()
+    inputs = input_drift_latest(task_id=model.task_id, since=last_run)
+    if inputs is not None and (switch is None or inputs.created_at >= switch.created_at):
+        return {"source": "inputs", "input_drift_id": inputs.pk, "at": inputs.created_at.isoformat(),
+                "evidence": inputs.evidence}
     if switch is None:
         return None
-    return {"switch_id": switch.pk, "at": switch.created_at.isoformat(), "evidence": switch.evidence}
+    return {"source": "shadow", "switch_id": switch.pk, "at": switch.created_at.isoformat(),
+            "evidence": switch.evidence}
 
 
 def data_growth_evidence(model: NeuralModel, *, fraction: float = GROWTH_FRACTION) -> dict | None:

@@ -14,7 +14,9 @@ When cycles run — one rule:
   next scheduled cycle.
 
 Each tick also ends runs whose worker vanished, queues again the task-creation jobs whose worker
-vanished, records a brain-state snapshot and trims history.
+vanished, checks each task's recent live inputs for drift against its training split (an alarm
+raises adrenaline and fires the genetic drift trigger), records a brain-state snapshot and trims
+history.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from improvement.runs.lifecycle import runs_reconcile
 from improvement.scheduler.cycle import cycle_run, cycles_trim, effective_interval_s
 from improvement.services import task_algorithms_requeue, task_jobs_requeue
 from models_registry.evaluation import versions_rescore_legacy
+from models_registry.serving.input_drift import input_drift_check
 
 SCHEDULE_NAME = "plasticity-tick"
 LEGACY_RESCORE_PER_TICK = 20
@@ -123,6 +126,7 @@ def loop_tick() -> dict:
     rescored = versions_rescore_legacy(limit=LEGACY_RESCORE_PER_TICK)
     config = ImprovementConfig.load()
     state = LoopState.load()
+    drifts = inputs_drift_check(config)
     snapshot = brain_state_snapshot(
         queue_length=ImprovementRun.objects.filter(status=RunStatus.QUEUED).count(),
         runs_in_flight=ImprovementRun.objects.filter(status__in=IN_FLIGHT).count(),
@@ -134,7 +138,15 @@ def loop_tick() -> dict:
         cycle = cycle_run(trigger=CycleRecord.Trigger.SCHEDULE)
     history_trim(keep=config.improvement_history_size)
     cycles_trim()
-    return {"reconciled": reconciled, "rescored": rescored, "cycle": cycle.pk if cycle else None}
+    return {"reconciled": reconciled, "rescored": rescored, "input_drifts": drifts,
+            "cycle": cycle.pk if cycle else None}
+
+
+def inputs_drift_check(config: ImprovementConfig) -> list[int]:
+    """Check the tasks' live inputs for drift with the configured thresholds; the alarms' ids."""
+    checks = input_drift_check(threshold=config.drift_psi_threshold, min_rows=config.drift_min_rows,
+                               window_rows=config.drift_window_rows, cooldown_s=config.drift_cooldown_s)
+    return [c.drift.pk for c in checks if c.drift is not None]
 
 
 def cycle_after_run() -> CycleRecord | None:

@@ -1,5 +1,5 @@
-"""Admin for serving: tune a task's serving (shadow fraction, tolerance, hysteresis, dwell), read switches
-and feedback.
+"""Admin for serving: tune a task's serving (shadow fraction, tolerance, hysteresis, dwell), read switches,
+feedback and input drift alarms.
 
 Not auto-discovered (Django looks at ``models_registry.admin`` only): that module imports
 this one. The implementation itself changes only through ``serving_switch`` — here, through
@@ -12,7 +12,7 @@ from django.contrib import admin, messages
 
 from models_registry.errors import RegistryError
 from models_registry.serving.choices import SwitchReason
-from models_registry.serving.models import Feedback, ServingState, ServingSwitch
+from models_registry.serving.models import Feedback, InputDrift, ServingState, ServingSwitch
 from models_registry.serving.switching import (
     ALGORITHMIC,
     serving_pin_clear,
@@ -79,6 +79,23 @@ class FeedbackAdmin(admin.ModelAdmin):
     search_fields = ("task__slug", "prediction")
     date_hierarchy = "predicted_at"
     list_select_related = ("task", "version__model", "reported_by")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(InputDrift)
+class InputDriftAdmin(admin.ModelAdmin):
+    """Input drift alarms, read-only: recorded by the scheduler's drift check with their evidence."""
+
+    list_display = ("created_at", "task", "psi_max", "rows")
+    list_filter = ("task",)
+    search_fields = ("task__slug",)
+    date_hierarchy = "created_at"
+    list_select_related = ("task",)
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -28,6 +28,15 @@ SERVING_SETTINGS: dict[str, tuple[type, float | int | bool]] = {
     "PLASTICITY_TRACKER_FLUSH_S": (float, 10.0),
     # Latencies kept per implementation and flush window (uniform reservoir sample).
     "PLASTICITY_TRACKER_RESERVOIR": (int, 2048),
+    # Live inputs sampled for input drift detection (serving.drift, serving.input_drift): rows kept per task and flush window
+    # (fewer for wide inputs, so one window's sample stays under SAMPLE_BYTES), and samples kept per
+    # task in the database (the drift check trims further, to its window).
+    "PLASTICITY_INPUT_SAMPLING": (bool, True),
+    "PLASTICITY_INPUT_SAMPLE_ROWS": (int, 256),
+    "PLASTICITY_INPUT_SAMPLE_BYTES": (int, 256 * 1024),
+    "PLASTICITY_INPUT_SAMPLES_KEEP": (int, 200),
+    # Adrenaline released by an input drift alarm.
+    "PLASTICITY_DRIFT_ADRENALINE": (float, 0.3),
     # Default shadow fraction of a new ServingState.
     "PLASTICITY_SHADOW_FRACTION": (float, 0.05),
     "PLASTICITY_SHADOW_WORKERS": (int, 1),

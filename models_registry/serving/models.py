@@ -149,3 +149,47 @@ class Feedback(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task.slug} {self.implementation} {self.prediction[:8]}:{self.row}"
+
+
+class InputSample(models.Model):
+    """A uniform sample of one task's live predict inputs from one web process's flush window.
+
+    Written by the serving tracker's flush (``input_samples_write``), never changed, trimmed by the
+    drift check to what its window needs. ``data`` is the rows as float32 ``.npy`` bytes
+    (``(rows, prod(input_shape))``; never a pickle); ``seen`` is how many rows the window served.
+    """
+
+    task = models.ForeignKey("models_registry.Task", on_delete=models.CASCADE, related_name="input_samples")
+    rows = models.PositiveIntegerField()
+    seen = models.PositiveIntegerField(default=0, help_text="Rows served in the window the sample was drawn from.")
+    data = models.BinaryField(help_text="float32 .npy bytes, (rows, features).")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["task", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.task.slug}: {self.rows} input rows at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class InputDrift(models.Model):
+    """One drift alarm: the task's recent live inputs moved away from its training split.
+
+    Written only by ``input_drift_record`` and never changed; ``evidence`` holds the report
+    (features that moved with their PSI and p-value, rows compared, threshold). The genetic drift
+    trigger of the task's models reads the latest alarm since each model's last run.
+    """
+
+    task = models.ForeignKey("models_registry.Task", on_delete=models.CASCADE, related_name="input_drifts")
+    psi_max = models.FloatField()
+    rows = models.PositiveIntegerField()
+    evidence = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["task", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.task.slug}: input drift (PSI {self.psi_max:.2f} over {self.rows} rows)"

@@ -1,4 +1,5 @@
-"""One prediction: run the task's route, time it, fold it into the tracker, maybe shadow it; its id.
+"""One prediction: run the task's route, time it, fold it (and a sample of its rows) into the tracker,
+maybe shadow it; its id.
 
 No database access and no file read: the route comes from the router's table, the
 tracker aggregates in memory and the shadow check is queued for a worker thread. If the
@@ -75,6 +76,7 @@ def serving_predict(*, route: Route, X: np.ndarray) -> Prediction:
     latency_ms = (time.perf_counter() - t0) * 1000.0
     tracker.record(task_id=route.task.pk, implementation=route.implementation, version_id=route.version_id,
                    latency_ms=latency_ms, rows=rows)
+    tracker.record_inputs(task_id=route.task.pk, X=X)
     if route.shadow_fraction > 0.0:
         serving_shadow().submit(route, X, outputs)
     return Prediction(route=route, outputs=outputs, latency_ms=latency_ms)

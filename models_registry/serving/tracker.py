@@ -7,7 +7,9 @@ are read. Every ``PLASTICITY_TRACKER_FLUSH_S`` seconds (10 by default) the aggre
 swapped out and written as one ``PerformanceSample(source="live")`` row per implementation
 — never one row per request — by a background thread in servers, or inline when due in
 tests and scripts. Shadow checks are aggregated the same way into ``source="shadow"`` rows
-(score = agreement with the algorithm over the shadow window).
+(score = agreement with the algorithm over the shadow window). Live inputs are sampled the same
+way: a bounded uniform reservoir of rows per task (``record_inputs``), flushed as one
+``InputSample`` per task and window (float32 ``.npy`` bytes) for the drift check.
 
 ``record`` takes one uncontended lock and does a few arithmetic operations; it never touches
 the database.
@@ -16,6 +18,7 @@ the database.
 from __future__ import annotations
 
 import atexit
+import io
 import logging
 import os
 import random
@@ -27,8 +30,9 @@ import numpy as np
 from django.db import close_old_connections
 
 from models_registry.choices import Implementation, SampleSource
-from models_registry.models import ModelVersion, PerformanceSample, Task
+from models_registry.models import InputSample, ModelVersion, PerformanceSample, Task
 from models_registry.serving.conf import serving_setting
+from models_registry.serving.drift import InputReservoir, reservoir_capacity
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +90,13 @@ class PerformanceTracker:
     """In-memory aggregates of this process, flushed periodically as performance samples."""
 
     def __init__(self, *, enabled: bool = True, flush_s: float = 10.0, reservoir: int = 2048,
-                 background: bool = True, seed: int | None = None) -> None:
+                 background: bool = True, seed: int | None = None, input_rows: int = 256,
+                 input_bytes: int = 256 * 1024, inputs_keep: int = 200, sample_inputs: bool = True) -> None:
         self.enabled = enabled
+        self.sample_inputs = enabled and sample_inputs
+        self.input_rows = max(1, int(input_rows))
+        self.input_bytes = max(1024, int(input_bytes))
+        self.inputs_keep = max(1, int(inputs_keep))
         self.flush_s = max(0.05, float(flush_s))
         self.capacity = max(16, int(reservoir))
         self.background = background
@@ -95,6 +104,7 @@ class PerformanceTracker:
         self._lock = threading.Lock()
         self._windows: dict[Key, LatencyWindow] = {}
         self._shadow: dict[tuple[int, int], ShadowWindow] = {}
+        self._inputs: dict[int, InputReservoir] = {}
         self._last_flush = time.monotonic()
         self._flushing = threading.Lock()
         self._stop = threading.Event()
@@ -114,6 +124,22 @@ class PerformanceTracker:
                 window = self._windows[key] = LatencyWindow(self.capacity)
             window.add(latency_ms, rows, error, self._rng)
         self._after_record()
+
+    def record_inputs(self, *, task_id: int, X: np.ndarray) -> None:
+        """Offer the rows of one request to the task's input reservoir (copies only the rows it keeps)."""
+        if not self.sample_inputs:
+            return
+        with self._lock:
+            reservoir = self._inputs.get(task_id)
+            if reservoir is None:
+                width = int(np.prod(X.shape[1:], dtype=np.int64))
+                capacity = reservoir_capacity(width=width, rows=self.input_rows, max_bytes=self.input_bytes)
+                reservoir = self._inputs[task_id] = InputReservoir(capacity=capacity, width=width)
+            reservoir.add(X)
+
+    def pending_inputs(self) -> dict[int, InputReservoir]:
+        with self._lock:
+            return dict(self._inputs)
 
     def record_shadow(self, *, task_id: int, version_id: int, rows: int, algorithm_ms: float,
                       agreement: float | None = None, floor: float | None = None, window_rows: int = 0,
@@ -153,7 +179,10 @@ class PerformanceTracker:
             with self._lock:
                 windows, self._windows = self._windows, {}
                 shadows, self._shadow = self._shadow, {}
+                inputs, self._inputs = self._inputs, {}
                 self._last_flush = now
+            if inputs:
+                self._flush_inputs(inputs)
             if not windows and not shadows:
                 return []
             rows = [self._live_row(key, w, now) for key, w in windows.items()]
@@ -164,6 +193,21 @@ class PerformanceTracker:
             except Exception:  # noqa: BLE001 - a lost window must not break serving
                 logger.exception("tracker: %d live/shadow samples could not be written", len(rows))
                 return []
+
+    def _flush_inputs(self, inputs: dict[int, InputReservoir]) -> None:
+        """One ``InputSample`` per task; each task keeps its newest ``inputs_keep`` samples."""
+        try:
+            live_tasks = set(Task.objects.filter(pk__in=list(inputs)).values_list("pk", flat=True))
+            rows = [InputSample(task_id=task_id, rows=r.size, seen=r.seen, data=_npy_bytes(r.sample()))
+                    for task_id, r in inputs.items() if task_id in live_tasks and r.size]
+            InputSample.objects.bulk_create(rows)
+            for sample in rows:
+                cutoff = (InputSample.objects.filter(task_id=sample.task_id).order_by("-id")
+                          .values_list("id", flat=True)[self.inputs_keep:self.inputs_keep + 1])
+                if cutoff:
+                    InputSample.objects.filter(task_id=sample.task_id, id__lte=cutoff[0]).delete()
+        except Exception:  # noqa: BLE001 - a lost input sample must not break serving
+            logger.exception("tracker: input samples of %d tasks could not be written", len(inputs))
 
     @staticmethod
     def _live_row(key: Key, w: LatencyWindow, now: float) -> PerformanceSample:
@@ -216,6 +260,12 @@ class PerformanceTracker:
             self.flush()
 
 
+def _npy_bytes(rows: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(rows, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
 def _existing_only(rows: list[PerformanceSample]) -> list[PerformanceSample]:
     """Drop rows of tasks or versions deleted since they were recorded (their FK would fail)."""
     task_ids = {r.task_id for r in rows}
@@ -241,6 +291,10 @@ def serving_tracker() -> PerformanceTracker:
                     flush_s=serving_setting("PLASTICITY_TRACKER_FLUSH_S"),
                     reservoir=serving_setting("PLASTICITY_TRACKER_RESERVOIR"),
                     background=serving_setting("PLASTICITY_SERVING_BACKGROUND"),
+                    sample_inputs=serving_setting("PLASTICITY_INPUT_SAMPLING"),
+                    input_rows=serving_setting("PLASTICITY_INPUT_SAMPLE_ROWS"),
+                    input_bytes=serving_setting("PLASTICITY_INPUT_SAMPLE_BYTES"),
+                    inputs_keep=serving_setting("PLASTICITY_INPUT_SAMPLES_KEEP"),
                 )
                 atexit.register(_flush_at_exit, _tracker)
             tracker = _tracker

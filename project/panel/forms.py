@@ -18,6 +18,7 @@ CONFIG_FIELDS = (
     "improvement_history_size", "promotion_alpha", "training_score_below", "architecture_score_low", "architecture_score_high",
     "distillation_teacher_min_score", "optimization_latency_ms", "optimization_score_tolerance",
     "rejection_cooldown_s", "search_patience_trials", "run_time_budget_s",
+    "drift_psi_threshold", "drift_min_rows", "drift_window_rows", "drift_cooldown_s",
 )
 LOOP_FIELDS = CONFIG_FIELDS[:10]
 

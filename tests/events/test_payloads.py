@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from django.db import transaction
 
@@ -15,6 +16,8 @@ from improvement.scheduler.loop import cycle_force, loop_start, loop_stop
 from improvement.services import config_update
 from models_registry.dataset_versions import task_rows_append
 from models_registry.services import model_create, version_rollback
+from models_registry.serving.drift import drift_detect, drift_reference
+from models_registry.serving.input_drift import input_drift_record
 from models_registry.serving.switching import serving_switch
 from models_registry.task_jobs import task_job_create, task_job_execute
 from tests.factories import blobs_csv, csv_task, trained_version
@@ -79,6 +82,9 @@ def test_every_event_the_system_publishes_matches_its_declared_type(settings):
                           sampler_spec={"shape": [2], "n_samples": 100})
     task_job_execute(job_id=job.pk, worker="w")
     task_rows_append(task=task, filename="more.csv", content=blobs_csv(n=30, seed=5))
+    reference = drift_reference(np.zeros((10, 4), dtype=np.float32))
+    input_drift_record(task=task, report=drift_detect(reference, np.ones((600, 4), dtype=np.float32), threshold=0.25,
+                                                      min_rows=500))
 
     seen = set()
     for event in OutboxEvent.objects.order_by("id"):

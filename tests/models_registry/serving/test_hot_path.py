@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.router import serving_router
 from models_registry.serving.switching import NEURAL, serving_switch
+from models_registry.serving.tracker import serving_tracker
 from project.api.authentication import TokenCache, token_cache
 from tests.models_registry.serving.helpers import blobs_inputs
 
@@ -47,6 +48,8 @@ def test_a_warm_predict_makes_no_database_query(served_task, viewer, settings, i
             assert answer.status_code == 200, answer.content
             assert answer.json()["prediction_id"]  # signed, not stored: no write either
     assert len(queries) == 0, [q["sql"] for q in queries.captured_queries]
+    # The rows were sampled for drift detection all the same (written by the tracker's flush).
+    assert serving_tracker().pending_inputs()[task.pk].seen == 4
 
 
 def test_an_uncached_token_costs_one_query_and_is_then_cached(served_task, viewer, settings):
