@@ -92,6 +92,7 @@ WEB_RSS_BOUND_MB = 50.0
 WORKER_RSS_BOUND_MB = 100.0
 OTHER_RSS_BOUND_MB = 50.0
 RUNS_TARGET = 3
+FAILED_SHARE_TARGET = 0.1
 #: Seconds between RSS samples: 360 samples over the soak, between 1 and 5 s apart.
 SAMPLE_S = min(5.0, max(1.0, MINUTES * 60.0 / 360))
 WEB_ROLES = ("gunicorn master", "gunicorn worker", "daphne")
@@ -411,6 +412,10 @@ def _load_with_kills(tree: ServeTree, api: Api, spec: dict, tmp: Path) -> tuple[
     return soak_start, json.loads(Path(spec["out"]).read_text()), kills
 
 
+def _failed_share(finished: list[dict]) -> float:
+    return sum(r.get("status") == "failed" for r in finished) / len(finished) if finished else 0.0
+
+
 def _report(*, loaded: dict, kills: list[dict], events: dict, finished: list[dict], killed_runs: dict,
             tree: ServeTree, soak_start: float, soak_end: float, capacity: dict, rate: float, training: dict,
             setup: dict) -> dict[str, Any]:
@@ -438,6 +443,7 @@ def _report(*, loaded: dict, kills: list[dict], events: dict, finished: list[dic
         values = [row["growth_mb"] for row in rows]
         return max(values) if values else None
 
+    failed_share = _failed_share(finished)
     targets = [
         target("5xx outside the kill windows", "0", len(outside_5xx), not outside_5xx),
         target("live events committed during the soak and never delivered to the WebSocket client (after resume "
@@ -449,6 +455,9 @@ def _report(*, loaded: dict, kills: list[dict], events: dict, finished: list[dic
                len(kills) == 2 and all(k.get("up_at") for k in kills)),
         target("improvement runs that reached a final state during the soak", f">= {RUNS_TARGET}", len(finished),
                len(finished) >= RUNS_TARGET),
+        # A run may fail for a reason of its own (a non-finite loss); a storm of failures is a defect.
+        target("share of the finished runs that failed", f"<= {FAILED_SHARE_TARGET:.0%}",
+               round(failed_share, 3), failed_share <= FAILED_SHARE_TARGET),
     ]
     requeue_s = [s for k in kills for s in k.get("requeued_after_s", {}).values()]
     if requeue_s:

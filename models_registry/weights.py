@@ -35,11 +35,17 @@ def state_dict_to_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
 
 
 def bytes_to_state_dict(data: bytes, *, name: str = "weights") -> dict[str, torch.Tensor]:
-    if data.startswith(_PICKLE_MAGIC) or data.startswith(_ZIP_MAGIC):
-        raise WeightsError(f"{name} is a pickle/torch.save file; only safetensors weights are accepted")
+    """Tensors from safetensors bytes (the parser reads a length and a JSON header: it runs nothing).
+
+    Only when parsing fails is the file's first bytes looked at to say what it is instead: a
+    safetensors file may itself begin with 0x80 (its header's length is a little-endian integer),
+    so a pickle is never recognised by its first byte alone.
+    """
     try:
         return safetensors_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
+        if data.startswith(_PICKLE_MAGIC) or data.startswith(_ZIP_MAGIC):
+            raise WeightsError(f"{name} is a pickle/torch.save file; only safetensors weights are accepted") from None
         raise WeightsError(f"{name} is not a valid safetensors file: {exc}") from None
 
 

@@ -242,10 +242,19 @@ def proposals_prioritise(proposals: list[Proposal], *, hormone_driven: bool, wei
     return sorted(proposals, key=lambda p: (kind_rank[p.kind], order.get(p.strategy, 99), p.model_id))
 
 
-def _cooling_down(model_id: int, strategy: str, cooldown_s: float, now) -> ImprovementRun | None:
+def _cooling_down(model_id: int, strategy: str, cooldown_s: float, now, *,
+                  bypass_rejection: bool = False) -> ImprovementRun | None:
+    """The model's last finished run of ``strategy`` if it holds the strategy back for ``cooldown_s``.
+
+    A rejection holds it (unless ``bypass_rejection``: a search continuing its study); a failure
+    always does — a run that fails (a broken version file, an algorithm that raises) would
+    otherwise fail again in every freed slot, hundreds of times an hour.
+    """
     last = (ImprovementRun.objects.filter(model_id=model_id, strategy=strategy, finished_at__isnull=False)
             .order_by("-finished_at").first())
-    if last is not None and last.status == RunStatus.REJECTED and (now - last.finished_at).total_seconds() < cooldown_s:
+    if last is None or (now - last.finished_at).total_seconds() >= cooldown_s:
+        return None
+    if last.status == RunStatus.FAILED or (last.status == RunStatus.REJECTED and not bypass_rejection):
         return last
     return None
 
@@ -264,12 +273,13 @@ def proposals_select(proposals: list[Proposal], *, slots: int, config: Improveme
         if proposal.model_id in busy:
             proposal.why = "a run is already in flight for this model"
             continue
-        cooling = (None if proposal.bypass_cooldown
-                   else _cooling_down(proposal.model_id, proposal.strategy, config.rejection_cooldown_s, now))
+        cooling = _cooling_down(proposal.model_id, proposal.strategy, config.rejection_cooldown_s, now,
+                                bypass_rejection=proposal.bypass_cooldown)
         if cooling is not None:
             # _cooling_down returns finished runs only (finished_at__isnull=False)
             until = cast(datetime, cooling.finished_at) + timedelta(seconds=config.rejection_cooldown_s)
-            proposal.why = f"cooling down after run #{cooling.pk} was rejected (until {until:%H:%M:%S})"
+            outcome = "failed" if cooling.status == RunStatus.FAILED else "was rejected"
+            proposal.why = f"cooling down after run #{cooling.pk} {outcome} (until {until:%H:%M:%S})"
             continue
         if len(chosen) >= slots:
             proposal.why = "no free slot" if slots <= 0 else "lower priority than the runs given the free slots"

@@ -194,3 +194,22 @@ def test_exploration_steps_in_when_what_fired_is_cooling_down(task):
     record = cycle_run(trigger="forced")
     chosen = [d for d in record.decisions if d["chosen"] and d["model"].endswith("/student")]
     assert len(chosen) == 1 and chosen[0]["kind"] == "exploration" and chosen[0]["strategy"] == "architecture"
+
+
+def test_a_failed_strategy_cools_down_even_as_an_exploration(task):
+    """A run that fails (a broken version file, an algorithm that raises) is not retried in every
+    freed slot: the strategy cools down on that model, exploration included."""
+    ImprovementConfig.objects.filter(pk=1).update(search_patience_trials=10, rejection_cooldown_s=3600)
+    weak = _model(task, "weak", 0.5)
+    good = _model(task, "good", 0.95)
+    ImprovementRun.objects.create(model=weak, strategy="training", status=RunStatus.FAILED,
+                                  finished_at=timezone.now() - timedelta(seconds=10), error="WeightsError: ...")
+    failed = _search(good, [0.80, 0.85, 0.91], minutes_ago=1)  # a search that still improves...
+    ImprovementRun.objects.filter(pk=failed.pk).update(status=RunStatus.FAILED)  # ...but its last run failed
+    record = cycle_run(trigger="forced")
+    training = next(d for d in record.decisions if d["strategy"] == "training")
+    assert not training["chosen"] and "failed" in training["why"]
+    assert not any(d["chosen"] for d in record.decisions if d["model"].endswith("/good")), record.decisions
+    ImprovementRun.objects.filter(status=RunStatus.QUEUED).delete()
+    ImprovementRun.objects.update(finished_at=timezone.now() - timedelta(hours=2))
+    assert ("weak", "training") in _chosen(cycle_run(trigger="forced"))
