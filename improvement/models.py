@@ -104,6 +104,18 @@ class ImprovementConfig(models.Model):
         default=1800.0, validators=[MinValueValidator(0.0), MaxValueValidator(30 * 86400.0)],
         help_text="After an input drift alarm, seconds before the same task may raise another.",
     )
+    # Retraining without forgetting (improvement.runs.promotion.rehearsal_judge).
+    forgetting_tolerance = models.FloatField(
+        default=0.01, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Score (absolute) a score run may lose on the gate rows the active version was trained with "
+                  "when the task has new rows since: a larger loss the paired test confirms refuses the candidate, "
+                  "even if it gains overall.",
+    )
+    rehearsal_min_new_gate_rows = models.PositiveIntegerField(
+        default=20, validators=[MinValueValidator(1), MaxValueValidator(1_000_000)],
+        help_text="Fewest gate rows added since the active version was trained for a score run to be judged on the "
+                  "old and the new rows apart.",
+    )
     # The learned parts of the loop (improvement.predictor, improvement.neural_hormones).
     predictor_min_history = models.PositiveIntegerField(
         default=30, validators=[MinValueValidator(20)],

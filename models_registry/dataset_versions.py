@@ -11,6 +11,8 @@
   every earlier row keeps its split. Idempotent per upload: the same file (its sha256) or the
   same ``Idempotency-Key`` on the same task answers the version it made (``created`` false).
 * ``dataset_version_first`` — version 1, recorded inside the transaction that creates the task.
+* ``version_new_rows_start`` — where the rows a model version was not trained with begin (the
+  rows appended since), so a retraining run is judged on old and new rows apart.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from models_registry.data.upload import UploadLimits
 from models_registry.datasets import dataset_save
 from models_registry.errors import RegistryError
 from models_registry.implementations import task_dataset
-from models_registry.models import DatasetVersion, Task
+from models_registry.models import DatasetVersion, ModelVersion, Task
 from models_registry.weights import blob_delete, sha256_bytes
 
 logger = logging.getLogger(__name__)
@@ -247,3 +249,23 @@ def task_rows_append(
         return version, True
     raise AppendConflict(f"file: {task.slug}'s data kept changing while the rows were added ({APPEND_ATTEMPTS} tries); "
                         "send the request again")
+
+
+def version_new_rows_start(*, version: ModelVersion) -> int | None:
+    """The first dataset row ``version`` was not trained with, or None when every row is old.
+
+    Appends add rows at the end, so "new" is a row range: from the number of rows the task held
+    when the version was made (``metrics["dataset_rows"]``; for versions recorded before that key,
+    the first row of the appends made after the version) to the end. None too when the dataset was
+    replaced since: row numbers then say nothing about what the version saw.
+    """
+    task = version.model.task
+    later = DatasetVersion.objects.filter(task_id=task.pk, created_at__gt=version.created_at)
+    if later.exclude(source=DatasetSource.APPEND).exists():
+        return None
+    rows = (version.metrics or {}).get("dataset_rows")
+    if rows is None:
+        rows = later.order_by("number").values_list("row_start", flat=True).first()
+    if rows is None or int(rows) >= task.n_samples:
+        return None
+    return int(rows)

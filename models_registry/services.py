@@ -407,6 +407,7 @@ def version_create(
                 latency_p95_ms_batch=latency.get("p95_ms_b256"),
                 n_parameters=evaluation.n_parameters, size_bytes=evaluation.size_bytes,
                 metrics={**evaluation.as_dict(), "n_train_samples": model.task.n_train,
+                         "dataset_rows": model.task.n_samples,
                          "test": {"score": report.score, "ci95": list(report.ci95), "n_rows": report.n_rows}},
                 note=note[:200],
             )

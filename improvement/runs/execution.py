@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 
+import numpy as np
 from django.db import InterfaceError, OperationalError, transaction
 from django_q.tasks import async_task
 
@@ -31,14 +32,15 @@ from improvement.runs.lifecycle import (
     run_finish_cancelled,
     worker_name,
 )
-from improvement.runs.promotion import Decision, RunNoLongerRunning, decide, version_promote
+from improvement.runs.promotion import Decision, RunNoLongerRunning, decide, rehearsal_judge, version_promote
 from improvement.runs.search import SharedTrialRunner
 from improvement.runs.search_files import search_files_delete
 from improvement.strategies.common import fastest_runtime
 from improvement.strategies.registry import NEED_SHARED_SEARCH, Candidate, get_strategy
+from models_registry.dataset_versions import version_new_rows_start
 from models_registry.evaluation import candidate_evaluate
 from models_registry.implementations import fresh_version_module, task_dataset
-from models_registry.models import Task
+from models_registry.models import ModelVersion, Task
 from models_registry.nn.evaluation import EvaluationResult
 from models_registry.nn.training import NonFiniteLossError
 from models_registry.sealed import deciding
@@ -54,15 +56,27 @@ INTERRUPTED = "interrupted"
 SLOT_FREED_TASK = "improvement.tasks.cycle_after_run"
 
 
+def gate_new_rows(*, task: Task, baseline_version: ModelVersion | None) -> np.ndarray | None:
+    """Per gate row, whether it was added after ``baseline_version`` was trained; None if none was."""
+    start = None if baseline_version is None else version_new_rows_start(version=baseline_version)
+    if start is None:
+        return None
+    return task_dataset(task).splits["gate"] >= start
+
+
 def candidates_judge(
     *, strategy_objective: str, task: Task, baseline: EvaluationResult, candidates: list[Candidate],
-    config: ImprovementConfig,
+    config: ImprovementConfig, baseline_version: ModelVersion | None = None,
 ) -> tuple[Candidate, EvaluationResult, Decision]:
     """Evaluate every candidate on the gate split and keep the one with the best decision.
 
+    With ``baseline_version``, a score candidate is also judged on the gate rows the baseline was
+    trained with and those added since, apart (``rehearsal_judge``): gaining on the new data must
+    not cost more than ``forgetting_tolerance`` on the old.
     A decision: the sealed test split cannot be read in here (``models_registry.sealed``).
     """
     y_gate = task_dataset(task).gate[1]
+    new_rows = gate_new_rows(task=task, baseline_version=baseline_version) if strategy_objective == "score" else None
     judged = []
     with deciding("promotion"):
         for candidate in candidates:
@@ -73,6 +87,10 @@ def candidates_judge(
                 threshold=config.performance_threshold, alpha=config.promotion_alpha,
                 score_tolerance=config.optimization_score_tolerance, latency_budget_ms=task.latency_budget_ms,
             )
+            if new_rows is not None:
+                decision = rehearsal_judge(decision=decision, baseline=baseline, candidate=evaluation, y_gate=y_gate,
+                                           new_rows=new_rows, tolerance=config.forgetting_tolerance, alpha=config.promotion_alpha,
+                                           min_new_rows=config.rehearsal_min_new_gate_rows)
             judged.append((candidate, evaluation, decision))
     # Promotable ones first, then the largest gain.
     return max(judged, key=lambda item: (item[2].promote, item[2].gain))
@@ -158,6 +176,12 @@ def _run_body(run: ImprovementRun, reporter: RunReporter) -> str:
         baseline_version=baseline, baseline_metrics=baseline_eval.as_dict(), objective=strategy.objective,
     )
     reporter.log(f"baseline score {baseline_eval.score:.4f}, p95@1 {baseline_eval.latency.get('p95_ms_b1', 0):.3f} ms")
+    new_start = version_new_rows_start(version=baseline)
+    if new_start is not None and strategy.objective == "score":
+        # Training reads the task's whole training split, appended rows included: old and new together.
+        reporter.log(f"rehearsal: rows {new_start}–{task.n_samples - 1} were added since v{baseline.number} was "
+                     f"trained; training uses the whole training split ({len(context.data.X_train)} rows, old and "
+                     "new together), and the gate judges the old and the new rows apart")
     reporter(0.02, "building candidates")
     candidates = strategy.build_candidates(context, reporter)
     if not candidates:
@@ -173,7 +197,7 @@ def _run_body(run: ImprovementRun, reporter: RunReporter) -> str:
     reporter(0.97, f"judging {len(candidates)} candidate(s) on the gate split")
     candidate, evaluation, decision = candidates_judge(
         strategy_objective=strategy.objective, task=task, baseline=baseline_eval, candidates=candidates,
-        config=config,
+        config=config, baseline_version=baseline,
     )
     reporter.log(decision.reason)
     reporter.flush(0.99, "deciding")

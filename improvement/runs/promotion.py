@@ -26,6 +26,15 @@ Guard rails: a latency/size optimization may lose at most ``score_tolerance`` of
 not be significantly worse; a score improvement must stay within the task's latency budget (p95
 at batch 1), unless the baseline was already over it and the candidate is no slower. The
 decision's text shows the gain, the p-value or interval and the number of gate rows.
+
+Retraining without forgetting (``rehearsal_judge``): when the task gained rows since the active
+version was trained (appends, after growth or drift) and enough of them are gate rows, a score
+run — which trains on the whole training split, old and new rows together (rehearsal) — is also
+judged on the old and the new gate rows apart. A promotion stands only if the candidate is not
+worse than the baseline on the new rows and does not forget the old ones: a loss there of more
+than ``forgetting_tolerance`` that the paired test confirms (worse at ``promotion_alpha``) refuses
+it — a row or two lost among a few dozen old gate rows is noise, not forgetting. The reason names
+both scores, and both go into the evidence.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from improvement.models import ImprovementRun
 from improvement.runs.lifecycle import run_mark_promoted
 from models_registry.models import ModelVersion
 from models_registry.nn.evaluation import EvaluationResult
+from models_registry.nn.metrics import Predictions
 from models_registry.nn.significance import (
     PairedComparison,
     TimingComparison,
@@ -176,6 +186,50 @@ def decide(
         return verdict(True, tc.gain, f"promoted: {_timing_text(tc)}; {held}", "latency")
     why = "short of the threshold" if tc.gain < threshold else f"not significant (p > α {alpha:g})"
     return verdict(False, tc.gain, f"rejected: {_timing_text(tc)} {why}; {held}", "latency")
+
+
+def _rows(predictions: Predictions, mask: np.ndarray) -> Predictions:
+    return Predictions(predictions.values[mask], None if predictions.scores is None else predictions.scores[mask])
+
+
+def rehearsal_judge(
+    *, decision: Decision, baseline: EvaluationResult, candidate: EvaluationResult, y_gate: np.ndarray,
+    new_rows: np.ndarray, tolerance: float, alpha: float, min_new_rows: int,
+) -> Decision:
+    """``decision`` checked on the old and the new gate rows apart (see the module docstring). Pure.
+
+    ``new_rows`` marks, per gate row, the rows added since the baseline was trained. With fewer
+    than ``min_new_rows`` of them, or no old ones, the decision is returned unchanged.
+    """
+    new_rows = np.asarray(new_rows, dtype=bool)
+    n_new, n_old = int(new_rows.sum()), int((~new_rows).sum())
+    if n_new < min_new_rows or n_old == 0 or baseline.predictions is None or candidate.predictions is None:
+        return decision
+    metric = candidate.metric
+    parts = {name: compare_paired(metric, y_gate[mask], _rows(baseline.predictions, mask),
+                                  _rows(candidate.predictions, mask))
+             for name, mask in (("old", ~new_rows), ("new", new_rows))}
+    old, new = parts["old"], parts["new"]
+    loss = old.baseline_score - old.candidate_score
+    evidence = {**decision.evidence, "rehearsal": {
+        "tolerance": tolerance, "alpha": alpha, "min_new_rows": min_new_rows, "old_loss": loss,
+        **{name: {"n": cmp.n, "baseline_score": cmp.baseline_score, "candidate_score": cmp.candidate_score,
+                  "delta": cmp.delta, "p_better": cmp.p_better, "p_worse": cmp.p_worse}
+           for name, cmp in parts.items()}}}
+    text = (f"old rows {metric} {old.baseline_score:.4f} → {old.candidate_score:.4f} (n={old.n}), "
+            f"new rows {new.baseline_score:.4f} → {new.candidate_score:.4f} (n={new.n})")
+    if not decision.promote:
+        return dataclasses.replace(decision, reason=f"{decision.reason}; {text}", evidence=evidence)
+    if loss > tolerance and old.p_worse <= alpha:
+        return Decision(False, decision.gain, f"rejected: forgets the old data — loses {loss:.4f} {metric} on the "
+                                              f"old gate rows, over the {tolerance:.4f} forgetting tolerance "
+                                              f"(worse p={old.p_worse:.3g} ≤ α {alpha:g}); {text}",
+                        {**evidence, "rule": "forgetting"})
+    if new.candidate_score < new.baseline_score:
+        return Decision(False, decision.gain, f"rejected: worse on the new data by "
+                                              f"{new.baseline_score - new.candidate_score:.4f} {metric}; {text}",
+                        {**evidence, "rule": "new_rows"})
+    return dataclasses.replace(decision, reason=f"{decision.reason}; {text}", evidence=evidence)
 
 
 def version_promote(

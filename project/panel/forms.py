@@ -19,6 +19,7 @@ CONFIG_FIELDS = (
     "distillation_teacher_min_score", "optimization_latency_ms", "optimization_score_tolerance",
     "rejection_cooldown_s", "search_patience_trials", "run_time_budget_s",
     "drift_psi_threshold", "drift_min_rows", "drift_window_rows", "drift_cooldown_s",
+    "forgetting_tolerance", "rehearsal_min_new_gate_rows",
 )
 LOOP_FIELDS = CONFIG_FIELDS[:10]
 

@@ -353,6 +353,14 @@ def run_page(run: ImprovementRun) -> dict:
             change = (after - before) / abs(before) * 100.0
         metrics.append({"label": label, "before": _fmt(before, pattern), "after": _fmt(after, pattern),
                         "change": change})
+    # A run judged on the rows its baseline was trained with and those added since (rehearsal_judge).
+    rehearsal = _metric(run.candidate_metrics, "gate_test.rehearsal") or {}
+    for part, label in (("old", "score, old gate rows"), ("new", "score, new gate rows")):
+        if isinstance(rehearsal.get(part), dict):
+            before, after = rehearsal[part].get("baseline_score"), rehearsal[part].get("candidate_score")
+            metrics.append({"label": f"{label} (n={rehearsal[part].get('n')})", "before": _fmt(before, "{:.4f}"),
+                            "after": _fmt(after, "{:.4f}"),
+                            "change": (after - before) / abs(before) * 100.0 if before and after is not None else None})
     config = ImprovementConfig.load()
     return {
         "run": run, "data": data, "metrics": metrics, "in_flight": run.status in IN_FLIGHT,
