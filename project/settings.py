@@ -163,6 +163,10 @@ Q_CLUSTER: dict[str, Any] = {
     # retry must be longer than timeout or a slow task is delivered twice while it still runs.
     "retry": Q_TIMEOUT + 300,
     "max_attempts": env_int("Q_MAX_ATTEMPTS", 2, minimum=1),
+    # A worker process whose memory passed this (MB) is replaced once its task is done: a training
+    # worker's RSS grows with the models and datasets it has loaded (262 MB over the 30-minute
+    # soak, bench/results/soak.json); this is its bound.
+    "max_rss": env_int("Q_MAX_RSS_MB", 1536, minimum=256) * 1024,
     "catch_up": False,
     "save_limit": 500,
     "poll": env_float("Q_POLL", 0.5, minimum=0.05),

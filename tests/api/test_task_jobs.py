@@ -119,5 +119,7 @@ def test_a_real_worker_labels_and_creates_the_task(root, tmp_path):
             time.sleep(0.1)
     assert job["status"] == "done", (job, (tmp_path / "qcluster.log").read_text()[-3000:])
     assert job["attempts"] == 1 and job["heartbeat_at"] is not None
-    assert NeuralModel.objects.filter(task__slug=job["task"], name="auto").exists()
-    assert not run_queued_jobs()  # nothing left for a second delivery
+    assert NeuralModel.objects.filter(task__slug=job["task"], name="auto").count() == 1
+    # The worker may stop before acknowledging the message: a second delivery of it does nothing.
+    assert all("not claimable" in line for line in run_queued_jobs())
+    assert NeuralModel.objects.filter(task__slug=job["task"]).count() == 1

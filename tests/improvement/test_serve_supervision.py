@@ -98,6 +98,9 @@ def test_a_run_whose_worker_is_killed_under_serve_is_requeued_and_resumes_from_i
         requeued_after_s = time.monotonic() - killed_at
         wait_for(lambda: run.refresh_from_db() or run.status in FINAL, timeout_s=240, interval_s=0.5,
                  what=f"run #{run.pk} finished")
+        # Its checkpoint files are removed once it has ended (just after its final status is written).
+        wait_for(lambda: run.refresh_from_db() or run.checkpoint == {}, timeout_s=60, interval_s=0.5,
+                 what=f"run #{run.pk}'s checkpoints removed")
     text = log.read_text(errors="replace")
     assert f"serve: run #{run.pk} requeued (worker" in text, text[-3000:]
     assert run.status in (RunStatus.PROMOTED, RunStatus.REJECTED), (run.status, run.error)
