@@ -166,12 +166,14 @@ class Command(BaseCommand):
 
 
     def _reconcile(self) -> None:
-        try:
-            for line in runs_reconcile() + task_jobs_requeue():
-                self.stderr.write(f"serve: {line}\n")
-        except DatabaseError as exc:  # the database is restarting: try again at the next round
-            self.stderr.write(f"serve: reconciling runs failed ({exc}); trying again in {RECONCILE_EVERY_S:g} s\n")
-            connection.close_if_unusable_or_obsolete()
+        for reconcile in (runs_reconcile, task_jobs_requeue):  # one failing does not hide the other's lines
+            try:
+                for line in reconcile():
+                    self.stderr.write(f"serve: {line}\n")
+            except DatabaseError as exc:  # the database is restarting (or locked): try again next round
+                self.stderr.write(f"serve: {reconcile.__name__} failed ({exc}); trying again in "
+                                  f"{RECONCILE_EVERY_S:g} s\n")
+                connection.close_if_unusable_or_obsolete()
 
 
 def _signal_group(child: subprocess.Popen, sig: int) -> None:
