@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import target
+from bench.common import embedded_env, target
 
 NAME = "drift"
 DESCRIPTION = "input drift: predict requests until detection, false alarms, recovery after retraining"
@@ -105,15 +105,9 @@ def run() -> dict[str, Any]:
     for seed in SEEDS:
         with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:
             var_dir = Path(tmp)
-            env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL", "ALLOWED_HOSTS"}}
-            env.update({
-                "DJANGO_SETTINGS_MODULE": "project.settings",
-                "DATABASE_URL": f"sqlite:///{var_dir / 'bench.sqlite3'}",
-                "PLASTICITY_VAR_DIR": str(var_dir), "PLASTICITY_MEDIA_ROOT": str(var_dir / "media"),
-                "PLASTICITY_ENV": "embedded", "DEBUG": "0", "PYTHONUNBUFFERED": "1", "PLASTICITY_TORCH_THREADS": "1",
-                # The tracker flushes when the benchmark says (every FLUSH_EVERY requests), inline.
-                "PLASTICITY_SERVING_BACKGROUND": "0", "PLASTICITY_TRACKER_FLUSH_S": "86400", "LOG_LEVEL": "ERROR",
-            })
+            # The tracker flushes when the benchmark says (every FLUSH_EVERY requests), inline.
+            env = embedded_env(var_dir, PLASTICITY_SERVING_BACKGROUND="0", PLASTICITY_TRACKER_FLUSH_S="86400",
+                               LOG_LEVEL="ERROR")
             done = subprocess.run([sys.executable, "-m", "bench.bench_drift", "--driver", str(seed)], cwd=REPO,
                                   env=env, capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
             if done.returncode != 0:

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import target
+from bench.common import embedded_env, target
 
 NAME = "scale"
 DESCRIPTION = "p95 of overview/history/model page and export peak memory at 100 models, 10k runs, 1M samples"
@@ -69,13 +69,7 @@ PAGES = ("overview", "history", "model page")
 def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         var_dir = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL", "ALLOWED_HOSTS"}}
-        env.update({
-            "DJANGO_SETTINGS_MODULE": "project.settings",
-            "DATABASE_URL": f"sqlite:///{var_dir / 'bench.sqlite3'}",
-            "PLASTICITY_VAR_DIR": str(var_dir), "PLASTICITY_MEDIA_ROOT": str(var_dir / "media"),
-            "PLASTICITY_ENV": "embedded", "DEBUG": "0", "PYTHONUNBUFFERED": "1", "PLASTICITY_TORCH_THREADS": "1",
-        })
+        env = embedded_env(var_dir)
         done = subprocess.run([sys.executable, "-m", "bench.bench_scale", "--driver"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
         if done.returncode != 0:

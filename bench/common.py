@@ -35,6 +35,20 @@ VERSIONED = ("django", "djangorestframework", "channels", "torch", "numpy", "sci
 # --------------------------------------------------------------------------- processes
 
 
+def embedded_env(var_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a driver process on its own embedded deployment in ``var_dir``: a fresh
+    SQLite database and media folder, no Redis, one torch thread; ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL", "ALLOWED_HOSTS"}}
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DATABASE_URL": f"sqlite:///{var_dir / 'bench.sqlite3'}",
+        "PLASTICITY_VAR_DIR": str(var_dir), "PLASTICITY_MEDIA_ROOT": str(var_dir / "media"),
+        "PLASTICITY_ENV": "embedded", "DEBUG": "0", "PYTHONUNBUFFERED": "1", "PLASTICITY_TORCH_THREADS": "1",
+        **extra,
+    })
+    return env
+
+
 def free_port() -> int:
     """A loopback TCP port nothing listens on now."""
     with socket.socket() as s:

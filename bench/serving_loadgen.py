@@ -149,6 +149,30 @@ async def _open_loop_worker(spec: dict, request: bytes, due: asyncio.Queue, late
             writer.close()
 
 
+async def offer(due: asyncio.Queue, *, start: float, rate: float, n: int) -> None:
+    """The open loop's schedule: request i is put on ``due`` at ``start + i / rate`` (its due time)."""
+    for i in range(n):
+        due_at = start + i / rate
+        delay = due_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        due.put_nowait(due_at)
+
+
+async def drain(due: asyncio.Queue, workers: list, *, give_up: float, stop_timeout_s: float) -> int:
+    """Wait until ``give_up`` for the due requests to go out, then stop the workers; the number never sent."""
+    while not due.empty() and time.perf_counter() < give_up:
+        await asyncio.sleep(0.05)
+    not_sent = 0
+    while not due.empty():  # the server fell too far behind: these never went out
+        due.get_nowait()
+        not_sent += 1
+    for _ in workers:
+        due.put_nowait(None)
+    await asyncio.wait(workers, timeout=stop_timeout_s)
+    return not_sent
+
+
 async def run_open_loop(spec: dict) -> dict:
     request = _request_bytes(spec)
     rate, duration = float(spec["rate"]), float(spec["duration_s"])
@@ -159,23 +183,9 @@ async def run_open_loop(spec: dict) -> dict:
                for _ in range(int(spec["concurrency"]))]
     start = time.perf_counter()
     n = int(rate * duration)
-    for i in range(n):
-        due_at = start + i / rate
-        delay = due_at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        due.put_nowait(due_at)
+    await offer(due, start=start, rate=rate, n=n)
     sent_all = time.perf_counter()
-    not_sent = 0
-    give_up = start + duration + 5.0
-    while not due.empty() and time.perf_counter() < give_up:
-        await asyncio.sleep(0.05)
-    while not due.empty():  # the server fell too far behind: these never went out
-        due.get_nowait()
-        not_sent += 1
-    for _ in workers:
-        due.put_nowait(None)
-    await asyncio.wait(workers, timeout=30)
+    not_sent = await drain(due, workers, give_up=start + duration + 5.0, stop_timeout_s=30)
     elapsed = time.perf_counter() - start
     arr = np.asarray(latencies) if latencies else np.asarray([np.nan])
     ok = statuses.get(200, 0)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.serving_loadgen import _read_response, _request_bytes
+from bench.serving_loadgen import _read_response, _request_bytes, drain, offer
 
 #: Seconds a request may wait for its answer before it counts as timed out (status -1).
 REQUEST_TIMEOUT_S = 60.0
@@ -157,22 +157,8 @@ async def run_soak_load(spec: dict) -> dict[str, Any]:
     tally = Tally(start_wall, start_perf)
     pool = [asyncio.create_task(_connection(spec, request, due, tally)) for _ in range(int(spec["concurrency"]))]
     scheduled = int(rate * duration)
-    for i in range(scheduled):
-        due_at = start_perf + i / rate
-        delay = due_at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        due.put_nowait(due_at)
-    give_up = time.perf_counter() + DRAIN_S
-    while not due.empty() and time.perf_counter() < give_up:
-        await asyncio.sleep(0.05)
-    not_sent = 0
-    while not due.empty():  # the server fell too far behind: these never went out
-        due.get_nowait()
-        not_sent += 1
-    for _ in pool:
-        due.put_nowait(None)
-    await asyncio.wait(pool, timeout=REQUEST_TIMEOUT_S + 5)
+    await offer(due, start=start_perf, rate=rate, n=scheduled)
+    not_sent = await drain(due, pool, give_up=time.perf_counter() + DRAIN_S, stop_timeout_s=REQUEST_TIMEOUT_S + 5)
     elapsed = time.perf_counter() - start_perf
     summary = tally.summary()
     answered = sum(v for k, v in summary["statuses"].items() if int(k) >= 200)

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -225,14 +225,20 @@ def task_algorithm_enqueue(*, task_id: int) -> None:
     async_task(ALGORITHM_TASK, task_id, task_name=f"algorithm-{task_id}", group="registry")
 
 
+def _requeue(reconcile: Callable[[], Iterable[int]], enqueue: Callable[[int], None], line: str) -> list[str]:
+    """Mark work whose worker vanished as pending again (``reconcile``) and enqueue each once that commits;
+    one ``line`` (formatted with the id) per item."""
+    with transaction.atomic():
+        ids = list(reconcile())
+        for pk in ids:
+            transaction.on_commit(partial(enqueue, pk))
+    return [line.format(pk) for pk in ids]
+
+
 def task_algorithms_requeue() -> list[str]:
     """Queue again the algorithm evaluations left unfinished too long (``task_algorithms_reconcile``)."""
-    lines = []
-    with transaction.atomic():
-        for task_id in task_algorithms_reconcile():
-            transaction.on_commit(partial(task_algorithm_enqueue, task_id=task_id))
-            lines.append(f"task #{task_id}: algorithm evaluation requeued (unfinished after the queue's timeout)")
-    return lines
+    return _requeue(task_algorithms_reconcile, lambda pk: task_algorithm_enqueue(task_id=pk),
+                    "task #{}: algorithm evaluation requeued (unfinished after the queue's timeout)")
 
 
 # -------------------------------------------------------------------- a generator task's creation
@@ -266,9 +272,5 @@ def task_job_enqueue(*, job_id: int) -> None:
 
 def task_jobs_requeue() -> list[str]:
     """Queue again the creation jobs whose worker died (``task_jobs_reconcile``); one line per job."""
-    lines = []
-    with transaction.atomic():
-        for job_id in task_jobs_reconcile():
-            transaction.on_commit(partial(task_job_enqueue, job_id=job_id))
-            lines.append(f"task job #{job_id} requeued (its worker sent no heartbeat)")
-    return lines
+    return _requeue(task_jobs_reconcile, lambda pk: task_job_enqueue(job_id=pk),
+                    "task job #{} requeued (its worker sent no heartbeat)")

@@ -19,7 +19,7 @@ from django_q.tasks import async_task
 from improvement.choices import RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun
 from improvement.releases import run_finished_signals
-from improvement.runs.checkpoints import RunCheckpoints, checkpoints_delete
+from improvement.runs.checkpoints import RunCheckpoints
 from improvement.runs.context import baseline_evaluate, context_build, torch_threads_configure
 from improvement.runs.lifecycle import (
     HEARTBEAT_INTERVAL_S,
@@ -28,13 +28,13 @@ from improvement.runs.lifecycle import (
     RunReporter,
     run_claim,
     run_enqueue,
+    run_files_delete,
     run_finish,
     run_finish_cancelled,
     worker_name,
 )
 from improvement.runs.promotion import Decision, RunNoLongerRunning, decide, rehearsal_judge, version_promote
 from improvement.runs.search import SharedTrialRunner
-from improvement.runs.search_files import search_files_delete
 from improvement.strategies.common import fastest_runtime
 from improvement.strategies.registry import NEED_SHARED_SEARCH, Candidate, get_strategy
 from models_registry.dataset_versions import version_new_rows_start
@@ -217,11 +217,7 @@ def _run_body(run: ImprovementRun, reporter: RunReporter) -> str:
 
 def _after_run(run_id: int, status: str, *, wall_s: float) -> None:
     """Clean-up and signals that follow a finished run; never fails the run itself."""
-    try:
-        search_files_delete(run_id=run_id)
-        checkpoints_delete(run_id=run_id)
-    except Exception:  # noqa: BLE001
-        logger.exception("removing search files or checkpoints of run #%s failed", run_id)
+    run_files_delete(run_id)
     try:
         run_finished_signals(run_id=run_id, status=status, wall_s=wall_s)
     except Exception:  # noqa: BLE001

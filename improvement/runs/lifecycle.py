@@ -197,7 +197,7 @@ def run_cancel(*, run: ImprovementRun) -> ImprovementRun:
         ):
             run_announce_finished(run_id=run.pk)
             # A requeued run cancelled before its next attempt still holds its earlier attempt's files.
-            transaction.on_commit(functools.partial(_search_files_delete, run.pk))
+            transaction.on_commit(functools.partial(run_files_delete, run.pk))
         else:
             ImprovementRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(cancel_requested=True)
     run.refresh_from_db()
@@ -349,14 +349,15 @@ def runs_reconcile(*, timeout_s: float | None = None, max_attempts: int | None =
                 if moved:
                     run_announce_finished(run_id=run.pk)
                     # Its worker died before cleaning up: drop the search candidates' weight files.
-                    transaction.on_commit(functools.partial(_search_files_delete, run.pk))
+                    transaction.on_commit(functools.partial(run_files_delete, run.pk))
                     lines.append(f"run #{run.pk} failed ({reason})")
     return lines
 
 
-def _search_files_delete(run_id: int) -> None:
+def run_files_delete(run_id: int) -> None:
+    """Remove an ended run's search-candidate weights and checkpoints; a failure is logged, never raised."""
     try:
         search_files_delete(run_id=run_id)
         checkpoints_delete(run_id=run_id)
-    except Exception:  # noqa: BLE001 - a leftover file must not undo the reconciliation
+    except Exception:  # noqa: BLE001 - a leftover file must not undo the run's end
         logger.exception("removing search files or checkpoints of run #%s failed", run_id)

@@ -145,19 +145,19 @@ class TrainingStrategy(StrategyBase):
                 module = self._fresh(context, genome, seed=context.seed + 2)
                 config = train_config(context, lr_schedule="cosine", max_seconds=seconds, seed=context.seed + 2)
                 note = "retrained with wider layers"
-            resumed = saved is not None and saved[1].get("genome") == genome
-            if saved is not None and resumed:
+            resumed = saved[1] if saved is not None and saved[1].get("genome") == genome else None
+            spent = 0.0
+            if saved is not None and resumed is not None:
                 # Cut short by a dead worker: go on from the best weights it reached, for the time left.
-                state, meta = saved
-                module.load_state_dict(state)
-                config = dataclasses.replace(config, max_seconds=max(1.0, seconds - float(meta.get("seconds", 0.0))))
-                message = (f"{kind}: resuming from its checkpoint (epoch {meta.get('epoch')}, val "
-                           f"{meta.get('val_score', 0.0):.4f}) for the {config.max_seconds:.0f} s left")
+                module.load_state_dict(saved[0])
+                spent = float(resumed.get("seconds", 0.0))
+                config = dataclasses.replace(config, max_seconds=max(1.0, seconds - spent))
+                message = (f"{kind}: resuming from its checkpoint (epoch {resumed.get('epoch')}, val "
+                           f"{resumed.get('val_score', 0.0):.4f}) for the {config.max_seconds:.0f} s left")
                 context.log(message)
                 progress(start, message, None)
             else:
                 progress(start, f"{note} (validation score now {current:.4f})", None)
-            spent = float(saved[1].get("seconds", 0.0)) if saved is not None and resumed else 0.0
 
             def on_best(state, event, key=key, genome=genome, note=note, spent=spent) -> None:
                 context.checkpoints.save(key, state, {"genome": genome, "note": note, "epoch": event["epoch"],
@@ -169,8 +169,9 @@ class TrainingStrategy(StrategyBase):
                 progress=epoch_progress(progress, start=start, span=span, label=kind),
                 augment=context.augment, extra_data=context.extra_data, on_best=on_best,
             )
-            summary = {**_summary(result), **({"resumed_from_epoch": saved[1].get("epoch")}
-                                              if saved is not None and resumed else {})}
+            summary = _summary(result)
+            if resumed is not None:
+                summary["resumed_from_epoch"] = resumed.get("epoch")
             context.checkpoints.save(key, module.state_dict(), {"genome": genome, "note": note,
                                                                 "val_score": result.best_val_score,
                                                                 "train": summary}, final=True)
