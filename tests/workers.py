@@ -51,12 +51,12 @@ def qcluster(*, workers: int = 1, log_path: Path | None = None, **extra: str):
     try:
         yield process
     finally:
-        _stop(process)
+        stop_process(process)
         if log_path:
             log.close()
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -91,7 +91,7 @@ def daphne(*, log_path: Path, start_timeout_s: float = 60.0, **extra: str):
         _wait_healthy(url, process, log_path, start_timeout_s, "daphne")
         yield url, process
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @contextlib.contextmanager
@@ -113,7 +113,7 @@ def web_tier(*, log_path: Path, start_timeout_s: float = 60.0, web_workers: int 
         _wait_healthy(f"http://127.0.0.1:{ws_port}", process, log_path, start_timeout_s, "its WebSocket server")
         yield url, f"ws://127.0.0.1:{ws_port}", process
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float, name: str) -> None:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import urllib.request
+from collections import Counter
 
 import pytest
 
 from tests.distributed.services import wait_for
-from tests.workers import web_tier
+from tests.workers import ROOT, free_port, stop_process, web_tier
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -47,3 +50,59 @@ def test_idle_connections_do_not_hold_back_requests_and_are_closed(tmp_path):
             for sock in idle:
                 with contextlib.suppress(OSError):
                     sock.close()
+
+
+WORKERS = 3
+POOL = 30
+
+
+def _answer_pid(sock: socket.socket) -> int:
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
+            data.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0]):
+        chunk = sock.recv(4096)
+        assert chunk, "the server closed a kept-alive connection"
+        data += chunk
+    return int(data.split(b"\r\n\r\n", 1)[1])
+
+
+@pytest.fixture
+def three_workers(tmp_path):
+    port = free_port()
+    log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "tests.project.pid_app:application", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(WORKERS), "--worker-class", "project.gunicorn_worker.PollingThreadWorker",
+         "--threads", "4", "--keep-alive", "30"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def every_worker_answers() -> bool:
+            seen = set()
+            for _ in range(60):
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    seen.add(_answer_pid(s))
+            return len(seen) == WORKERS
+
+        wait_for(every_worker_answers, timeout_s=120, interval_s=0.5, what=f"{WORKERS} gunicorn workers answering")
+        yield port
+    finally:
+        stop_process(server)
+        log.close()
+
+
+def test_a_pool_of_kept_alive_connections_is_spread_over_the_processes(three_workers):
+    """A client that opens its whole pool at once gets it spread over the workers (each within a
+    couple of connections of an even share), not piled on whichever process woke first."""
+    pool = [socket.create_connection(("127.0.0.1", three_workers), timeout=30) for _ in range(POOL)]
+    try:
+        pids = [_answer_pid(sock) for sock in pool]
+        # Each connection stays with its process: asking again on it reaches the same one.
+        assert [_answer_pid(sock) for sock in pool] == pids
+    finally:
+        for sock in pool:
+            with contextlib.suppress(OSError):
+                sock.close()
+    per_process = Counter(pids)
+    assert len(per_process) == WORKERS, per_process
+    assert min(per_process.values()) >= POOL // WORKERS - 3, per_process
