@@ -1,7 +1,8 @@
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
-from improvement.choices import IN_FLIGHT
+from improvement.choices import IN_FLIGHT, RunStatus
+from improvement.formatting import signed_percent
 from improvement.models import ImprovementConfig, ImprovementRun
 from improvement.runs.lifecycle import run_cancel
 from improvement.services import config_update
@@ -45,7 +46,8 @@ class ImprovementConfigAdmin(admin.ModelAdmin):
 
 @admin.register(ImprovementRun)
 class ImprovementRunAdmin(admin.ModelAdmin):
-    list_display = ("id", "model", "strategy", "status", "origin", "progress", "gain", "created_at", "finished_at")
+    list_display = ("id", "model", "strategy", "status", "origin", "progress_display", "gain_display", "created_at",
+                    "finished_at")
     list_filter = ("status", "strategy", "origin", "model__task")
     search_fields = ("model__name", "model__task__slug", "trigger_reason", "decision", "error")
     list_select_related = ("model__task",)
@@ -56,11 +58,29 @@ class ImprovementRunAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
-    @admin.action(description="Cancel the selected queued or running runs")
+    @admin.display(description="progress", ordering="progress")
+    def progress_display(self, obj: ImprovementRun) -> str:
+        return f"{obj.progress:.0%}"
+
+    @admin.display(description="gain", ordering="gain")
+    def gain_display(self, obj: ImprovementRun) -> str:
+        return signed_percent(obj.gain)
+
+    @admin.action(description="Cancel selected runs")
     def cancel_selected(self, request, queryset) -> None:
-        cancelled = 0
-        for run in queryset.filter(status__in=IN_FLIGHT):
-            run_cancel(run=run)
-            cancelled += 1
-        self.message_user(request, f"{cancelled} run(s) cancelled or asked to stop; "
-                                   f"{queryset.count() - cancelled} had already finished")
+        """Each run through ``run_cancel``, the service the panel's Cancel button calls: a queued run is
+        cancelled at once, a running one is asked to stop, one that has ended is skipped."""
+        cancelled = stopping = skipped = 0
+        for run in queryset.order_by("pk"):
+            if run.status not in IN_FLIGHT:
+                skipped += 1
+                continue
+            run = run_cancel(run=run)
+            if run.status == RunStatus.CANCELLED:
+                cancelled += 1
+            elif run.status == RunStatus.RUNNING and run.cancel_requested:
+                stopping += 1
+            else:  # it ended on its own meanwhile
+                skipped += 1
+        self.message_user(request, f"{cancelled} cancelled, {stopping} running asked to stop, "
+                                   f"{skipped} skipped (already ended)")

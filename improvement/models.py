@@ -32,97 +32,129 @@ class ImprovementConfig(models.Model):
     each cycle and run, so an edit takes effect without a restart.
     """
 
-    enabled = models.BooleanField(default=True)
-    auto_start = models.BooleanField(default=True)
+    enabled = models.BooleanField(
+        "loop enabled", default=True,
+        help_text="Off: no scheduled cycle starts (a forced one still does); runs in flight finish.",
+    )
+    auto_start = models.BooleanField(
+        "start the loop at boot", default=True,
+        help_text="Start the loop when the system starts (manage.py serve), if it is enabled.",
+    )
     improvement_interval = models.FloatField(
-        default=300.0, validators=[MinValueValidator(1.0), MaxValueValidator(7 * 86400.0)],
+        "cycle interval (s)", default=300.0, validators=[MinValueValidator(1.0), MaxValueValidator(7 * 86400.0)],
         help_text="Seconds between cycles (at most a week)."
     )
     max_concurrent_improvements = models.PositiveIntegerField(
-        default=3, validators=[MinValueValidator(1), MaxValueValidator(64)]
+        "runs at once (at most)", default=3, validators=[MinValueValidator(1), MaxValueValidator(64)],
+        help_text="Improvement runs queued or running at the same time; a cycle fills only the free slots.",
     )
     performance_threshold = models.FloatField(
-        default=0.1, validators=[MinValueValidator(0.0), MaxValueValidator(10.0)],
+        "gain needed to promote", default=0.1, validators=[MinValueValidator(0.0), MaxValueValidator(10.0)],
         help_text="Relative gain required to promote (0.1 = 10% less error / latency / size).",
     )
     promotion_alpha = models.FloatField(
-        default=0.05, validators=[MinValueValidator(0.0001), MaxValueValidator(0.5)],
+        "significance level (α)", default=0.05, validators=[MinValueValidator(0.0001), MaxValueValidator(0.5)],
         help_text="Significance level of the gate's paired test (one-sided): a candidate is promoted only "
                   "when the test rejects 'no improvement' on the gate split at this level.",
     )
-    hormone_driven = models.BooleanField(default=True)
-    genetic_enhanced = models.BooleanField(default=True)
-    cross_model_distillation = models.BooleanField(default=True)
-    model_backup_enabled = models.BooleanField(default=True)
+    hormone_driven = models.BooleanField(
+        "hormones set priorities", default=True,
+        help_text="Hormone levels weight which strategy runs first; off: plain trigger order.",
+    )
+    genetic_enhanced = models.BooleanField(
+        "genetic triggers", default=True,
+        help_text="Plateaus, drift and new data start architecture evolution, whatever the score.",
+    )
+    cross_model_distillation = models.BooleanField(
+        "cross-model distillation", default=True,
+        help_text="A weaker model may learn from the best implementation of its task (teacher-student).",
+    )
+    model_backup_enabled = models.BooleanField(
+        "keep old versions as backups", default=True,
+        help_text="Off: a promotion deletes the version it replaces (no rollback to it).",
+    )
     improvement_history_size = models.PositiveIntegerField(
-        default=1000, validators=[MinValueValidator(1), MaxValueValidator(10_000_000)]
+        "runs kept in the history", default=1000, validators=[MinValueValidator(1), MaxValueValidator(10_000_000)],
+        help_text="The newest finished runs kept; older ones are trimmed (versions still in use are kept).",
     )
 
     # Strategy triggers.
-    training_score_below = models.FloatField(default=0.75, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
-    architecture_score_low = models.FloatField(default=0.75, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
-    architecture_score_high = models.FloatField(default=0.85, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    training_score_below = models.FloatField(
+        "retrain below score", default=0.75, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Training runs on a model whose gate score (or live score, beyond its interval) is below this.",
+    )
+    architecture_score_low = models.FloatField(
+        "architecture band: from score", default=0.75, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Architecture search runs on a model whose score is in [this, the band's upper end).",
+    )
+    architecture_score_high = models.FloatField(
+        "architecture band: below score", default=0.85, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Upper end (excluded) of the architecture search's score band.",
+    )
     distillation_teacher_min_score = models.FloatField(
-        default=0.85, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+        "teacher's minimum score", default=0.85, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Distillation runs only from a teacher (the task's best implementation) scoring at least this.",
     )
     optimization_latency_ms = models.FloatField(
+        "optimize above p95 latency (ms)",
         null=True, blank=True, validators=[MinValueValidator(0.001), MaxValueValidator(3_600_000.0)],
         help_text="p95 latency trigger; empty = each task's own latency budget (default 200 ms).",
     )
     optimization_score_tolerance = models.FloatField(
-        default=0.005, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        "score an optimization may lose", default=0.005, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Score an optimization may lose (absolute).",
     )
     rejection_cooldown_s = models.FloatField(
-        default=900.0, validators=[MinValueValidator(0.0), MaxValueValidator(30 * 86400.0)],
+        "cooldown after a rejection (s)", default=900.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(30 * 86400.0)],
         help_text="After a rejection, the same strategy waits this long before it is tried on that model again.",
     )
     search_patience_trials = models.PositiveIntegerField(
-        default=40, validators=[MinValueValidator(5), MaxValueValidator(100_000)],
+        "search patience (trials)", default=40, validators=[MinValueValidator(5), MaxValueValidator(100_000)],
         help_text="When nothing else runs, a model's architecture search keeps exploring until this many of its "
                   "latest trials found nothing better than its best.",
     )
     run_time_budget_s = models.FloatField(
-        default=240.0, validators=[MinValueValidator(5.0), MaxValueValidator(86400.0)],
+        "training budget per run (s)", default=240.0, validators=[MinValueValidator(5.0), MaxValueValidator(86400.0)],
         help_text="Wall-clock budget of one run's training."
     )
     # Input drift (models_registry.serving.drift): live predict inputs against the training split.
     drift_psi_threshold = models.FloatField(
-        default=0.25, validators=[MinValueValidator(0.01), MaxValueValidator(10.0)],
+        "drift threshold (PSI)", default=0.25, validators=[MinValueValidator(0.01), MaxValueValidator(10.0)],
         help_text="Population stability index at which a feature of the live inputs counts as moved "
                   "(0.1 = slight, 0.25 = significant shift); the move must also be statistically significant.",
     )
     drift_min_rows = models.PositiveIntegerField(
-        default=500, validators=[MinValueValidator(50), MaxValueValidator(1_000_000)],
+        "drift: fewest live rows", default=500, validators=[MinValueValidator(50), MaxValueValidator(1_000_000)],
         help_text="Fewest recent live rows a drift verdict rests on.",
     )
     drift_window_rows = models.PositiveIntegerField(
-        default=2000, validators=[MinValueValidator(50), MaxValueValidator(1_000_000)],
+        "drift: live rows compared", default=2000, validators=[MinValueValidator(50), MaxValueValidator(1_000_000)],
         help_text="Most recent live rows compared with the training split (older samples are dropped).",
     )
     drift_cooldown_s = models.FloatField(
-        default=1800.0, validators=[MinValueValidator(0.0), MaxValueValidator(30 * 86400.0)],
+        "cooldown after a drift alarm (s)", default=1800.0, validators=[MinValueValidator(0.0), MaxValueValidator(30 * 86400.0)],
         help_text="After an input drift alarm, seconds before the same task may raise another.",
     )
     # Retraining without forgetting (improvement.runs.promotion.rehearsal_judge).
     forgetting_tolerance = models.FloatField(
-        default=0.01, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        "score the old rows may lose", default=0.01, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Score (absolute) a score run may lose on the gate rows the active version was trained with "
                   "when the task has new rows since: a larger loss the paired test confirms refuses the candidate, "
                   "even if it gains overall.",
     )
     rehearsal_min_new_gate_rows = models.PositiveIntegerField(
-        default=20, validators=[MinValueValidator(1), MaxValueValidator(1_000_000)],
+        "new gate rows to judge apart", default=20, validators=[MinValueValidator(1), MaxValueValidator(1_000_000)],
         help_text="Fewest gate rows added since the active version was trained for a score run to be judged on the "
                   "old and the new rows apart.",
     )
     # The learned parts of the loop (improvement.predictor, improvement.neural_hormones).
     predictor_min_history = models.PositiveIntegerField(
-        default=30, validators=[MinValueValidator(20)],
+        "runs before the gain predictor", default=30, validators=[MinValueValidator(20)],
         help_text="Finished runs needed before the learned improvement predictor is trained and may rank runs.",
     )
     neural_hormones = models.BooleanField(
-        default=True,
+        "neural hormone sizing", default=True,
         help_text="Hormone releases are sized by the hormone-response task's serving implementation "
                   "(neural when serving says it beats the algorithm); off: always the algorithm.",
     )
@@ -331,7 +363,8 @@ class CycleRecord(models.Model):
 
 
 class GeneticTrigger(models.Model):
-    """An environmental condition that started (or asked for) architecture evolution of a model."""
+    """An environmental condition that started (or asked for) architecture evolution of a model, or the
+    retraining that drift calls for; ``evidence`` is what the condition was seen on, ``run`` the run it started."""
 
     class Kind(models.TextChoices):
         PLATEAU = "plateau", "Training plateau"

@@ -195,9 +195,10 @@ def task_upload_create(
     *, name: str, filename: str, content: bytes, slug: str = "", description: str = "",
     target_column: str | None = None, output_kind: str | None = None, algorithm_path: str = "",
     limits: UploadLimits | None = None, seed: int = 0, metric: str | None = None, genome: dict | None = None,
-    created_by: User | None = None,
+    created_by: User | None = None, inputs_key: str = "X", targets_key: str = "y",
 ) -> Task:
-    """An upload through the API: the task now, usable at once; the heavy work queued for workers.
+    """An upload through the API (or the panel's new-task form): the task now, usable at once; the heavy
+    work queued for workers.
 
     The request parses the file, fixes the splits and writes the dataset and the row
     (``task_create_from_upload``), and creates the first model; the algorithm's evaluation
@@ -209,7 +210,8 @@ def task_upload_create(
     task = task_create_from_upload(
         name=name, filename=filename, content=content, slug=slug, description=description,
         target_column=target_column, output_kind=output_kind, algorithm_path=algorithm_path, limits=limits,
-        seed=seed, metric=metric, created_by=created_by, evaluate_algorithm=False,
+        seed=seed, metric=metric, created_by=created_by, evaluate_algorithm=False, inputs_key=inputs_key,
+        targets_key=targets_key,
     )
     task_first_model(task=task, genome=genome)
     task_algorithm_queue(task=task)

@@ -19,6 +19,10 @@ from models_registry.services import version_activate, version_rollback
 from models_registry.serving import admin as _serving_admin  # noqa: F401  (registers the serving admin)
 
 
+def _digits(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
     list_display = ("slug", "name", "output_kind", "metric", "source", "n_samples", "n_train", "n_val", "n_gate",
@@ -80,7 +84,8 @@ class TaskAdmin(admin.ModelAdmin):
 
 class VersionInline(admin.TabularInline):
     model = ModelVersion
-    fields = ("number", "runtime", "is_active", "score", "latency_p95_ms", "n_parameters", "parent", "created_at")
+    fields = ("number", "runtime", "is_active", "score_display", "latency_p95_display", "n_parameters", "parent",
+              "created_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -89,6 +94,14 @@ class VersionInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
+
+    @admin.display(description="gate score")
+    def score_display(self, obj: ModelVersion) -> str:
+        return _digits(obj.score, 4)
+
+    @admin.display(description="p95 ms, batch 1")
+    def latency_p95_display(self, obj: ModelVersion) -> str:
+        return _digits(obj.latency_p95_ms, 3)
 
 
 @admin.register(NeuralModel)
@@ -128,8 +141,8 @@ class NeuralModelAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "runtime", "is_active", "score", "metric", "latency_p95_ms", "latency_p95_ms_batch",
-                    "n_parameters", "size_bytes", "parent", "created_at")
+    list_display = ("__str__", "runtime", "is_active", "score_display", "metric", "latency_p95_display",
+                    "latency_p95_batch_display", "n_parameters", "size_bytes", "parent", "created_at")
     list_filter = ("is_active", "runtime", "model__task")
     search_fields = ("model__name", "model__task__slug", "note")
     list_select_related = ("model__task", "parent")
@@ -141,6 +154,19 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # immutable; activation is an action
+
+    # Scores to 4 decimals and latencies to 3 (a float column would show all 16 digits).
+    @admin.display(description="gate score", ordering="score")
+    def score_display(self, obj: ModelVersion) -> str:
+        return _digits(obj.score, 4)
+
+    @admin.display(description="p95 ms, batch 1", ordering="latency_p95_ms")
+    def latency_p95_display(self, obj: ModelVersion) -> str:
+        return _digits(obj.latency_p95_ms, 3)
+
+    @admin.display(description="p95 ms, batch 256", ordering="latency_p95_ms_batch")
+    def latency_p95_batch_display(self, obj: ModelVersion) -> str:
+        return _digits(obj.latency_p95_ms_batch, 3)
 
     @admin.action(description="Activate this version (serve it)")
     def activate_selected(self, request, queryset) -> None:
@@ -154,12 +180,28 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
 @admin.register(PerformanceSample)
 class PerformanceSampleAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "task", "implementation", "version", "source", "score", "latency_p50_ms",
-                    "latency_p95_ms", "latency_p99_ms", "n_requests", "n_errors")
+    list_display = ("created_at", "task", "implementation", "version", "source", "score_display", "latency_p50_display",
+                    "latency_p95_display", "latency_p99_display", "n_requests", "n_errors")
     list_filter = ("implementation", "source", "task")
     list_select_related = ("task", "version__model")
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in PerformanceSample._meta.fields]
+
+    @admin.display(description="score", ordering="score")
+    def score_display(self, obj: PerformanceSample) -> str:
+        return _digits(obj.score, 4)
+
+    @admin.display(description="p50 ms", ordering="latency_p50_ms")
+    def latency_p50_display(self, obj: PerformanceSample) -> str:
+        return _digits(obj.latency_p50_ms, 3)
+
+    @admin.display(description="p95 ms", ordering="latency_p95_ms")
+    def latency_p95_display(self, obj: PerformanceSample) -> str:
+        return _digits(obj.latency_p95_ms, 3)
+
+    @admin.display(description="p99 ms", ordering="latency_p99_ms")
+    def latency_p99_display(self, obj: PerformanceSample) -> str:
+        return _digits(obj.latency_p99_ms, 3)
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -118,11 +118,18 @@ def gate_size_check(n_gate: int, *, alpha: float = GATE_ALPHA) -> list[str]:
             f"to {GATE_WARN_ABOVE:.0%}."]
 
 
+#: Slugs the control panel's own addresses take: ``/tasks/new/`` is the new-task form, not a task's page.
+RESERVED_TASK_SLUGS = frozenset({"new"})
+
+
 def task_slug_check(*, slug: str) -> str:
     """The slug a new task named ``slug`` gets (slugified); refused when empty or already a task's."""
     slug = slugify(slug)[:80]
     if not slug:
         raise RegistryError("name: must contain at least one letter or digit")
+    if slug in RESERVED_TASK_SLUGS:
+        raise RegistryError(f"slug: {slug!r} is reserved (the control panel's /tasks/{slug}/ is not a task's page); "
+                            "choose another name")
     if Task.objects.filter(slug=slug).exists():
         raise RegistryError(f"slug: a task named {slug!r} already exists")
     return slug
@@ -221,9 +228,10 @@ def task_create_from_upload(
     *, name: str, filename: str, content: bytes, slug: str = "", description: str = "",
     target_column: str | None = None, output_kind: str | None = None, algorithm_path: str = "",
     limits: UploadLimits | None = None, seed: int = 0, metric: str | None = None,
-    created_by: User | None = None, evaluate_algorithm: bool = True,
+    created_by: User | None = None, evaluate_algorithm: bool = True, inputs_key: str = "X", targets_key: str = "y",
 ) -> Task:
-    """Create a task from a CSV or NPZ upload (features plus a target).
+    """Create a task from a CSV or NPZ upload (features plus a target; an NPZ's arrays ``inputs_key``
+    and ``targets_key``).
 
     ``metric`` (``models_registry.nn.metrics``) defaults to what suits the data: balanced
     accuracy when the classes are imbalanced, accuracy otherwise, R² for values. Without an
@@ -237,7 +245,8 @@ def task_create_from_upload(
     if lower.endswith(".csv"):
         parsed = parse_csv(content, target_column=target_column, output_kind=output_kind, limits=limits)
     elif lower.endswith(".npz"):
-        parsed = parse_npz(content, output_kind=output_kind, limits=limits)
+        parsed = parse_npz(content, output_kind=output_kind, limits=limits, inputs_key=inputs_key,
+                           targets_key=targets_key)
     else:
         raise DatasetError(f"file: expected a .csv or .npz file, got {filename!r}")
     if algorithm_path:

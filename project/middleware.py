@@ -90,13 +90,17 @@ _PREDICT_PATH = re.compile(r"^/api/tasks/[^/]+/predict/?$")
 _UPLOAD_PATHS = ("/api/tasks", "/api/tasks/")
 #: Rows appended to a task's dataset, through the API and from the panel's task page.
 _ROWS_PATH = re.compile(r"^(?:/api)?/tasks/[^/]+/rows/?$")
+#: The panel's new-task form: a declared body above the limit is handed on unread, marked with its size
+#: in ``request.META[BODY_TOO_LARGE]``, so that the view says so in the form, next to the file input.
+FORM_UPLOAD_PATHS = ("/tasks/new/",)
+BODY_TOO_LARGE = "plasticity.body_too_large"
 
 
 def request_body_limit(path: str) -> int:
     """The most bytes a request body to ``path`` may carry: dataset uploads (a new task's, or rows
     appended to one), predict batches, and a small allowance (``DATA_UPLOAD_MAX_MEMORY_SIZE``) for
     everything else."""
-    if path in _UPLOAD_PATHS or _ROWS_PATH.match(path):
+    if path in _UPLOAD_PATHS or path in FORM_UPLOAD_PATHS or _ROWS_PATH.match(path):
         return upload_body_limit()
     if _PREDICT_PATH.match(path):
         return serving_setting("PLASTICITY_PREDICT_MAX_BYTES")
@@ -128,7 +132,8 @@ class RequestBodyLimitMiddleware:
     the server's stream up to the limit and no further — 413 once it passes, else it is handed
     on as an ordinary body of known length — so memory stays bounded either way. (Under the
     WSGI tier bodies are streamed; an ASGI server such as ``serve --single``'s daphne reads the
-    body before the application sees it.)
+    body before the application sees it.) The one exception, ``FORM_UPLOAD_PATHS``, is handed on
+    unread and marked, so that its form shows the refusal next to the file input.
     """
 
     def __init__(self, get_response) -> None:
@@ -142,7 +147,9 @@ class RequestBodyLimitMiddleware:
                 size = int(declared)
             except ValueError:
                 size = 0
-            if size > limit:
+            if size > limit and request.path in FORM_UPLOAD_PATHS:
+                request.META[BODY_TOO_LARGE] = size  # its view refuses it, in the form, without reading it
+            elif size > limit:
                 return body_too_large_response(request, limit, size)
         elif "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
             raw = request.META.get("wsgi.input")

@@ -87,6 +87,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "project.context_processors.live",
             ],
+            # The panel's number formatting ({% load panel_format %}); project.panel is not an app.
+            "libraries": {"panel_format": "project.panel.templatetags.panel_format"},
         },
     },
 ]

@@ -45,6 +45,7 @@ import math
 import numpy as np
 from django.db import transaction
 
+from improvement.formatting import signed_percent
 from improvement.models import ImprovementRun
 from improvement.runs.lifecycle import run_mark_promoted
 from models_registry.models import ModelVersion
@@ -114,7 +115,8 @@ def _paired_text(cmp: PairedComparison) -> str:
 
 def _timing_text(tc: TimingComparison) -> str:
     lo, hi = tc.ci95
-    return (f"{tc.gain:+.1%} latency (ratio {tc.ratio:.3f}, 95% CI {lo:.3f}–{hi:.3f}, p={tc.p_faster:.3g}, "
+    return (f"gain {signed_percent(tc.gain)} latency (ratio {tc.ratio:.3f}, 95% CI {lo:.3f}–{hi:.3f}, "
+            f"p={tc.p_faster:.3g}, "
             f"{min(n for n, _ in tc.repeats.values())}+ repeats)")
 
 
@@ -154,19 +156,20 @@ def decide(
             return verdict(False, gain, f"rejected: p95 {cand_p95:.1f} ms exceeds the {latency_budget_ms:g} ms "
                                         f"budget ({scores})", "latency_budget")
         if gain >= threshold and cmp.p_better <= alpha:
-            return verdict(True, gain, f"promoted: error {-gain:+.1%} (≥ {threshold:.0%}), {_paired_text(cmp)} "
-                                       f"≤ α {alpha:g}; {scores}", "score")
+            return verdict(True, gain, f"promoted: gain {signed_percent(gain)} less error (≥ {threshold:.0%}), "
+                                       f"{_paired_text(cmp)} ≤ α {alpha:g}; {scores}", "score")
         if _held(cmp, score_tolerance, alpha):
             # An equal score (a model already at the top included) can still win on cost.
             if tc is not None and tc.gain > 0 and tc.gain >= threshold and tc.p_faster <= alpha:
                 return verdict(True, tc.gain, f"promoted: score held ({scores}), {_timing_text(tc)}", "tie_faster")
             size = size_gain(baseline.size_bytes, candidate.size_bytes)
             if size > 0 and size >= threshold:
-                return verdict(True, size, f"promoted: score held ({scores}), {size:+.1%} smaller", "tie_smaller")
+                return verdict(True, size, f"promoted: score held ({scores}), gain {signed_percent(size)} smaller",
+                               "tie_smaller")
         if gain < threshold:
-            why = f"error {-gain:+.1%} short of the {threshold:.0%} threshold ({_paired_text(cmp)})"
+            why = f"gain {signed_percent(gain)} less error, short of the {threshold:.0%} threshold ({_paired_text(cmp)})"
         else:
-            why = f"error {-gain:+.1%} not significant: {_paired_text(cmp)} > α {alpha:g}"
+            why = f"gain {signed_percent(gain)} less error, not significant: {_paired_text(cmp)} > α {alpha:g}"
         return verdict(False, gain, f"rejected: {why}; {scores}", "score")
 
     held = f"score held ({scores}, {_paired_text(cmp)})"
@@ -177,11 +180,13 @@ def decide(
     if objective == "size":
         gain = size_gain(baseline.size_bytes, candidate.size_bytes)
         if gain > 0 and gain >= threshold:
-            return verdict(True, gain, f"promoted: {gain:+.1%} smaller; {held}", "size")
-        return verdict(False, gain, f"rejected: {gain:+.1%} smaller, short of {threshold:.0%}; {held}", "size")
+            return verdict(True, gain, f"promoted: gain {signed_percent(gain)} smaller; {held}", "size")
+        return verdict(False, gain, f"rejected: gain {signed_percent(gain)} smaller, short of {threshold:.0%}; {held}",
+                       "size")
     if tc is None:
         gain = latency_gain(baseline.latency, candidate.latency)
-        return verdict(False, gain, f"rejected: no repeated timings to judge a {gain:+.1%} latency gain", "latency")
+        return verdict(False, gain, f"rejected: no repeated timings to judge a gain of {signed_percent(gain)} latency",
+                       "latency")
     if tc.gain > 0 and tc.gain >= threshold and tc.p_faster <= alpha:
         return verdict(True, tc.gain, f"promoted: {_timing_text(tc)}; {held}", "latency")
     why = "short of the threshold" if tc.gain < threshold else f"not significant (p > α {alpha:g})"

@@ -45,7 +45,11 @@ from improvement.models import CycleRecord, ImprovementConfig, ImprovementRun, L
 from improvement.neural_hormones import stress_release
 from improvement.predictor import gain_predictions, predictor_maintain, run_features
 from improvement.runs.lifecycle import run_create
-from improvement.scheduler.genetic_triggers import genetic_trigger_detect, genetic_trigger_record
+from improvement.scheduler.genetic_triggers import (
+    genetic_trigger_detect,
+    genetic_trigger_record,
+    genetic_trigger_summary,
+)
 from improvement.scheduler.triggers import config_triggers, model_metrics, search_progress
 from improvement.strategies.registry import (
     NEED_TEACHER,
@@ -79,7 +83,7 @@ class Proposal:
     priority: float = 0.0
     chosen: bool = False
     why: str = ""
-    genetic: tuple[str, dict] | None = None
+    genetic: tuple[str, dict] | None = None  # (kind, evidence) of the genetic trigger behind it: kept with its run
     predicted_gain: float | None = None
     predictor: str = ""  # which predictor made predicted_gain
     predictor_factor: float = 1.0  # what the prediction multiplied the priority by
@@ -93,7 +97,7 @@ class Proposal:
         data.pop("features")
         data.pop("metrics")
         if self.genetic:
-            data["genetic_trigger"] = self.genetic[0]
+            data["genetic_trigger"], data["evidence"] = self.genetic
         return data
 
 
@@ -167,7 +171,7 @@ def proposals_collect(config: ImprovementConfig, levels: dict[str, float]) -> li
         if version_active(model=model) is None:
             continue
         genetic = genetic_trigger_detect(model, config=config)
-        metrics = model_metrics(model, genetic_trigger=f"{genetic[0]}: {genetic[1]}" if genetic else None)
+        metrics = model_metrics(model, genetic_trigger=genetic_trigger_summary(*genetic) if genetic else None)
         fired = []
         for name, strategy in strategies.items():
             verdict = strategy.applies(metrics, triggers)
@@ -179,7 +183,7 @@ def proposals_collect(config: ImprovementConfig, levels: dict[str, float]) -> li
             # Serving saw the model disagree with the algorithm: retraining jumps the queue.
             boost = model_urgency_boost(levels.get(ADRENALINE, 0.0))
             fired.append(Proposal(model.pk, str(model), retrain, "drift seen by serving: retrain",
-                                  min(1.0, 0.9) * boost, kind="drift", metrics=metrics))
+                                  min(1.0, 0.9) * boost, kind="drift", genetic=genetic, metrics=metrics))
         now = timezone.now()
         available = [p for p in fired
                      if _cooling_down(p.model_id, p.strategy, config.rejection_cooldown_s, now) is None]

@@ -9,7 +9,9 @@
   was trained (rows appended through ``POST /api/tasks/<slug>/rows`` count as they commit:
   the evidence names the dataset versions made since).
 
-Each firing is recorded with its evidence when it leads to a run.
+Each firing is recorded with its evidence when it leads to a run (the architecture run it starts, or the
+retraining that input or shadow drift calls for), and kept in the cycle's decisions; reasons carry a
+one-line summary (``genetic_trigger_summary``).
 """
 
 from __future__ import annotations
@@ -88,6 +90,24 @@ def genetic_trigger_detect(model: NeuralModel, *, config: ImprovementConfig) -> 
         if evidence is not None:
             return kind, evidence
     return None
+
+
+def genetic_trigger_summary(kind: str, evidence: dict) -> str:
+    """One line for a reason: what held, with its numbers (the whole evidence is kept beside it)."""
+    if kind == GeneticTrigger.Kind.DRIFT and evidence.get("source") == "inputs":
+        inputs = evidence.get("evidence") or {}
+        moved = ", ".join(f"{f['feature']} {f['psi']:.3f}" for f in (inputs.get("features") or [])[:3])
+        return (f"drift: live inputs moved, PSI {inputs.get('psi_max', 0.0):.3f} ≥ {inputs.get('threshold', 0.0):g} "
+                f"({moved}) over {inputs.get('rows')} rows")
+    if kind == GeneticTrigger.Kind.DRIFT:
+        return f"drift: serving switched away on shadow disagreement (switch #{evidence.get('switch_id')})"
+    if kind == GeneticTrigger.Kind.DATA_GROWTH:
+        return (f"data growth: {evidence.get('trained_on')} → {evidence.get('now')} training rows "
+                f"(≥ +{evidence.get('fraction', GROWTH_FRACTION):.0%})")
+    if kind == GeneticTrigger.Kind.PLATEAU:
+        gains = ", ".join(f"{g:.3f}" for g in evidence.get("gains") or [])
+        return f"plateau: the last {len(evidence.get('runs') or [])} training runs gained {gains} < {evidence.get('threshold')}"
+    return f"{kind}: {evidence}"
 
 
 def genetic_trigger_record(*, model: NeuralModel, kind: str, evidence: dict, run: ImprovementRun | None) -> GeneticTrigger:

@@ -9,7 +9,6 @@ prediction id is signed, not stored (``serving.prediction_ids``).
 from __future__ import annotations
 
 import django_filters
-from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
@@ -32,9 +31,8 @@ from models_registry.api.serving_serializers import (
     ServingSerializer,
     ServingSwitchSerializer,
 )
-from models_registry.choices import Implementation, OutputKind
-from models_registry.models import ModelVersion, Task
-from models_registry.selectors import version_best_in_task
+from models_registry.choices import OutputKind
+from models_registry.models import Task
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.conf import serving_setting
 from models_registry.serving.feedback import FeedbackInvalid, feedback_live, feedback_record, feedback_reports
@@ -43,12 +41,7 @@ from models_registry.serving.models import ServingSwitch
 from models_registry.serving.predict import PredictionFailed, serving_predict
 from models_registry.serving.router import ServingUnavailable, TaskNotFound, serving_router
 from models_registry.serving.selectors import serving_comparison, serving_state_get, serving_switch_list
-from models_registry.serving.switching import (
-    serving_pin_clear,
-    serving_reevaluate,
-    serving_reevaluate_after_feedback,
-    serving_switch,
-)
+from models_registry.serving.switching import serving_force, serving_reevaluate_after_feedback
 from project.api.errors import api_exception_handler, error_body
 from project.api.pagination import Pagination
 from project.api.permissions import IsOperatorOrReadOnly
@@ -309,26 +302,8 @@ class TaskServingView(_ServingAPIView):
         serializer = ServingForceSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        implementation = data["implementation"]
-        detail = data.get("detail") or f"forced by {request.user.get_username()}"
-        if implementation == "auto":
-            with transaction.atomic():
-                serving_pin_clear(task=task)
-                serving_reevaluate(task=task)
-        else:
-            version = None
-            if implementation == Implementation.NEURAL:
-                version_id = data.get("version_id")
-                version = (ModelVersion.objects.filter(pk=version_id, model__task=task).first()
-                           if version_id is not None else version_best_in_task(task=task))
-                if version is None:
-                    raise exceptions.ValidationError(
-                        {"version_id": [f"task {task.slug} has no such active version" if version_id is not None
-                                        else f"task {task.slug} has no active neural version"]})
-            serving_switch(task=task, implementation=implementation, version=version, reason=SwitchReason.OPERATOR,
-                           detail=detail, actor=request.user.get_username(), pinned=True,
-                           evidence={"forced_by": request.user.get_username()})
-        serving_router().invalidate()
+        serving_force(task=task, implementation=data["implementation"], version_id=data.get("version_id"),
+                      actor=request.user.get_username(), detail=data.get("detail") or "")
         return Response(ServingSerializer(_serving_payload(task)).data)
 
 

@@ -379,6 +379,8 @@ def parse_npz(
     *,
     output_kind: str | None = None,
     limits: UploadLimits | None = None,
+    inputs_key: str = "X",
+    targets_key: str = "y",
 ) -> ParsedDataset:
     """Parse an ``.npz`` upload holding numeric arrays ``X`` (N, ...) and ``y`` (N,) or (N, k).
 
@@ -386,6 +388,8 @@ def parse_npz(
     is interpreted as for CSV: text or few distinct integers → classes, other
     numbers → values. For ``output_kind="reconstruction"``, ``y`` may be
     omitted (the target is ``X``). Object (pickled) arrays are refused.
+    ``inputs_key`` and ``targets_key`` name other arrays of the archive as ``X`` and ``y``
+    (an archive with several); messages then name those arrays.
     """
     limits = limits or UploadLimits()
     _check_output_kind(output_kind)
@@ -404,16 +408,19 @@ def parse_npz(
     with archive:
         keys = list(archive.files)
         needs_y = output_kind != "reconstruction"
-        missing = [k for k in ("X", "y") if k not in keys and (k == "X" or needs_y)]
+        if inputs_key == targets_key:
+            raise DatasetError(f"the inputs and the targets must be different arrays; both are '{inputs_key}'")
+        missing = [k for k in (inputs_key, targets_key) if k not in keys and (k == inputs_key or needs_y)]
         if missing:
             raise DatasetError(
-                f"the archive must contain arrays named 'X' (inputs) and 'y' (targets); missing "
-                f"{', '.join(repr(m) for m in missing)}, found {', '.join(repr(k) for k in keys) or 'nothing'}"
+                f"the archive must contain arrays named '{inputs_key}' (inputs) and '{targets_key}' (targets); "
+                f"missing {', '.join(repr(m) for m in missing)}, found "
+                f"{', '.join(repr(k) for k in keys) or 'nothing'}"
             )
-        x_raw = _load_member(archive, "X")
-        y_raw = _load_member(archive, "y") if "y" in keys else None
+        x_raw = _load_member(archive, inputs_key)
+        y_raw = _load_member(archive, targets_key) if targets_key in keys else None
 
-    x = _npz_inputs(x_raw, limits)
+    x = _npz_inputs(x_raw, limits, key=inputs_key)
     n = x.shape[0]
     feature_count = int(np.prod(x.shape[1:]))
     feature_names = [f"x{i}" for i in range(feature_count)]
@@ -421,14 +428,15 @@ def parse_npz(
     if output_kind == "reconstruction":
         if y_raw is not None and y_raw.shape != x_raw.shape:
             raise DatasetError(
-                f"for a reconstruction task 'y' is optional and, if given, must have X's shape "
+                f"for a reconstruction task '{targets_key}' is optional and, if given, must have "
+                f"{inputs_key}'s shape "
                 f"{x_raw.shape}; it has shape {y_raw.shape}"
             )
         return ParsedDataset(x, x.copy(), "reconstruction", feature_names, None, None, tuple(x.shape[1:]))
 
     assert y_raw is not None  # guaranteed by the 'missing' check above
-    kind, y, labels = _npz_target(y_raw, n, output_kind)
-    return ParsedDataset(x, y, kind, feature_names, "y", labels, tuple(x.shape[1:]))
+    kind, y, labels = _npz_target(y_raw, n, output_kind, key=targets_key, inputs_key=inputs_key)
+    return ParsedDataset(x, y, kind, feature_names, targets_key, labels, tuple(x.shape[1:]))
 
 
 def _check_zip(data: bytes, limits: UploadLimits) -> None:
@@ -479,49 +487,51 @@ def _load_member(archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
         raise DatasetError(f"array '{key}' cannot be read: {type(exc).__name__}: {exc}")
 
 
-def _npz_inputs(x: np.ndarray, limits: UploadLimits) -> np.ndarray:
+def _npz_inputs(x: np.ndarray, limits: UploadLimits, *, key: str = "X") -> np.ndarray:
     if x.dtype.kind not in "biuf":
-        raise DatasetError(f"'X' must hold numbers (bool, int or float); it has dtype {x.dtype}")
+        raise DatasetError(f"'{key}' must hold numbers (bool, int or float); it has dtype {x.dtype}")
     if x.ndim == 0:
-        raise DatasetError("'X' is a single number; expected an array with one row per example")
+        raise DatasetError(f"'{key}' is a single number; expected an array with one row per example")
     if x.ndim == 1:
         x = x[:, None]  # one feature per row
     features = int(np.prod(x.shape[1:]))
     if features > limits.max_columns:
         raise DatasetError(
-            f"too many features: each row of 'X' has {features} values (shape {x.shape[1:]}); at most "
+            f"too many features: each row of '{key}' has {features} values (shape {x.shape[1:]}); at most "
             f"{limits.max_columns} are accepted"
         )
     if features == 0:
-        raise DatasetError(f"'X' has no features (shape {x.shape})")
+        raise DatasetError(f"'{key}' has no features (shape {x.shape})")
     _check_rows(x.shape[0], limits)
     x64 = x.astype(np.float64)
-    _check_finite(x64, lambda r, j: f"X row {r} (0-based), feature {j} (0-based, flattened)", "input")
+    _check_finite(x64, lambda r, j: f"{key} row {r} (0-based), feature {j} (0-based, flattened)", "input")
     return x64.astype(np.float32)
 
 
-def _npz_target(y: np.ndarray, n: int, output_kind: str | None) -> tuple[str, np.ndarray, list[str] | None]:
+def _npz_target(
+    y: np.ndarray, n: int, output_kind: str | None, *, key: str = "y", inputs_key: str = "X",
+) -> tuple[str, np.ndarray, list[str] | None]:
     if y.ndim == 0 or y.shape[0] != n:
-        raise DatasetError(f"'y' must have one entry per row of 'X' ({n}); it has shape {y.shape}")
+        raise DatasetError(f"'{key}' must have one entry per row of '{inputs_key}' ({n}); it has shape {y.shape}")
     if y.dtype.kind in "US":
         if output_kind == "values":
-            raise DatasetError("'y' holds text, but a regression ('values') target must be numeric")
+            raise DatasetError(f"'{key}' holds text, but a regression ('values') target must be numeric")
         if y.ndim != 1:
             raise DatasetError(
-                f"text class labels in 'y' must be 1-D (one label per row); shape is {y.shape}"
+                f"text class labels in '{key}' must be 1-D (one label per row); shape is {y.shape}"
             )
         labels = y.astype(str)
         empty = np.flatnonzero(np.char.strip(labels) == "")
         if len(empty):
-            raise DatasetError(f"'y' row {int(empty[0])} (0-based): the class label is empty")
-        codes, names = _encode_classes(labels, "y")
+            raise DatasetError(f"'{key}' row {int(empty[0])} (0-based): the class label is empty")
+        codes, names = _encode_classes(labels, key)
         return "classes", codes, names
     if y.dtype.kind not in "biuf":
-        raise DatasetError(f"'y' must hold numbers or text labels; it has dtype {y.dtype}")
+        raise DatasetError(f"'{key}' must hold numbers or text labels; it has dtype {y.dtype}")
     y64 = y.astype(np.float64)
     _check_finite(
         y64.reshape(n, -1),
-        lambda r, j: f"y row {r} (0-based)" + (f", column {j}" if y.ndim > 1 else ""),
+        lambda r, j: f"{key} row {r} (0-based)" + (f", column {j}" if y.ndim > 1 else ""),
         "target",
     )
     wants_classes = output_kind == "classes" or (
@@ -530,8 +540,8 @@ def _npz_target(y: np.ndarray, n: int, output_kind: str | None) -> tuple[str, np
     if wants_classes:
         flat = y64.reshape(n, -1)
         if flat.shape[1] != 1:
-            raise DatasetError(f"class labels in 'y' must be 1-D (one label per row); shape is {y.shape}")
-        codes, names = _encode_classes(flat[:, 0], "y")
+            raise DatasetError(f"class labels in '{key}' must be 1-D (one label per row); shape is {y.shape}")
+        codes, names = _encode_classes(flat[:, 0], key)
         return "classes", codes, names
     return "values", y64.reshape(n, -1).astype(np.float32), None
 

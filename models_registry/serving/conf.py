@@ -35,6 +35,8 @@ SERVING_SETTINGS: dict[str, tuple[type, float | int | bool]] = {
     "PLASTICITY_INPUT_SAMPLE_ROWS": (int, 256),
     "PLASTICITY_INPUT_SAMPLE_BYTES": (int, 256 * 1024),
     "PLASTICITY_INPUT_SAMPLES_KEEP": (int, 200),
+    # Drift readings (every check's largest PSI, alarm or not: the task page's drift chart) kept per task.
+    "PLASTICITY_DRIFT_READINGS_KEEP": (int, 1440),
     # Adrenaline released by an input drift alarm.
     "PLASTICITY_DRIFT_ADRENALINE": (float, 0.3),
     # Default shadow fraction of a new ServingState.

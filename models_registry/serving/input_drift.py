@@ -7,7 +7,9 @@ configuration) reads the newest ``window_rows`` rows of each task, drops older s
 task's training split. A drift is announced by
 ``input_drift_record`` — one ``InputDrift`` row with the evidence, adrenaline, a
 ``serving.input_drift`` event — at most once per ``cooldown_s`` per task. The genetic drift
-trigger of the task's models reads the alarm (``input_drift_latest``).
+trigger of the task's models reads the alarm (``input_drift_latest``). Every check that compared
+rows, alarm or not, also leaves a ``DriftReading`` (``drift_reading_record``), the newest
+``PLASTICITY_DRIFT_READINGS_KEEP`` per task: the task page charts them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from models_registry.implementations import task_dataset
 from models_registry.models import Task
 from models_registry.serving.conf import serving_setting
 from models_registry.serving.drift import DriftReference, DriftReport, drift_detect_recent, drift_reference
-from models_registry.serving.models import InputDrift, InputSample
+from models_registry.serving.models import DriftReading, InputDrift, InputSample
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +130,21 @@ def input_drift_record(*, task: Task, report: DriftReport) -> InputDrift:
     return drift
 
 
+def drift_reading_record(*, task: Task, report: DriftReport, drift: InputDrift | None) -> DriftReading:
+    """Keep what one check measured (its largest PSIs, the threshold, the verdict); trim the task's oldest."""
+    moved = {s.feature for s in report.shifts}
+    features = [{"feature": s.feature, "psi": round(s.psi, 4), "p_value": float(f"{s.p_value:.3g}"),
+                 "moved": s.feature in moved} for s in report.top]
+    reading = DriftReading.objects.create(task=task, psi_max=report.psi_max, threshold=report.threshold,
+                                          rows=report.rows, drifted=report.drifted, features=features, alarm=drift)
+    keep = max(1, serving_setting("PLASTICITY_DRIFT_READINGS_KEEP"))
+    oldest_kept = list(DriftReading.objects.filter(task=task).order_by("-id").values_list("id", flat=True)
+                       [keep - 1:keep])
+    if oldest_kept:
+        DriftReading.objects.filter(task=task, id__lt=oldest_kept[0]).delete()
+    return reading
+
+
 def input_drift_check_task(task: Task, *, threshold: float, min_rows: int, window_rows: int,
                            cooldown_s: float) -> DriftCheck:
     now = timezone.now()
@@ -145,6 +162,7 @@ def input_drift_check_task(task: Task, *, threshold: float, min_rows: int, windo
     report = drift_detect_recent(reference, live.reshape(live.shape[0], *task.input_shape), threshold=threshold,
                                  min_rows=min_rows)
     drift = input_drift_record(task=task, report=report) if report.drifted else None
+    drift_reading_record(task=task, report=report, drift=drift)
     return DriftCheck(task.pk, report, drift)
 
 

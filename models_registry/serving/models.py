@@ -193,3 +193,30 @@ class InputDrift(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task.slug}: input drift (PSI {self.psi_max:.2f} over {self.rows} rows)"
+
+
+class DriftReading(models.Model):
+    """What one input drift check of one task measured, alarm or not: the series behind the drift chart.
+
+    Written only by ``drift_reading_record`` (every check that compared rows; a skipped check writes
+    none) and never changed; the newest ``PLASTICITY_DRIFT_READINGS_KEEP`` per task are kept.
+    ``features`` are the largest PSIs of that check, largest first ({"feature", "psi", "p_value",
+    "moved"}); ``threshold`` is the configured PSI threshold the check used; ``alarm`` is the
+    ``InputDrift`` the check recorded, if it raised one.
+    """
+
+    task = models.ForeignKey("models_registry.Task", on_delete=models.CASCADE, related_name="drift_readings")
+    psi_max = models.FloatField()
+    threshold = models.FloatField()
+    rows = models.PositiveIntegerField(help_text="Live rows the verdict rests on.")
+    drifted = models.BooleanField(default=False)
+    features = models.JSONField(default=list, blank=True)
+    alarm = models.ForeignKey(InputDrift, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["task", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.task.slug}: PSI {self.psi_max:.3f} over {self.rows} rows at {self.created_at:%Y-%m-%d %H:%M:%S}"

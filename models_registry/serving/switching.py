@@ -329,6 +329,37 @@ def serving_pin_clear(*, task: Task) -> bool:
     return True
 
 
+AUTO = "auto"
+
+
+def serving_force(*, task: Task, implementation: str, version_id: int | None = None, actor: str,
+                  detail: str = "") -> ServingSwitch | None:
+    """An operator's override (the REST serving endpoint and the panel): ``neural`` or ``algorithmic``
+    switch at once and pin the task; ``auto`` removes the pin and re-evaluates from the measurements.
+
+    ``version_id`` (neural only) names an active version of the task; without it, the task's best.
+    Refusals are ``RegistryError``s naming the field; nothing changes then. Returns the switch
+    recorded, if serving changed.
+    """
+    if implementation == AUTO:
+        with transaction.atomic():
+            serving_pin_clear(task=task)
+            switch = serving_reevaluate(task=task).switch
+    else:
+        version = None
+        if implementation == NEURAL:
+            version = (ModelVersion.objects.select_related("model").filter(pk=version_id, model__task=task).first()
+                       if version_id is not None else version_best_in_task(task=task))
+            if version is None:
+                raise RegistryError(f"version_id: task {task.slug} has no such active version" if version_id is not None
+                                    else f"version_id: task {task.slug} has no active neural version")
+        switch = serving_switch(task=task, implementation=implementation, version=version,
+                                reason=SwitchReason.OPERATOR, detail=detail or f"forced by {actor}", actor=actor,
+                                pinned=True, evidence={"forced_by": actor})
+    serving_router_invalidate()
+    return switch
+
+
 @dataclasses.dataclass(frozen=True)
 class Reevaluation:
     decision: ServingDecision

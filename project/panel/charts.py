@@ -99,6 +99,59 @@ def figure(data: list[dict], **layout_overrides) -> dict:
     return {"data": data, "layout": layout(**layout_overrides)}
 
 
+# ------------------------------------------------------------------------------ axes
+
+
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def ms_label(value: float) -> str:
+    """A latency tick: ``0.01``, ``0.5``, ``2``, ``100``, ``2000`` (no exponent, no trailing zeros)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".") if value < 1 else f"{value:.0f}"
+
+
+def log_axis(values: Sequence[float | None], **extra) -> dict:
+    """A log axis with readable ticks for positive ``values``: powers of ten, with 2 and 5 (and 3 within
+    about a decade) between them when the data span less than three decades, each written in plain
+    digits ("0.1", "2", "10").
+
+    Plotly's own log ticks label the minor digits (10, 2, 4, 9 …); here the ticks are given.
+    """
+    positive = [v for v in _finite(values) if v > 0]
+    axis: dict[str, Any] = {"type": "log", **extra}
+    if not positive:
+        return axis
+    low, high = math.log10(min(positive)), math.log10(max(positive))
+    pad = max(0.15, 0.05 * (high - low))
+    low, high = low - pad, high + pad
+    steps = (1, 2, 3, 5) if high - low < 1.2 else (1, 2, 5) if high - low < 3 else (1,)
+    ticks = [step * 10.0 ** k for k in range(math.floor(low), math.ceil(high) + 1) for step in steps
+             if low <= math.log10(step * 10.0 ** k) <= high]
+    if len(ticks) < 2:  # a narrow range: the nearest ticks on both sides
+        ticks = [10.0 ** math.floor(low), 10.0 ** math.ceil(high)]
+        low, high = min(low, math.log10(ticks[0])), max(high, math.log10(ticks[-1]))
+    ticks = [float(f"{t:.6g}") for t in ticks]
+    axis.update(range=[low, high], tickvals=ticks, ticktext=[ms_label(t) for t in ticks])
+    return axis
+
+
+def score_range(values: Sequence[float | None], *, pad_min: float = 0.02) -> list[float] | None:
+    """A score axis around the data: padded, never below 0 for scores that are not, never far above 1;
+    a single score gets a small window around it rather than Plotly's ±1 (a −0.5 … 1.5 axis)."""
+    scores = _finite(values)
+    if not scores:
+        return None
+    low, high = min(scores), max(scores)
+    pad = max(pad_min, 0.1 * (high - low))
+    bottom, top = low - pad, high + pad
+    if low >= 0:
+        bottom = max(0.0, bottom)
+    if high <= 1:
+        top = min(1.0 + pad_min, top)
+    return [round(bottom, 6), round(top, 6)]
+
+
 # ------------------------------------------------------------------------------ hormones
 
 
@@ -152,10 +205,23 @@ def version_history_figure(versions: list[dict], *, max_points: int = MAX_POINTS
         data.append({"type": "scatter", "mode": "markers", "name": "active", "x": [active[0]["number"]],
                      "y": [active[0]["score"]], "marker": {"color": ACCENT, "size": 15, "symbol": "star"},
                      "hovertemplate": f"active v{active[0]['number']}<extra></extra>"})
-    return figure(data, xaxis={"title": {"text": "version"}, "tickprefix": "v", "dtick": max(1, len(xs) // 12)},
-                  yaxis={"title": {"text": "score"}, "tickformat": ".2f"},
-                  yaxis2={"title": {"text": "p95 latency (ms)"}, "overlaying": "y", "side": "right",
-                          "showgrid": False, "rangemode": "tozero", "automargin": True, "tickformat": ".3~f"})
+    # Version numbers are integers: half a version of margin each side, whole-number ticks only
+    # (one version is the range 0.5 … 1.5 with the tick v1, not Plotly's v0 … v2).
+    numbers = [float(x) for x in xs]
+    xaxis: dict[str, Any] = {"title": {"text": "version"}, "tickprefix": "v", "tickformat": "d", "tick0": 0,
+                             "dtick": max(1, math.ceil((max(numbers) - min(numbers)) / 12)) if numbers else 1}
+    if numbers:
+        xaxis["range"] = [min(numbers) - 0.5, max(numbers) + 0.5]
+    yaxis: dict[str, Any] = {"title": {"text": "score"}, "tickformat": ".2f"}
+    scores = score_range([v["score"] for v in versions])
+    if scores:
+        yaxis["range"] = scores
+    yaxis2: dict[str, Any] = {"title": {"text": "p95 latency (ms)"}, "overlaying": "y", "side": "right",
+                              "showgrid": False, "rangemode": "tozero", "automargin": True, "tickformat": ".3~f"}
+    latencies = _finite([v["latency_p95_ms"] for v in versions])
+    if latencies and max(latencies) > 0:
+        yaxis2["range"] = [0, max(latencies) * 1.15]
+    return figure(data, xaxis=xaxis, yaxis=yaxis, yaxis2=yaxis2)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -182,17 +248,22 @@ def pareto_figure(versions: list[dict]) -> dict:
         {"type": "scatter", "mode": "lines", "name": "Pareto front", "x": [v["latency_p95_ms"] for v in front_rows],
          "y": [v["score"] for v in front_rows], "line": {"color": OK, "dash": "dash", "shape": "hv"},
          "hoverinfo": "skip"},
-        {"type": "scatter", "mode": "markers+text", "name": "versions",
+        # Labels on hover only: always-on labels of nearby versions overlap their markers and each other.
+        {"type": "scatter", "mode": "markers", "name": "versions",
          "x": [v["latency_p95_ms"] for v in rows], "y": [v["score"] for v in rows],
-         "text": [f"v{v['number']}" for v in rows], "textposition": "top center",
-         "textfont": {"color": MUTED, "size": 10},
+         "hovertext": [f"v{v['number']}{' (active)' if v['is_active'] else ''}" for v in rows],
          "customdata": [[v["n_parameters"] or 0, v["runtime"]] for v in rows],
          "marker": {"size": sizes, "color": colors, "opacity": 0.85, "line": {"color": FG, "width": 1}},
-         "hovertemplate": "%{text}<br>score %{y:.4f}<br>p95 %{x:.3f} ms<br>%{customdata[0]} parameters"
+         "hovertemplate": "%{hovertext}<br>score %{y:.4f}<br>p95 %{x:.3f} ms<br>%{customdata[0]} parameters"
                           "<br>%{customdata[1]}<extra></extra>"},
     ]
-    return figure(data, xaxis={"type": "log", "title": {"text": "p95 latency, batch 1 (ms)"}},
-                  yaxis={"title": {"text": "score"}})
+    yaxis: dict[str, Any] = {"title": {"text": "score"}, "tickformat": ".2f"}
+    scores = score_range([v["score"] for v in rows])
+    if scores:
+        yaxis["range"] = scores
+    return figure(data, xaxis=log_axis([v["latency_p95_ms"] for v in rows],
+                                       title={"text": "p95 latency, batch 1 (ms)"}),
+                  yaxis=yaxis)
 
 
 # ------------------------------------------------------------------------------ runs
@@ -259,5 +330,114 @@ def serving_comparison_figure(rows: list[dict]) -> dict:
              if trace is not None]
     return figure(data, barmode="group", scattermode="group",
                   yaxis={"title": {"text": "held-out score"}, "range": [0, 1.05]},
-                  yaxis2={"title": {"text": "p95 latency (ms)"}, "overlaying": "y", "side": "right", "type": "log",
-                          "showgrid": False, "automargin": True})
+                  yaxis2=log_axis([r[key] for r in rows for key in ("neural_p95_ms", "algorithmic_p95_ms")],
+                                  title={"text": "p95 latency (ms)"}, overlaying="y", side="right", showgrid=False,
+                                  automargin=True))
+
+
+# ------------------------------------------------------------------------------ task page
+
+
+DRIFT_FEATURE_LINES = 5
+
+
+def _rgba(color: str, alpha: float) -> str:
+    red, green, blue = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red},{green},{blue},{alpha})"
+
+
+def empty_figure(message: str, *, height: int = 300) -> dict:
+    """No data yet: the message in place of the plot, and no axes that would suggest a range."""
+    return figure([], height=height, xaxis={"visible": False}, yaxis={"visible": False},
+                  annotations=[{"text": message, "showarrow": False, "xref": "paper", "yref": "paper",
+                                "x": 0.5, "y": 0.5, "font": {"color": MUTED, "size": 13}}])
+
+
+def _time_range(xs: Sequence[float], *, pad_ms: float) -> list[float]:
+    """From the first to the last point and ``pad_ms`` beyond each, so one point is not stretched to a fake span."""
+    return [min(xs) - pad_ms, max(xs) + pad_ms]
+
+
+def drift_figure(readings: list[dict], *, alarms: list[dict], feature_lines: int = DRIFT_FEATURE_LINES,
+                 height: int = 320) -> dict:
+    """PSI of the task's live inputs at every drift check: the largest PSI of each check (thick line), the
+    features that reached the highest PSI (thin lines; a gap where a feature was not among a check's
+    largest), the PSI threshold each check used (dashed) and the alarms (crosses).
+
+    ``readings`` oldest first: {"at" (ms), "psi_max", "threshold", "rows", "drifted",
+    "features": [{"feature", "psi", "p_value", "moved"}]}; ``alarms``: {"at", "psi_max", "rows", "features"}.
+    """
+    if not readings and not alarms:
+        return empty_figure("No drift check has compared live inputs yet.", height=height)
+    xs = [r["at"] for r in readings]
+    peak: dict[str, float] = {}
+    for reading in readings:
+        for f in reading["features"]:
+            peak[f["feature"]] = max(peak.get(f["feature"], 0.0), f["psi"])
+    shown = sorted(peak, key=lambda name: -peak[name])[:feature_lines]
+    data: list[dict] = []
+    for i, name in enumerate(shown):
+        by_name = [{f["feature"]: f["psi"] for f in r["features"]}.get(name) for r in readings]
+        data.append({"type": "scatter", "mode": "lines", "name": name, "x": xs, "y": by_name, "connectgaps": False,
+                     "line": {"color": PALETTE[(i + 1) % len(PALETTE)], "width": 1.2},
+                     "hovertemplate": f"{name}: PSI %{{y:.4f}}<extra></extra>"})
+    if readings:
+        tops = [", ".join(f"{f['feature']} {f['psi']:.3f}{' (moved)' if f.get('moved') else ''}"
+                          for f in r["features"][:3]) for r in readings]
+        data.append({"type": "scatter", "mode": "lines+markers", "name": "largest PSI", "x": xs,
+                     "y": [r["psi_max"] for r in readings], "customdata": [[r["rows"], t] for r, t in zip(
+                         readings, tops, strict=True)],
+                     "line": {"color": ACCENT, "width": 2.5}, "marker": {"size": 5},
+                     "hovertemplate": "largest PSI %{y:.4f} over %{customdata[0]} rows<br>%{customdata[1]}"
+                                      "<extra></extra>"})
+        data.append({"type": "scatter", "mode": "lines", "name": "threshold", "x": xs,
+                     "y": [r["threshold"] for r in readings], "line": {"color": BAD, "dash": "dash", "shape": "hv"},
+                     "hovertemplate": "threshold %{y:.3f}<extra></extra>"})
+    if alarms:
+        data.append({"type": "scatter", "mode": "markers", "name": "alarm", "x": [a["at"] for a in alarms],
+                     "y": [a["psi_max"] for a in alarms],
+                     "customdata": [[a["rows"], ", ".join(a["features"])] for a in alarms],
+                     "marker": {"color": BAD, "symbol": "x", "size": 12, "line": {"color": FG, "width": 1}},
+                     "hovertemplate": "alarm: PSI %{y:.4f} over %{customdata[0]} rows<br>moved: %{customdata[1]}"
+                                      "<extra></extra>"})
+    every_x = xs + [a["at"] for a in alarms]
+    pad = max(60_000.0, 0.03 * (max(every_x) - min(every_x)))
+    return figure(data, height=height, xaxis={"type": "date", "range": _time_range(every_x, pad_ms=pad)},
+                  yaxis={"title": {"text": "PSI"}, "rangemode": "tozero", "tickformat": ".2f"})
+
+
+def live_score_figure(series: list[dict], *, classes: bool, bucket_s: float, height: int = 320) -> dict:
+    """Live score from feedback over time, per implementation and version: accuracy (classes) or mean
+    absolute error (values) in each time bucket, with its 95 % interval as a band (Wilson's for
+    accuracy, mean ± 1.96 standard errors for the error; none for a one-report error bucket).
+
+    ``series``: [{"label", "points": [{"at" (bucket start, ms), "n", "value", "low", "high"}]}].
+    """
+    if not any(s["points"] for s in series):
+        return empty_figure("No feedback reported yet (POST /api/tasks/<slug>/feedback).", height=height)
+    what = "accuracy" if classes else "mean absolute error"
+    data: list[dict] = []
+    for i, entry in enumerate(series):
+        color = PALETTE[i % len(PALETTE)]
+        points = entry["points"]
+        xs = [p["at"] for p in points]
+        data.append({"type": "scatter", "mode": "lines", "x": xs, "y": [p["high"] for p in points],
+                     "line": {"width": 0, "color": color}, "showlegend": False, "hoverinfo": "skip",
+                     "legendgroup": entry["label"], "name": f"{entry['label']} 95% high"})
+        data.append({"type": "scatter", "mode": "lines", "x": xs, "y": [p["low"] for p in points],
+                     "fill": "tonexty", "fillcolor": _rgba(color, 0.18), "line": {"width": 0, "color": color},
+                     "showlegend": False, "hoverinfo": "skip", "legendgroup": entry["label"],
+                     "name": f"{entry['label']} 95% low"})
+        data.append({"type": "scatter", "mode": "lines+markers", "name": entry["label"], "x": xs,
+                     "y": [p["value"] for p in points], "legendgroup": entry["label"],
+                     "customdata": [[p["n"], p["low"], p["high"]] for p in points],
+                     "line": {"color": color, "width": 2}, "marker": {"size": 6},
+                     "hovertemplate": f"{entry['label']}: {what} %{{y:.4f}} "
+                                      "[%{customdata[1]:.3f}, %{customdata[2]:.3f}]<br>%{customdata[0]} reports"
+                                      "<extra></extra>"})
+    every_x = [p["at"] for s in series for p in s["points"]]
+    yaxis: dict[str, Any] = {"title": {"text": f"live {what}"}, "rangemode": "tozero"}
+    if classes:
+        yaxis.update(range=[0, 1.02], tickformat=".2f")
+    return figure(data, height=height, xaxis={"type": "date", "range": _time_range(every_x, pad_ms=bucket_s * 500.0)},
+                  yaxis=yaxis)

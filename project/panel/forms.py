@@ -10,7 +10,9 @@ from django.core.exceptions import ValidationError
 from improvement.models import ImprovementConfig
 from improvement.services import config_update
 from improvement.strategies.registry import all_strategies
+from models_registry.choices import Implementation
 from models_registry.models import NeuralModel
+from models_registry.serving.switching import AUTO
 
 CONFIG_FIELDS = (
     "enabled", "auto_start", "improvement_interval", "max_concurrent_improvements", "performance_threshold",
@@ -74,3 +76,27 @@ class DatasetAppendForm(forms.Form):
     """Rows to append to a task's dataset: a CSV with the task's columns, or an NPZ."""
 
     file = forms.FileField(help_text="A .csv whose header holds the task's column names, or an .npz with X and y.")
+
+
+class ServingChoiceForm(forms.Form):
+    """The tasks page's "Serve" control: ``auto``, ``algorithmic``, ``neural`` (the task's best active
+    version) or ``neural:<version id>``, split into ``implementation`` and ``version_id``."""
+
+    CHOICES = (AUTO, *Implementation.values)
+
+    serve = forms.CharField(max_length=40, required=False)
+
+    def clean(self) -> dict:
+        cleaned = super().clean() or {}
+        if self.has_error("serve"):
+            return cleaned
+        value = (cleaned.get("serve") or "").strip()
+        implementation, colon, version = value.partition(":")
+        if implementation not in self.CHOICES or (colon and implementation != Implementation.NEURAL):
+            raise ValidationError(f"serve: expected one of {', '.join(self.CHOICES)} or neural:<version id>, "
+                                  f"got {value!r}")
+        if colon and not version.isdigit():
+            raise ValidationError(f"serve: a version id is a whole number, got {version!r}")
+        cleaned["implementation"] = implementation
+        cleaned["version_id"] = int(version) if colon else None
+        return cleaned

@@ -9,12 +9,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Prefetch
+from django.db.models import Min, Prefetch
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from hormones.choices import HORMONE_DEFAULTS
-from hormones.models import Hormone, HormoneEvent, decayed_level
+from hormones.models import BrainStateSnapshot, Hormone, HormoneEvent, decayed_level
 from hormones.selectors import brain_state_latest
 from improvement.choices import FINISHED, IN_FLIGHT, RunStatus
 from improvement.health import system_health_report
@@ -24,11 +24,15 @@ from models_registry.choices import Implementation
 from models_registry.models import DatasetVersion, ModelVersion, NeuralModel, Task
 from models_registry.serving.models import ServingState
 from models_registry.serving.selectors import serving_comparison, serving_switch_list
-from project.panel import charts
+from project.panel import charts, search_charts
+from project.panel.selectors_downloads import version_downloads
+from project.panel.selectors_serving import serving_control
+from project.panel.selectors_trigger import decisions_with_triggers, run_trigger
 
 HORMONE_GRID = 300
 HORMONE_EVENTS_MAX = 5000
 HORMONE_WINDOWS_H = (1, 6, 24, 168)
+HORMONE_DEFAULT_MAX_H = 24
 
 
 # ------------------------------------------------------------------------------ shared bits
@@ -102,17 +106,40 @@ def hormone_events(*, since: datetime, until: datetime | None = None, name: str 
              "cause": r["cause"]} for r in reversed(list(rows))]
 
 
+def hormone_first_record() -> datetime | None:
+    """When hormones were first recorded: the earliest event, brain-state snapshot or hormone row."""
+    firsts = [HormoneEvent.objects.aggregate(first=Min("created_at"))["first"],
+              BrainStateSnapshot.objects.aggregate(first=Min("created_at"))["first"],
+              Hormone.objects.aggregate(first=Min("updated_at"))["first"]]
+    return min((first for first in firsts if first is not None), default=None)
+
+
+def hormone_default_hours(*, now: datetime | None = None) -> int:
+    """The hormones page's default window: the shortest that holds the whole record, at most 24 h."""
+    first = hormone_first_record()
+    if first is None:
+        return HORMONE_WINDOWS_H[0]
+    age_h = ((now or timezone.now()) - first).total_seconds() / 3600.0
+    fitting = [h for h in HORMONE_WINDOWS_H if h <= HORMONE_DEFAULT_MAX_H and h >= age_h]
+    return fitting[0] if fitting else HORMONE_DEFAULT_MAX_H
+
+
 def hormone_series(*, since: datetime, until: datetime, events: list[dict] | None = None,
                    grid: int = HORMONE_GRID) -> dict[str, list[tuple[int, float]]]:
     """Each hormone's level over [since, until]: exact jumps at its events, decay sampled between.
 
     Levels decay in closed form (``decayed_level``), so the series is rebuilt from the events
-    and each hormone's baseline and half-life rather than stored.
+    and each hormone's baseline and half-life rather than stored. The lines start at the first
+    record (``hormone_first_record``) when that is inside the window: nothing is drawn for a
+    time before the system recorded anything.
     """
     hormones = {h.name: h for h in Hormone.objects.all()}
     events = hormone_events(since=since, until=until) if events is None else events
+    first = hormone_first_record()
+    if first is not None and first > since:
+        since = min(first, until)
     step = max(1.0, (until - since).total_seconds() / grid)
-    grid_times = [since + timedelta(seconds=step * i) for i in range(grid)] + [until]
+    grid_times = [t for t in (since + timedelta(seconds=step * i) for i in range(grid)) if t < until] + [until]
     series: dict[str, list[tuple[int, float]]] = {}
     for name, spec in HORMONE_DEFAULTS.items():
         hormone = hormones.get(name)
@@ -237,7 +264,7 @@ def _live_point(feedback: dict, implementation: str, version_id: int | None) -> 
 def tasks_page() -> dict:
     rows = []
     states = {s.task_id: s for s in ServingState.objects.select_related("version__model")}
-    datasets = Prefetch("dataset_versions", queryset=DatasetVersion.objects.select_related("created_by"))
+    datasets = Prefetch("dataset_versions", queryset=DatasetVersion.objects.select_related("created_by", "parent"))
     for task in Task.objects.prefetch_related("neural_models", datasets).order_by("slug"):
         comparison = serving_comparison(task=task)
         state = states.get(task.pk)
@@ -256,6 +283,7 @@ def tasks_page() -> dict:
             "datasets": list(task.dataset_versions.all()),  # newest first
             "feedback": comparison["feedback"],
             "neural_version_id": (comparison["held_out"]["neural"] or {}).get("version_id"),
+            "serving_control": serving_control(task=task, state=state),
         })
     figure = charts.serving_comparison_figure([
         {"task": r["task"].slug, "neural_score": r["neural"]["score"], "algorithmic_score": r["algorithmic"]["score"],
@@ -293,7 +321,7 @@ def version_rows(model: NeuralModel) -> list[dict]:
         "n_parameters": v.n_parameters, "size_bytes": v.size_bytes, "runtime": v.runtime,
         "runtime_label": v.get_runtime_display(), "is_active": v.is_active, "note": v.note,
         "parent_number": by_id[v.parent_id].number if v.parent_id in by_id else None,
-        "run_id": produced.get(v.pk), "depth": depth, "indent": min(depth, 24),
+        "run_id": produced.get(v.pk), "depth": depth, "indent": min(depth, 24), **version_downloads(v),
     } for v, depth in ordered]
 
 
@@ -318,13 +346,22 @@ def model_page(model: NeuralModel) -> dict:
 # ------------------------------------------------------------------------------ run
 
 
+HIGHER, LOWER, NEUTRAL = "higher", "lower", ""  # which way a metric gets better (colours its change)
 METRIC_ROWS = [
-    ("score", "score", "{:.4f}"), ("latency.p50_ms_b1", "p50 latency, batch 1 (ms)", "{:.3f}"),
-    ("latency.p95_ms_b1", "p95 latency, batch 1 (ms)", "{:.3f}"),
-    ("latency.p50_ms_b256", "p50 latency, batch 256 (ms)", "{:.3f}"),
-    ("latency.p95_ms_b256", "p95 latency, batch 256 (ms)", "{:.3f}"),
-    ("n_parameters", "parameters", "{:,}"), ("size_bytes", "size (bytes)", "{:,}"), ("n_test", "test rows", "{}"),
+    ("score", "score", "{:.4f}", HIGHER), ("latency.p50_ms_b1", "p50 latency, batch 1 (ms)", "{:.3f}", LOWER),
+    ("latency.p95_ms_b1", "p95 latency, batch 1 (ms)", "{:.3f}", LOWER),
+    ("latency.p50_ms_b256", "p50 latency, batch 256 (ms)", "{:.3f}", LOWER),
+    ("latency.p95_ms_b256", "p95 latency, batch 256 (ms)", "{:.3f}", LOWER),
+    ("n_parameters", "parameters", "{:,}", LOWER), ("size_bytes", "size (bytes)", "{:,}", LOWER),
+    ("n_test", "test rows", "{}", NEUTRAL),
 ]
+
+
+def relative_change(before, after) -> float | None:
+    """(after − before) / |before| as a fraction (the panel writes it with ``signed_pct``)."""
+    if isinstance(before, int | float) and isinstance(after, int | float) and before:
+        return (after - before) / abs(before)
+    return None
 
 
 def _metric(metrics: dict, path: str):
@@ -346,21 +383,18 @@ def _fmt(value, pattern: str) -> str:
 def run_page(run: ImprovementRun) -> dict:
     data = run_dict(run, full=True)
     metrics = []
-    for path, label, pattern in METRIC_ROWS:
+    for path, label, pattern, better in METRIC_ROWS:
         before, after = _metric(run.baseline_metrics, path), _metric(run.candidate_metrics, path)
-        change = None
-        if isinstance(before, int | float) and isinstance(after, int | float) and before:
-            change = (after - before) / abs(before) * 100.0
         metrics.append({"label": label, "before": _fmt(before, pattern), "after": _fmt(after, pattern),
-                        "change": change})
+                        "change": relative_change(before, after), "better": better})
     # A run judged on the rows its baseline was trained with and those added since (rehearsal_judge).
     rehearsal = _metric(run.candidate_metrics, "gate_test.rehearsal") or {}
     for part, label in (("old", "score, old gate rows"), ("new", "score, new gate rows")):
         if isinstance(rehearsal.get(part), dict):
             before, after = rehearsal[part].get("baseline_score"), rehearsal[part].get("candidate_score")
             metrics.append({"label": f"{label} (n={rehearsal[part].get('n')})", "before": _fmt(before, "{:.4f}"),
-                            "after": _fmt(after, "{:.4f}"),
-                            "change": (after - before) / abs(before) * 100.0 if before and after is not None else None})
+                            "after": _fmt(after, "{:.4f}"), "change": relative_change(before, after),
+                            "better": HIGHER})
     config = ImprovementConfig.load()
     return {
         "run": run, "data": data, "metrics": metrics, "in_flight": run.status in IN_FLIGHT,
@@ -369,6 +403,8 @@ def run_page(run: ImprovementRun) -> dict:
         "threshold": config.performance_threshold, "tolerance": config.optimization_score_tolerance,
         "alpha": config.promotion_alpha,
         "note": (run.candidate_metrics or {}).get("note", ""),
+        "trigger": run_trigger(run),
+        "search": search_charts.run_search_views(run=run),
     }
 
 
@@ -379,6 +415,6 @@ def config_page() -> dict:
     last = CycleRecord.objects.order_by("-started_at", "-id").first()
     return {
         "loop": loop_summary(), "last_cycle": last,
-        "decisions": (last.decisions if last else [])[:30],
+        "decisions": decisions_with_triggers((last.decisions if last else [])[:30]),
         "in_flight": ImprovementRun.objects.filter(status__in=IN_FLIGHT).count(),
     }

@@ -35,6 +35,7 @@ from models_registry.services import version_activate, version_rollback
 from project.api.uploads import upload_limits
 from project.panel import selectors
 from project.panel.forms import ConfigForm, DatasetAppendForm, LoopForm, RunNowForm, VersionChoiceForm
+from project.panel.selectors_task import task_page
 
 
 def operator_required(view: Callable) -> Callable:
@@ -62,14 +63,14 @@ def page(request: HttpRequest, template: str, name: str, build: Callable[[], dic
     return render(request, template, context)
 
 
-def _wants_json(request: HttpRequest) -> bool:
+def wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-def _done(request: HttpRequest, *, fallback: str, message: str, data: dict | None = None,
+def control_done(request: HttpRequest, *, fallback: str, message: str, data: dict | None = None,
           status: int = 200) -> HttpResponse:
     """Answer a control: JSON for the page's script, else a message and a redirect back."""
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse({"ok": status < 400, "message": message, **(data or {})}, status=status)
     (messages.success if status < 400 else messages.error)(request, message)
     target = request.POST.get("next", "")
@@ -112,10 +113,11 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def hormones(request: HttpRequest) -> HttpResponse:
     try:
-        hours = int(request.GET.get("hours", 24))
-    except ValueError:
-        hours = 24
-    hours = hours if hours in selectors.HORMONE_WINDOWS_H else 24
+        hours = int(request.GET["hours"])
+    except (KeyError, ValueError):
+        hours = 0
+    # No (or an unknown) window asked for: the shortest that shows the whole record, at most 24 h.
+    hours = hours if hours in selectors.HORMONE_WINDOWS_H else selectors.hormone_default_hours()
     name = request.GET.get("hormone") or None
     return page(request, "panel/hormones.html", "hormones", lambda: selectors.hormones_page(hours=hours, name=name))
 
@@ -148,17 +150,17 @@ def config(request: HttpRequest) -> HttpResponse:
 def loop_control(request: HttpRequest) -> HttpResponse:
     form = LoopForm(request.POST)
     if not form.is_valid():
-        return _done(request, fallback=reverse("panel:config"), message="unknown loop action", status=400)
+        return control_done(request, fallback=reverse("panel:config"), message="unknown loop action", status=400)
     state = loop_start() if form.cleaned_data["action"] == "start" else loop_stop()
     verb = "started" if state["running"] else "stopped"
-    return _done(request, fallback=reverse("panel:config"), message=f"Loop {verb}.", data={"loop": state})
+    return control_done(request, fallback=reverse("panel:config"), message=f"Loop {verb}.", data={"loop": state})
 
 
 @require_POST
 @operator_required
 def cycle_control(request: HttpRequest) -> HttpResponse:
     record = cycle_force()
-    return _done(request, fallback=reverse("panel:config"),
+    return control_done(request, fallback=reverse("panel:config"),
                  message=f"Cycle forced: {record['enqueued']} run(s) enqueued.", data={"cycle": record})
 
 
@@ -167,13 +169,13 @@ def cycle_control(request: HttpRequest) -> HttpResponse:
 def run_now(request: HttpRequest) -> HttpResponse:
     form = RunNowForm(request.POST)
     if not form.is_valid():
-        return _done(request, fallback=reverse("panel:config"), message=f"Invalid request: {form.errors.as_text()}",
+        return control_done(request, fallback=reverse("panel:config"), message=f"Invalid request: {form.errors.as_text()}",
                      status=400)
     run = run_create(model=form.cleaned_data["model"], strategy=form.cleaned_data["strategy"],
                      origin=RunOrigin.OPERATOR, requested_by=request.user,
                      trigger_reason=f"requested by {request.user.get_username()}")
     url = reverse("panel:run", args=[run.pk])
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse({"ok": True, "message": f"Run #{run.pk} queued.", "run_id": run.pk, "url": url})
     messages.success(request, f"Run #{run.pk} queued.")
     return redirect(url)
@@ -186,7 +188,7 @@ def run_cancel_control(request: HttpRequest, pk: int) -> HttpResponse:
     message = "Run cancelled." if run.status == "cancelled" else (
         "Cancel requested; the worker stops at its next report." if run.cancel_requested
         else f"Run already {run.status}.")
-    return _done(request, fallback=reverse("panel:run", args=[pk]), message=message, data={"status": run.status})
+    return control_done(request, fallback=reverse("panel:run", args=[pk]), message=message, data={"status": run.status})
 
 
 @require_POST
@@ -196,12 +198,12 @@ def version_activate_control(request: HttpRequest, pk: int) -> HttpResponse:
     back = reverse("panel:model", args=[pk])
     form = VersionChoiceForm(request.POST)
     if not form.is_valid():
-        return _done(request, fallback=back, message="Choose a version.", status=400)
+        return control_done(request, fallback=back, message="Choose a version.", status=400)
     version = ModelVersion.objects.filter(model=model, pk=form.cleaned_data["version"]).first()
     if version is None:
-        return _done(request, fallback=back, message="That version is not one of this model's.", status=400)
+        return control_done(request, fallback=back, message="That version is not one of this model's.", status=400)
     version_activate(version=version, reason=f"activated by {request.user.get_username()} from the panel")
-    return _done(request, fallback=back, message=f"v{version.number} is active.", data={"version": version.number})
+    return control_done(request, fallback=back, message=f"v{version.number} is active.", data={"version": version.number})
 
 
 @require_POST
@@ -214,8 +216,8 @@ def version_rollback_control(request: HttpRequest, pk: int) -> HttpResponse:
         version = version_rollback(
             model=model, reason=f"rollback from v{active.number if active else '?'} by {request.user.get_username()}")
     except RegistryError as exc:
-        return _done(request, fallback=back, message=str(exc), status=400)
-    return _done(request, fallback=back, message=f"Rolled back to v{version.number}.",
+        return control_done(request, fallback=back, message=str(exc), status=400)
+    return control_done(request, fallback=back, message=f"Rolled back to v{version.number}.",
                  data={"version": version.number})
 
 
@@ -238,13 +240,17 @@ def task_rows_append_control(request: HttpRequest, slug: str) -> HttpResponse:
     message = (f"{task.slug}: dataset v{version.number}, {version.rows_added} rows added ({version.rows_total} in all)."
                if created else f"{task.slug}: this file was already appended as dataset v{version.number}; "
                                "nothing added.")
-    return _done(request, fallback=f"{reverse('panel:tasks')}#task-{task.slug}", message=message,
+    return control_done(request, fallback=f"{reverse('panel:tasks')}#task-{task.slug}", message=message,
                  data={"version": version.number, "created": created}, status=201 if created else 200)
 
 
 def _append_refused(request: HttpRequest, task: Task, message: str) -> HttpResponse:
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse({"ok": False, "message": message, "errors": {"file": [message]}}, status=400)
+    if request.POST.get("next") == reverse("panel:task", args=[task.slug]):  # sent from the task page
+        response = page(request, "panel/task.html", "task", lambda: task_page(task, append_error=message))
+        response.status_code = 400
+        return response
 
     def build() -> dict:
         context = selectors.tasks_page()

@@ -53,8 +53,11 @@
         const fresh = doc.getElementById(id);
         const current = document.getElementById(id);
         if (!fresh || !current) continue;
-        current.replaceWith(fresh);
-        renderCharts(fresh);
+        // A copy, so the fetched page stays whole: when one section holds another (a task's row inside
+        // the tasks table), moving the inner one out would swap the outer one in without it.
+        const copy = fresh.cloneNode(true);
+        current.replaceWith(copy);
+        renderCharts(copy);
       }
       tickCountdowns();
       document.dispatchEvent(new CustomEvent("panel:refreshed", { detail: ids }));
@@ -122,6 +125,98 @@
       buttons.forEach((b) => { b.disabled = false; });
     }
   });
+
+  // ------------------------------------------------------------------ new task (/tasks/new/)
+  // Without script the two steps are plain form posts. With it, choosing a file uploads it with
+  // fetch and the server's step 2 card (preview and choices) is swapped in without a reload; the
+  // output kind's "detected" option names what the chosen target makes, and the metrics that do
+  // not suit that kind are disabled.
+
+  function fileSize(bytes) {
+    return bytes >= 1048576 ? `${(bytes / 1048576).toFixed(1)} MiB` : `${Math.round(bytes / 1024)} KiB`;
+  }
+
+  function taskChoicesSync(form) {
+    const target = form.querySelector("[data-target-select]");
+    const kindSelect = form.querySelector("[data-kind-select]");
+    const metric = form.querySelector("[data-metric-select]");
+    if (!target || !kindSelect || !metric) return;
+    const option = target.selectedOptions[0];
+    const detected = option ? option.dataset.kind : "";
+    const auto = kindSelect.querySelector('option[value=""]');
+    if (auto) auto.textContent = detected ? `Detected: ${detected}` : "Detected from the target";
+    const kind = kindSelect.value || detected;
+    const binary = !!option && option.dataset.distinct === "2";
+    metric.querySelectorAll("option[data-kind]").forEach((o) => {
+      o.disabled = !!kind && (o.dataset.kind !== kind || (o.hasAttribute("data-binary-only") && !binary));
+    });
+    metric.querySelectorAll("optgroup[data-kind]").forEach((g) => { g.hidden = !!kind && g.dataset.kind !== kind; });
+    if (metric.selectedOptions[0] && metric.selectedOptions[0].disabled) metric.value = "";
+  }
+
+  async function taskUpload(form) {
+    const input = form.querySelector("input[type=file]");
+    const slot = form.querySelector("[data-form-error]");
+    const fail = (text) => {
+      if (!slot) { toast(text, true); return; }
+      slot.textContent = text;
+      slot.hidden = false;
+      slot.closest(".field").classList.add("has-error");
+    };
+    const file = input && input.files[0];
+    if (!file) { fail("Choose a .csv or .npz file to upload."); return; }
+    const limit = parseInt(form.dataset.maxBytes || "0", 10);
+    if (limit && file.size > limit) {
+      fail(`The file is ${fileSize(file.size)}; the limit is ${form.dataset.maxSize}. Upload fewer rows (more can be ` +
+           "appended to the task later) or compress the arrays (numpy.savez_compressed).");
+      return;
+    }
+    const button = form.querySelector("button[type=submit]");
+    if (button) { button.disabled = true; button.textContent = "Uploading…"; }
+    try {
+      const token = form.querySelector("[name=csrfmiddlewaretoken]");
+      const response = await fetch(form.getAttribute("action"), {
+        method: "POST", body: new FormData(form), credentials: "same-origin",
+        headers: { "X-CSRFToken": token ? token.value : "" },
+      });
+      const doc = new DOMParser().parseFromString(await response.text(), "text/html");
+      const fresh = doc.getElementById("task-new");
+      const current = document.getElementById("task-new");
+      if (!fresh || !current) { fail(`Refused (HTTP ${response.status}).`); return; }
+      current.replaceWith(fresh);
+      // Step 2's address (?upload=<token>): a reload shows the same preview.
+      if (response.redirected) history.replaceState(null, "", response.url);
+      const choices = fresh.querySelector("form[data-task-choices]");
+      if (choices) taskChoicesSync(choices);
+      const first = fresh.querySelector(".has-error input, .has-error select, input[name=name]");
+      if (first) first.focus();
+    } catch (err) {
+      fail(`Network error: ${err}`);
+    } finally {
+      if (button && button.isConnected) { button.disabled = false; button.textContent = "Upload and preview"; }
+    }
+  }
+
+  document.addEventListener("submit", (event) => {
+    const form = event.target;
+    if (!(form instanceof HTMLFormElement) || !form.hasAttribute("data-task-upload")) return;
+    event.preventDefault();
+    taskUpload(form);
+  });
+
+  document.addEventListener("change", (event) => {
+    const el = event.target;
+    if (!(el instanceof HTMLElement)) return;
+    const upload = el.closest("form[data-task-upload]");
+    if (upload && el instanceof HTMLInputElement && el.type === "file") {
+      if (el.files.length) upload.requestSubmit();
+      return;
+    }
+    const choices = el.closest("form[data-task-choices]");
+    if (choices) taskChoicesSync(choices);
+  });
+
+  document.querySelectorAll("form[data-task-choices]").forEach(taskChoicesSync);
 
   // ------------------------------------------------------------------ countdown
 
@@ -215,8 +310,10 @@
       if (table && !table.querySelector(`[data-run-row="${m.payload.run_id}"]`)) refresh(["in-flight"]);
     });
     live.on("run.finished", () => refresh(["in-flight", "finished", "promotions", "models", "fleet"]));
-    live.on("version.activated", () => refresh(["models", "promotions"]));
-    live.on("serving.switched", () => refresh(["switches", "models"]));
+    // The Models tile counts the Models table's rows: whatever refreshes the table refreshes the tile.
+    live.on("version.activated", () => refresh(["models", "fleet", "promotions"]));
+    live.on("serving.switched", () => refresh(["switches", "models", "fleet"]));
+    live.on("task.created", () => refresh(["models", "fleet"]));
     live.on("cycle.finished", () => refresh(["loop"]));
     live.on("config.changed", () => refresh(["loop"]));
     live.on("brain.state", (m) => {
@@ -247,12 +344,16 @@
   function runPage() {
     const head = document.getElementById("run-head");
     const runId = parseInt(head.dataset.runId, 10);
-    const chart = document.getElementById("curve-chart");
-    let step = parseInt(chart.dataset.curveLen || "0", 10);
-    let lastT = parseFloat(chart.dataset.curveLastT || "0") || 0;
     const refreshLog = throttled(() => refresh(["run-log"]), 2000);
+    // No curve chart on the page (a queued run's "no data yet", or a search's trial views): the
+    // section is fetched again, so the chart or the new trials appear.
+    const refreshCurves = throttled(() => refresh(["run-curves"]), 3000);
     live.on("run.progress", (m) => {
       if (m.payload.run_id !== runId) return;
+      const chart = document.getElementById("curve-chart");
+      if (!chart) { refreshCurves(); refreshLog(); return; }
+      let step = parseInt(chart.dataset.curveLen || "0", 10);
+      let lastT = parseFloat(chart.dataset.curveLastT || "0") || 0;
       const points = (m.payload.points || []).filter((p) => (p.t || 0) > lastT);
       if (points.length && window.Plotly && chart.data) {
         const lx = []; const ly = []; const sx = []; const sy = [];
@@ -263,11 +364,13 @@
           lastT = Math.max(lastT, p.t || 0);
         }
         window.Plotly.extendTraces(chart, { x: [lx, sx], y: [ly, sy] }, [0, 1], MAX_CHART_POINTS);
+        chart.dataset.curveLen = String(step);
+        chart.dataset.curveLastT = String(lastT);
       }
       refreshLog();
     });
     live.on("run.finished", (m) => {
-      if (m.payload.run_id === runId) refresh(["run-head", "run-progress", "run-result", "run-log"]);
+      if (m.payload.run_id === runId) refresh(["run-head", "run-progress", "run-result", "run-log", "run-curves"]);
     });
   }
 
@@ -283,6 +386,17 @@
     hormoneChart(events);
   }
 
+  function taskPage() {
+    const head = document.getElementById("task-head");
+    const slug = head ? head.dataset.task : "";
+    const mine = (m) => m.payload && m.payload.task === slug;
+    const again = () => refresh(["task-head", "task-data", "task-serving", "task-implementations", "task-datasets"]);
+    live.on("serving.switched", (m) => { if (mine(m)) again(); });
+    live.on("version.activated", (m) => { if (mine(m)) again(); });
+    live.on("dataset.appended", (m) => { if (mine(m)) again(); });
+    live.on("serving.input_drift", (m) => { if (mine(m)) refresh(["drift"]); });
+  }
+
   function configPage() {
     live.on("config.changed", () => refresh(["loop"]));
     live.on("cycle.finished", () => refresh(["loop", "decisions"]));
@@ -296,7 +410,7 @@
     live.on("run.progress", (m) => setRunProgress(m.payload));
     live.on("run.finished", (m) => setRunProgress(m.payload));
     const pages = { overview: overviewPage, model: modelPage, run: runPage, tasks: tasksPage,
-      hormones: hormonesPage, config: configPage };
+      hormones: hormonesPage, config: configPage, task: taskPage };
     if (pages[page]) pages[page]();
   }
 

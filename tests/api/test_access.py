@@ -29,6 +29,7 @@ PUBLIC = {
     "accounts/logout/": (405, "POST only; a GET changes nothing"),
     "admin/login/": (200, "the admin's login form"),
     "admin/logout/": (302, "logs out nobody; redirects to the admin index, which asks for a login"),
+    "favicon.ico": (301, "browsers ask for it on every page, the login page included: a redirect to the static icon"),
 }
 # API paths an anonymous client may call (any method): path -> why.
 PUBLIC_API = {

@@ -130,6 +130,30 @@ def page(browser, live_url):
     context.close()
 
 
+@pytest.fixture(params=["js", "no-js"])
+def any_page(request, browser, live_url):
+    """A page with JavaScript on (the controls post with fetch) or off (plain form posts); ``page.js`` says which."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, base_url=live_url,
+                                  java_script_enabled=request.param == "js")
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.js = request.param == "js"
+    yield page
+    context.close()
+
+
+def wait_api(page, predicate, what: str) -> None:
+    """Poll the API until ``predicate`` holds; 30 s deadline."""
+    for _ in range(120):
+        if predicate():
+            return
+        page.wait_for_timeout(250)
+    raise AssertionError(f"{what}: not seen through the API within 30 s")
+
+
 def login(page, username: str, password: str) -> None:
     page.goto("/accounts/login/")
     page.fill("input[name=username]", username)

@@ -14,6 +14,7 @@ from django.utils import timezone
 from hormones.models import Hormone, HormoneEvent
 from hormones.services import brain_state_snapshot, hormone_release, hormones_ensure
 from improvement.choices import RunOrigin, RunStatus
+from improvement.formatting import signed_percent
 from improvement.models import ImprovementRun
 from models_registry.models import ModelVersion, NeuralModel
 from models_registry.nn.evaluation import EvaluationResult
@@ -70,7 +71,7 @@ def panel_history() -> dict:
             trigger_reason=f"[trigger] score {b.score:.2f} below target", baseline_version=b, result_version=a,
             objective="latency" if strategy == "optimization" else "score",
             baseline_metrics=b.metrics, candidate_metrics=a.metrics, gain=round((a.score - b.score) / (1 - b.score), 4),
-            decision=f"promoted: gain {(a.score - b.score) / (1 - b.score):.3f} ≥ threshold 0.100",
+            decision=f"promoted: gain {signed_percent((a.score - b.score) / (1 - b.score))} less error (≥ 10%)",
             progress=1.0, progress_message="done", curve=curve(40 + 10 * i, start_score=b.score, end_score=a.score),
             log="[12:00:00] strategy training, baseline v1\n[12:00:03] promoted\n",
             started_at=now - timedelta(minutes=50 - 10 * i), finished_at=now - timedelta(minutes=48 - 10 * i),
@@ -79,7 +80,7 @@ def panel_history() -> dict:
     rejected = ImprovementRun.objects.create(
         model=model, strategy="architecture", status=RunStatus.REJECTED, baseline_version=versions[-1],
         objective="score", baseline_metrics=versions[-1].metrics, candidate_metrics=versions[-2].metrics,
-        gain=-0.02, decision="rejected: gain -0.020 < threshold 0.100", progress=1.0, curve=curve(30),
+        gain=-0.02, decision=f"rejected: gain {signed_percent(-0.02)} less error, short of the 10% threshold", progress=1.0, curve=curve(30),
         started_at=now - timedelta(minutes=4), finished_at=now - timedelta(minutes=3),
     )
     running = ImprovementRun.objects.create(

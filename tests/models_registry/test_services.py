@@ -80,6 +80,12 @@ def test_duplicate_slug_is_refused_and_leaves_no_file():
     assert _stored_files("datasets") == before
 
 
+def test_a_reserved_slug_is_refused_whoever_creates_the_task():
+    with pytest.raises(RegistryError, match="reserved"):
+        task_create_from_upload(name="New", filename="new.csv", content=blobs_csv())
+    assert not Task.objects.exists()
+
+
 def test_versions_keep_lineage_and_one_is_active():
     model, (v1, v2) = model_with_versions(2)
     assert v2.parent_id == v1.pk
