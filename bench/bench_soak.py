@@ -62,7 +62,7 @@ from typing import Any
 
 import psutil
 
-from bench.common import free_port, stop_process_group, target
+from bench.common import free_port, manage, stop_process_group, target
 from bench.serving_capacity import _wrk
 from bench.soak_live import LiveListener
 from bench.soak_processes import Q_WORKERS, ProcessSampler, ServeTree, rss_growth
@@ -115,14 +115,6 @@ def _env(var_dir: Path) -> dict[str, str]:
         "PLASTICITY_ADMIN_USER": OPERATOR, "PLASTICITY_ADMIN_PASSWORD": OPERATOR_PASSWORD,
     })
     return env
-
-
-def _manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 class Api:
@@ -312,9 +304,9 @@ def run() -> dict[str, Any]:
         tmp = Path(tmp_name)
         var_dir = tmp / "var"
         env = _env(var_dir)
-        _manage(env, "migrate", "--noinput")
-        seeded = _manage(env, "seed_demo", "--interval", f"{LOOP_INTERVAL_S:g}").strip().splitlines()
-        _manage(env, "ensure_operator")
+        manage(env, "migrate", "--noinput")
+        seeded = manage(env, "seed_demo", "--interval", f"{LOOP_INTERVAL_S:g}").strip().splitlines()
+        manage(env, "ensure_operator")
         port, ws_port = free_port(), free_port()
         log_path = tmp / "serve.log"
         with open(log_path, "w") as log:

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import embedded_env, target
+from bench.common import embedded_env, manage, target
 
 NAME = "worker_memory"
 DESCRIPTION = "a task worker's RSS over many improvement runs in one process: warm-up, then flat"
@@ -40,19 +40,11 @@ GROWTH_BOUND_MB = 50.0
 DRIVER_TIMEOUT_S = 3600
 
 
-def _manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
 def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-worker-memory-") as tmp:
         env = embedded_env(Path(tmp), LOG_LEVEL="ERROR")
-        _manage(env, "migrate", "--noinput")
-        _manage(env, "seed_demo", "--interval", "60")
+        manage(env, "migrate", "--noinput")
+        manage(env, "seed_demo", "--interval", "60")
         done = subprocess.run([sys.executable, "-m", "bench.bench_worker_memory", "--driver"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
         if done.returncode != 0:

@@ -49,6 +49,15 @@ def embedded_env(var_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def manage(env: dict[str, str], *args: str, timeout_s: float = 900) -> str:
+    """``manage.py *args`` of this checkout in ``env``; its stdout, or RuntimeError with its stderr's tail."""
+    done = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
 def free_port() -> int:
     """A loopback TCP port nothing listens on now."""
     with socket.socket() as s:

@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from improvement.choices import IN_FLIGHT
 from improvement.models import ImprovementRun
+from improvement.selectors import runs_query
 from models_registry.models import ModelVersion, NeuralModel, Task
 from project.panel.forms_lists import IDLE, IMPROVING, INITIAL
 
@@ -72,16 +73,8 @@ def runs_filtered(
     status: str = "", origin: str = "", since: date | None = None, until: date | None = None, search: str = "",
 ) -> QuerySet[ImprovementRun]:
     """Every run matching the filters, sorted by ``sort`` (a key of ``sort_fields``), newest first among ties."""
-    qs = (ImprovementRun.objects.select_related("model__task").only(*RUN_FIELDS)
+    qs = (runs_query(model_id=model_id, task=task, strategy=strategy, status=status).only(*RUN_FIELDS)
           .annotate(result_number=F("result_version__number"), error_head=Substr("error", 1, 200)))
-    if task:
-        qs = qs.filter(model__task__slug=task)
-    if model_id is not None:
-        qs = qs.filter(model_id=model_id)
-    if strategy:
-        qs = qs.filter(strategy=strategy)
-    if status:
-        qs = qs.filter(status=status)
     if origin:
         qs = qs.filter(origin=origin)
     start, end = day_range(since=since, until=until)

@@ -252,11 +252,17 @@ def _append_refused(request: HttpRequest, task: Task, message: str) -> HttpRespo
         response.status_code = 400
         return response
 
+    return tasks_page_refused(request, task, key="append_error", message=message)
+
+
+def tasks_page_refused(request: HttpRequest, task: Task, *, key: str, message: str) -> HttpResponse:
+    """The tasks page again, 400, with ``message`` under ``key`` on ``task``'s row (a control refused without JS)."""
+
     def build() -> dict:
         context = selectors.tasks_page()
         for row in context["rows"]:
             if row["task"].pk == task.pk:
-                row["append_error"] = message
+                row[key] = message
         return context
 
     response = page(request, "panel/tasks.html", "tasks", build)

@@ -16,9 +16,8 @@ from models_registry.errors import RegistryError
 from models_registry.models import Task
 from models_registry.serving.models import ServingState
 from models_registry.serving.switching import AUTO, serving_force
-from project.panel import selectors
 from project.panel.forms import ServingChoiceForm
-from project.panel.views import control_done, operator_required, page, wants_json
+from project.panel.views import control_done, operator_required, tasks_page_refused, wants_json
 
 
 @require_POST
@@ -54,14 +53,4 @@ def _served_text(task: Task, state: ServingState | None, *, automatic: bool) -> 
 def _serving_refused(request: HttpRequest, task: Task, message: str) -> HttpResponse:
     if wants_json(request):
         return JsonResponse({"ok": False, "message": message, "errors": {"serve": [message]}}, status=400)
-
-    def build() -> dict:
-        context = selectors.tasks_page()
-        for row in context["rows"]:
-            if row["task"].pk == task.pk:
-                row["serving_error"] = message
-        return context
-
-    response = page(request, "panel/tasks.html", "tasks", build)
-    response.status_code = 400
-    return response
+    return tasks_page_refused(request, task, key="serving_error", message=message)
