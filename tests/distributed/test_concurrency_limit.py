@@ -16,7 +16,9 @@ from tests.workers import qcluster
 
 pytestmark = [pytest.mark.distributed, pytest.mark.django_db(transaction=True), pytest.mark.timeout(420)]
 
-SHORT = {"time_budget_s": 3, "epochs": 30}
+# Each run trains until its budget is spent (no epoch or patience stop first), so six runs on four
+# worker processes must overlap: the limit is reached by construction, not by sampling luck.
+SHORT = {"time_budget_s": 6, "epochs": 100_000, "patience": 100_000}
 
 
 @pytest.mark.parametrize(("processes_each", "limit"), [(1, 1), (2, 3)], ids=["2x1-workers-limit-1", "2x2-workers-limit-3"])
