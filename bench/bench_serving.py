@@ -483,6 +483,7 @@ def _capacity_report(capacity: dict[str, Any]) -> tuple[dict, list, list]:
     for name, label in (("reference_bare_drf", "bare DRF view, gunicorn 2 sync workers (reference)"),
                         ("ping", "GET /api/ping (token), manage.py serve"),
                         ("predict_neural", "predict 1 row, neural CNN, manage.py serve"),
+                        ("predict_neural_django", "predict 1 row, neural CNN, manage.py serve with the fast lane off"),
                         ("predict_algorithmic", "predict 1 row, k-NN algorithm, manage.py serve"),
                         ("predict_batch_1000", "predict 1,000 rows as JSON, neural CNN (4 connections)"),
                         ("predict_batch_1000_npy", "predict 1,000 rows as .npy, neural CNN (4 connections)")):
@@ -520,10 +521,15 @@ def _capacity_report(capacity: dict[str, Any]) -> tuple[dict, list, list]:
     ]
     notes = [
         f"capacity: wrk, one thread, {WRK_CONNECTIONS} connections, closed loop, {CLOSED_ROUNDS} interleaved rounds "
-        f"of {WRK_SECONDS} s (reference, ping, predict neural, predict algorithmic): the median round and the "
+        f"of {WRK_SECONDS} s (reference, ping, predict neural, predict neural with the fast lane off, predict "
+        "algorithmic): the median round and the "
         "range; vs_reference is the median of the per-round ratios; open loop: offered rates "
-        f"{', '.join(f'{f:.0%}' for f in FRACTIONS)} of each endpoint's closed-loop capacity, latency from when "
-        "each request was due; the load generators share the two cores with the servers",
+        f"{', '.join(f'{f:.0%}' for f in FRACTIONS)} of each endpoint's closed-loop capacity as reached by the "
+        "open-loop generator itself (Python asyncio, 64 connections: "
+        + ", ".join(f"{name} {closed[name]['loadgen_rps']:.0f}/s" for name in ("predict_neural", "predict_algorithmic",
+                                                                            "ping") if "loadgen_rps" in closed[name])
+        + "; it costs the shared cores more per request than wrk), latency from when each request was due; the "
+        "load generators share the two cores with the servers",
         f"while a training run occupied the worker (run #{capacity['training'].get('training')}, status after: "
         f"{capacity['training'].get('training_status_after')}): predict p99 at 70 % "
         + (f"{at70_training['p99_ms']:.1f} ms" if at70_training else "not measured"),

@@ -5,13 +5,15 @@ k-NN algorithm, a staff token, the loop off. Then, with the web tier started as 
 starts it (gunicorn workers for HTTP, daphne for /ws/, one django-q2 worker):
 
 * **closed loop** (``wrk``, 32 connections, one thread): single-row predict (neural and
-  algorithmic), a trivial authenticated endpoint (``/api/ping``) of the same server, and the
-  reference — a bare DRF view on gunicorn with two sync workers (``bench/reference_app.py``:
-  no database, no authentication);
+  algorithmic), a trivial authenticated endpoint (``/api/ping``) of the same server, neural
+  predict on a second web tier with the predict fast lane off (``project.fastlane``: every
+  request through Django's full cycle), and the reference — a bare DRF view on gunicorn with
+  two sync workers (``bench/reference_app.py``: no database, no authentication);
 * **open loop** (``bench/serving_loadgen.py`` with a rate: requests due at a constant rate,
   latency from when each was due): p50/p99 against offered load, as fractions of each
-  endpoint's closed-loop capacity, with no run training and again while an architecture
-  search occupies the worker;
+  endpoint's closed-loop capacity as this generator reaches it (it costs the shared cores more
+  per request than wrk), with no run training and again while an architecture search occupies
+  the worker;
 * **batch**: predict with 1,000 rows per request on the CNN (``wrk``, 4 connections): rows/s,
   with the rows as JSON and as one binary ``.npy`` array (``Content-Type: application/x-npy``).
 
@@ -166,8 +168,9 @@ def _wrk(url: str, *, connections: int = WRK_CONNECTIONS, seconds: int = WRK_SEC
             "socket_errors": errors.group(0) if errors else None}
 
 
-def _open_loop(port: int, path: str, *, rate: float, method: str = "GET", body: Any = None,
+def _open_loop(port: int, path: str, *, rate: float | None, method: str = "GET", body: Any = None,
                token: str | None = None) -> dict:
+    """``rate`` requests/s due at a constant rate; None: closed loop, as fast as answers come back."""
     spec = {"host": "127.0.0.1", "port": port, "method": method, "path": path, "rate": rate,
             "duration_s": OPEN_LOOP_SECONDS, "concurrency": OPEN_LOOP_CONNECTIONS,
             "headers": {"Authorization": f"Token {token}"} if token else {}}
@@ -193,7 +196,7 @@ def _switch(port: int, token: str, implementation: str) -> None:
         data=json.dumps({"implementation": implementation}).encode(),
         headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})
     urllib.request.urlopen(request, timeout=30).read()  # noqa: S310
-    time.sleep(1.5)  # every process re-reads the serving state within 0.25 s
+    time.sleep(1.5)  # every process re-reads the serving state within 0.5 s
 
 
 def run_capacity() -> dict[str, Any]:
@@ -219,6 +222,14 @@ def run_capacity() -> dict[str, Any]:
             [sys.executable, "manage.py", "serve", "--port", str(port), "--ws-port", str(ws_port), "--workers", "1"],
             cwd=REPO, env=env, start_new_session=True, stdout=open(tmp / "serve.log", "w"),  # noqa: SIM115
             stderr=subprocess.STDOUT)
+        # The same web tier with the predict fast lane off: every request through Django's full
+        # cycle (what the lane saves). Same database, no worker of its own; idle between its rounds.
+        django_port, django_ws_port = free_port(), free_port()
+        serve_django = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(django_port), "--ws-port", str(django_ws_port),
+             "--workers", "0"], cwd=REPO, env={**env, "PLASTICITY_PREDICT_FAST_LANE": "0"}, start_new_session=True,
+            stdout=open(tmp / "serve-django.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        django_predict_url = f"http://127.0.0.1:{django_port}/api/tasks/{SLUG}/predict"
         base = f"http://127.0.0.1:{port}"
         predict_url = f"{base}/api/tasks/{SLUG}/predict"
         one = {"inputs": seeded["one"]}
@@ -228,12 +239,14 @@ def run_capacity() -> dict[str, Any]:
         try:
             _wait_http(f"http://127.0.0.1:{ref_port}/ref", reference)
             _wait_http(f"{base}/healthz", serve)
+            _wait_http(f"http://127.0.0.1:{django_port}/healthz", serve_django)
             # Warm every process: routes, the algorithm, ONNX/torch sessions, token caches.
             for implementation in ("algorithmic", "neural"):
                 _switch(port, token, implementation)
                 _wrk(predict_url, method="POST", body=one, token=token, seconds=2, tmp=tmp)
             _wrk(f"{base}/api/ping", token=token, seconds=2, tmp=tmp)
             _wrk(f"http://127.0.0.1:{ref_port}/ref", seconds=2, tmp=tmp)
+            _wrk(django_predict_url, method="POST", body=one, token=token, seconds=2, tmp=tmp)
 
             # Interleaved rounds: the reference and the project's endpoints measured one after the
             # other in each round, so a slow spell of the machine hits all of them; the median round
@@ -244,6 +257,8 @@ def run_capacity() -> dict[str, Any]:
                 rounds.setdefault("ping", []).append(_wrk(f"{base}/api/ping", token=token, tmp=tmp))
                 rounds.setdefault("predict_neural", []).append(
                     _wrk(predict_url, method="POST", body=one, token=token, tmp=tmp))
+                rounds.setdefault("predict_neural_django", []).append(
+                    _wrk(django_predict_url, method="POST", body=one, token=token, tmp=tmp))
                 _switch(port, token, "algorithmic")
                 rounds.setdefault("predict_algorithmic", []).append(
                     _wrk(predict_url, method="POST", body=one, token=token, tmp=tmp))
@@ -252,7 +267,8 @@ def run_capacity() -> dict[str, Any]:
                 closed[name] = _median_round(measured)
             closed["ratio_rounds"] = {name: [m["rps"] / r["rps"] for m, r in zip(rounds[name],
                                                                               rounds["reference_bare_drf"], strict=True)]
-                                      for name in ("ping", "predict_neural", "predict_algorithmic")}
+                                      for name in ("ping", "predict_neural", "predict_neural_django",
+                                                   "predict_algorithmic")}
             closed["predict_batch_1000"] = _wrk(predict_url, method="POST", body=batch, token=token, connections=4,
                                                 tmp=tmp)
             closed["predict_batch_1000_npy"] = _wrk(predict_url, method="POST", body=_npy(seeded["batch"]),
@@ -277,7 +293,13 @@ def run_capacity() -> dict[str, Any]:
                 for name, (implementation, path, method, body) in endpoints.items():
                     if implementation:
                         _switch(port, token, implementation)
-                    capacity = closed[name]["rps"]
+                    # The fractions are of the capacity this load generator reaches (closed loop, same
+                    # connections): it costs the shared cores more per request than wrk does, so
+                    # wrk's figure would put "70 %" nearer the machine's saturation than it says.
+                    if condition == "idle":
+                        own = _open_loop(port, path, rate=None, method=method, body=body, token=token)
+                        closed[name]["loadgen_rps"] = own["rps"]
+                    capacity = closed[name]["loadgen_rps"]
                     for fraction in FRACTIONS:
                         point = _open_loop(port, path, rate=round(capacity * fraction, 1), method=method, body=body,
                                            token=token)
@@ -288,6 +310,7 @@ def run_capacity() -> dict[str, Any]:
                     training["training_status_after"] = still
         finally:
             stop_process_group(serve)
+            stop_process_group(serve_django)
             stop_process_group(reference)
     return {"closed": closed, "curves": curves, "training": training, "seeded": {
         "version_score": seeded["version_score"], "algorithm_score": seeded["algorithm_score"]}}

@@ -66,6 +66,13 @@ def _collector_paused():
             gc.enable()
 
 
+def predict_json_loads(body: bytes) -> Any:
+    """A predict body parsed with orjson, ``inputs`` as one array when numeric (raises
+    ``orjson.JSONDecodeError`` for what orjson refuses)."""
+    with _collector_paused():
+        return _inputs_as_array(orjson.loads(body))
+
+
 def _inputs_as_array(data: Any) -> Any:
     """``inputs`` as one numeric array when it is one (the lists are freed while the collector is
     paused, so they never start a collection); anything else is left for the input check to name."""
@@ -83,8 +90,7 @@ class PredictJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
         body = read_bounded(stream, parser_context)
         try:
-            with _collector_paused():
-                return _inputs_as_array(orjson.loads(body))
+            return predict_json_loads(body)
         except orjson.JSONDecodeError as exc:
             first = exc
         try:  # out-of-range numbers: let the input check name them

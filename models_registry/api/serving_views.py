@@ -31,7 +31,6 @@ from models_registry.api.serving_serializers import (
     ServingSerializer,
     ServingSwitchSerializer,
 )
-from models_registry.choices import OutputKind
 from models_registry.models import Task
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.conf import serving_setting
@@ -43,6 +42,7 @@ from models_registry.serving.router import ServingUnavailable, TaskNotFound, ser
 from models_registry.serving.selectors import serving_comparison, serving_state_get, serving_switch_list
 from models_registry.serving.switching import serving_force, serving_reevaluate_after_feedback
 from project.api.errors import api_exception_handler, error_body
+from project.api.negotiation import SingleRendererNegotiation
 from project.api.pagination import Pagination
 from project.api.permissions import IsOperatorOrReadOnly
 from project.api.throttles import ScopedRateThrottle, UserRateThrottle
@@ -92,6 +92,7 @@ class TaskPredictView(_ServingAPIView):
     throttle_scope = "predict"
     parser_classes = [PredictJSONParser, PredictNPYParser]
     renderer_classes = [JSONRenderer]  # machine clients only: no content negotiation on the hot path
+    content_negotiation_class = SingleRendererNegotiation
 
     @extend_schema(
         operation_id="task_predict",
@@ -135,21 +136,7 @@ class TaskPredictView(_ServingAPIView):
             prediction = serving_predict(route=route, X=X)
         except PredictionFailed as exc:
             return Response(error_body("prediction_failed", str(exc)), status=status.HTTP_500_INTERNAL_SERVER_ERROR)
-        served = prediction.route
-        version = served.version
-        outputs = prediction.outputs
-        labels = None
-        if task.output_kind == OutputKind.CLASSES and task.class_labels:
-            names = task.class_labels
-            labels = [names[i] if 0 <= i < len(names) else str(i) for i in outputs.tolist()]
-        return Response({
-            "task": task.slug, "implementation": served.implementation,
-            "version": version.number if version is not None else None,
-            "version_id": version.pk if version is not None else None,
-            "runtime": version.runtime if version is not None else None,
-            "outputs": outputs.tolist(), "labels": labels, "batch_size": prediction.batch_size,
-            "prediction_id": prediction.prediction_id(),
-        })
+        return Response(prediction.answer())
 
     def handle_exception(self, exc: Exception) -> Response:
         # A body that is not JSON: say what a valid one looks like.

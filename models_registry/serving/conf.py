@@ -2,12 +2,17 @@
 
 The environment fallback lets an operator (or a benchmark) tune a server without a settings
 change; a value that does not parse fails loudly through the ``events.env`` helpers.
-Values are read when used (cheap ``getattr``), so tests may override them with ``settings``.
+Each value is read once per process and kept (the predict path asks for several per request);
+a settings change (``override_settings``, pytest-django's ``settings``) forgets them, so tests
+may still override them. The environment is read at start-up, like the settings.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
+from django.core.signals import setting_changed
 
 from events.env import env_bool, env_float, env_int
 
@@ -19,10 +24,13 @@ SERVING_SETTINGS: dict[str, tuple[type, float | int | bool]] = {
     "PLASTICITY_PREDICT_MAX_BYTES": (int, 32 * 1024 * 1024),
     # Seconds between two reads of the serving state by a process (a switch anywhere is seen
     # by every process within about this long).
-    "PLASTICITY_SERVING_REFRESH_S": (float, 0.25),
+    "PLASTICITY_SERVING_REFRESH_S": (float, 0.5),
     # Load changed routes and flush the tracker on background threads (off the request path).
     # Off: both happen inline, when due (tests, one-shot scripts).
     "PLASTICITY_SERVING_BACKGROUND": (bool, True),
+    # The predict fast lane of the WSGI tier (project.fastlane): ordinary predict requests answered
+    # without Django's request cycle; off: every request goes through Django.
+    "PLASTICITY_PREDICT_FAST_LANE": (bool, True),
     # The in-memory performance tracker (off only to measure its overhead).
     "PLASTICITY_SERVING_TRACKER": (bool, True),
     "PLASTICITY_TRACKER_FLUSH_S": (float, 10.0),
@@ -45,6 +53,9 @@ SERVING_SETTINGS: dict[str, tuple[type, float | int | bool]] = {
     "PLASTICITY_SHADOW_QUEUE": (int, 64),
     # Rows checked per second per web process at most, whatever the fraction (0: no budget).
     "PLASTICITY_SHADOW_MAX_ROWS_PER_S": (float, 20.0),
+    # Seconds a shadow worker gathers sampled requests before running the algorithm once on all of
+    # them (one call over twenty rows costs about what one row does; 0: run each as it comes).
+    "PLASTICITY_SHADOW_BATCH_S": (float, 1.0),
     # Rows of (neural, algorithmic) outputs kept per task, and the fewest judged.
     "PLASTICITY_SHADOW_WINDOW": (int, 256),
     "PLASTICITY_SHADOW_MIN_ROWS": (int, 32),
@@ -72,7 +83,25 @@ SERVING_SETTINGS: dict[str, tuple[type, float | int | bool]] = {
 }
 
 
+_values: dict[str, Any] = {}
+
+
 def serving_setting(name: str):
+    try:
+        return _values[name]
+    except KeyError:
+        value = _values[name] = _serving_setting_read(name)
+        return value
+
+
+def _forget(**_kwargs) -> None:
+    _values.clear()
+
+
+setting_changed.connect(_forget, dispatch_uid="plasticity-serving-settings")
+
+
+def _serving_setting_read(name: str):
     kind, default = SERVING_SETTINGS[name]
     value = getattr(settings, name, None)
     if value is not None:

@@ -56,6 +56,22 @@ class Prediction:
         return prediction_id_issue(task_id=task.pk, version_id=self.route.version_id, kind=kind, outputs=self.outputs,
                                    limit=serving_setting("PLASTICITY_PREDICTION_ID_MAX_VALUES"))
 
+    def answer(self) -> dict:
+        """The predict endpoint's answer: which implementation and version, outputs, labels, the id."""
+        task, version, outputs = self.route.task, self.route.version, self.outputs
+        labels = None
+        if task.output_kind == OutputKind.CLASSES and task.class_labels:
+            names = task.class_labels
+            labels = [names[i] if 0 <= i < len(names) else str(i) for i in outputs.tolist()]
+        return {
+            "task": task.slug, "implementation": self.route.implementation,
+            "version": version.number if version is not None else None,
+            "version_id": version.pk if version is not None else None,
+            "runtime": version.runtime if version is not None else None,
+            "outputs": outputs.tolist(), "labels": labels, "batch_size": self.batch_size,
+            "prediction_id": self.prediction_id(),
+        }
+
 
 def serving_predict(*, route: Route, X: np.ndarray) -> Prediction:
     """Outputs of ``route`` for the validated batch ``X`` (float32, (N, *input_shape))."""

@@ -4,7 +4,7 @@ Every serving process keeps a *route table*: for each task, the implementation t
 it (a neural version on its runtime, or the algorithm) with its predict function loaded.
 
 * Freshness: the table is re-read from the database (three small queries: tasks, serving
-  states, active versions) at most every ``PLASTICITY_SERVING_REFRESH_S`` (0.25 s by
+  states, active versions) at most every ``PLASTICITY_SERVING_REFRESH_S`` (0.5 s by
   default), by whichever request first finds it older than that — never per request. A
   promotion, rollback or serving switch committed by *any* process is therefore served
   everywhere within about that long, without a restart; this process's own switches
@@ -38,6 +38,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from django.conf import settings
+from django.db import connection
 from django.db.models.signals import post_delete, post_save
 
 from models_registry.choices import Implementation, OutputKind
@@ -219,6 +220,9 @@ class ServingRouter:
                 try:
                     self._refresh_locked()
                 except Exception as exc:  # noqa: BLE001 - the database is away: serve what we know
+                    # A connection that failed is not reused (the fast lane's requests run no
+                    # request signals, whose handler would otherwise close it).
+                    connection.close_if_unusable_or_obsolete()
                     if self._table is _EMPTY:
                         raise ServingUnavailable(f"the serving table cannot be read: {exc}") from exc
                     logger.warning("serving: route table refresh failed (%s); serving the last table", exc)

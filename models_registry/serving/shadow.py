@@ -177,8 +177,11 @@ class ShadowChecker:
     BATCH_JOBS = 256  # queued checks run as one algorithm call at most
 
     def __init__(self, *, workers: int = 1, queue_size: int = 64, window_rows: int = 256, min_rows: int = 32,
-                 cooldown_s: float = 60.0, seed: int | None = None, max_rows_per_s: float = 0.0) -> None:
+                 cooldown_s: float = 60.0, seed: int | None = None, max_rows_per_s: float = 0.0,
+                 batch_s: float = 0.0) -> None:
         self.workers = max(1, workers)
+        # How long a worker gathers checks after the first before it runs them (0: only those queued).
+        self.batch_s = max(0.0, float(batch_s))
         # A budget of checked rows per second (a token bucket holding one second's worth; 0: none).
         # The window holds a few hundred rows: at a few thousand requests per second a fraction
         # alone would spend a large share of the CPU refreshing it many times a second.
@@ -246,8 +249,10 @@ class ShadowChecker:
             jobs: list[_Job] = []
             stop = False
             item = self._queue.get()
-            # Under load, checks queue up while one runs: take them all and run the algorithm
-            # once per task and version (one call over many rows costs about what one row does).
+            # Gather the checks sampled in the next ``batch_s`` seconds (and any already queued),
+            # then run the algorithm once per task and version: one call over many rows costs
+            # about what one row does, so the checks take a small, steady share of the process.
+            gather_until = time.monotonic() + self.batch_s
             while True:
                 if item is None:  # stop()
                     stop = True
@@ -255,8 +260,9 @@ class ShadowChecker:
                     jobs.append(item)
                 if stop or len(jobs) >= self.BATCH_JOBS:
                     break
+                wait = gather_until - time.monotonic()
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
             groups: dict[tuple[int, int | None], list[_Job]] = {}
@@ -361,6 +367,7 @@ def serving_shadow() -> ShadowChecker:
                     min_rows=serving_setting("PLASTICITY_SHADOW_MIN_ROWS"),
                     cooldown_s=serving_setting("PLASTICITY_SHADOW_COOLDOWN_S"),
                     max_rows_per_s=serving_setting("PLASTICITY_SHADOW_MAX_ROWS_PER_S"),
+                    batch_s=serving_setting("PLASTICITY_SHADOW_BATCH_S"),
                 )
             checker = _shadow
     return checker

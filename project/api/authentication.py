@@ -22,6 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.signals import setting_changed
 from django.db.models.signals import post_delete, post_save
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
@@ -32,14 +33,28 @@ DEFAULT_TTL_S = 10.0
 DEFAULT_SIZE = 10_000
 
 
-def _ttl_s() -> float:
-    value = getattr(settings, "PLASTICITY_TOKEN_CACHE_TTL_S", None)
-    return float(value) if value is not None else env_float("PLASTICITY_TOKEN_CACHE_TTL_S", DEFAULT_TTL_S)
+# (ttl, size), read once per process (every request asks); a settings change forgets them.
+_limits: list[tuple[float, int]] = []
 
 
-def _size() -> int:
-    value = getattr(settings, "PLASTICITY_TOKEN_CACHE_SIZE", None)
-    return int(value) if value is not None else env_int("PLASTICITY_TOKEN_CACHE_SIZE", DEFAULT_SIZE, minimum=1)
+def _read_limits() -> tuple[float, int]:
+    ttl = getattr(settings, "PLASTICITY_TOKEN_CACHE_TTL_S", None)
+    size = getattr(settings, "PLASTICITY_TOKEN_CACHE_SIZE", None)
+    return (float(ttl) if ttl is not None else env_float("PLASTICITY_TOKEN_CACHE_TTL_S", DEFAULT_TTL_S),
+            int(size) if size is not None else env_int("PLASTICITY_TOKEN_CACHE_SIZE", DEFAULT_SIZE, minimum=1))
+
+
+def _cache_limits() -> tuple[float, int]:
+    if not _limits:
+        _limits.append(_read_limits())
+    return _limits[0]
+
+
+def _forget_limits(**_kwargs) -> None:
+    _limits.clear()
+
+
+setting_changed.connect(_forget_limits, dispatch_uid="plasticity-token-cache-limits")
 
 
 class TokenCache:
@@ -92,14 +107,14 @@ class CachedTokenAuthentication(TokenAuthentication):
     """``Authorization: Token <key>``, verified against the database at most once per TTL per process."""
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
-        ttl = _ttl_s()
+        ttl, size = _cache_limits()
         if ttl > 0:
             hit = token_cache.get(key)
             if hit is not None:
                 return hit
         user, token = super().authenticate_credentials(key)  # 401 for an unknown key or an inactive user
         if ttl > 0:
-            token_cache.put(key, user, token, ttl, _size())
+            token_cache.put(key, user, token, ttl, size)
         return user, token
 
 

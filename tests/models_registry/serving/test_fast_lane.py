@@ -1,0 +1,186 @@
+"""The predict fast lane (``project.fastlane``): ordinary predict requests answered without Django's
+request cycle, with the same answer, headers, throttle and no query; everything else answered by
+Django exactly as before."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import pytest
+from django.core.cache import cache
+from django.core.signals import request_finished, request_started
+from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections, connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.authtoken.models import Token
+
+from models_registry.serving.choices import SwitchReason
+from models_registry.serving.switching import NEURAL, serving_switch
+from project.api.authentication import token_cache
+from project.fastlane import PredictFastLane
+from tests.models_registry.serving.helpers import blobs_inputs
+
+pytestmark = pytest.mark.django_db
+
+VARYING = {"date", "content-length"}
+
+
+@pytest.fixture
+def lane():
+    """The fast lane in front of Django's WSGI handler. Like Django's test client, requests must
+    not close the test's database connection, so that signal receiver is disconnected meanwhile."""
+    cache.clear()
+    lane = PredictFastLane(get_wsgi_application())
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        yield lane
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+        cache.clear()
+
+
+def _call(app, path: str, *, body: bytes | None = None, token: str | None = None, host: str = "testserver",
+          content_type: str = "application/json", extra: dict | None = None):
+    data = body or b""
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "", "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": host, "CONTENT_TYPE": content_type,
+        "CONTENT_LENGTH": str(len(data)), "wsgi.input": io.BytesIO(data), "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
+        "wsgi.version": (1, 0), **(extra or {}),
+    }
+    if token is not None:
+        environ["HTTP_AUTHORIZATION"] = f"Token {token}"
+    seen: dict = {}
+
+    def start_response(status, headers, exc_info=None):
+        seen["status"], seen["headers"] = int(status.split()[0]), headers
+
+    chunks = app(environ, start_response)
+    payload = b"".join(chunks)
+    if hasattr(chunks, "close"):
+        chunks.close()
+    return seen["status"], seen["headers"], payload
+
+
+def _predict_body(rows: list | None = None) -> bytes:
+    return json.dumps({"inputs": rows if rows is not None else blobs_inputs(1)[0]}).encode()
+
+
+@pytest.fixture
+def neural_task(served_task):
+    task, _model, _v1, v2 = served_task
+    serving_switch(task=task, implementation=NEURAL, version=v2, reason=SwitchReason.OPERATOR)
+    return task
+
+
+def test_a_warm_predict_is_answered_by_the_lane_like_django_with_no_query(lane, neural_task, viewer):
+    token = Token.objects.create(user=viewer).key
+    path = f"/api/tasks/{neural_task.slug}/predict"
+    status, django_headers, django_body = _call(lane, path, body=_predict_body(), token=token)
+    assert status == 200 and lane.served == 0  # the first answer is Django's: token verified, headers learnt
+
+    with CaptureQueriesContext(connection) as queries:
+        status, headers, body = _call(lane, path, body=_predict_body(), token=token)
+    assert status == 200, body
+    assert lane.served == 1
+    assert len(queries) == 0, [q["sql"] for q in queries.captured_queries]
+    fast, slow = json.loads(body), json.loads(django_body)
+    assert fast.pop("prediction_id") and slow.pop("prediction_id")  # signed per answer (a nonce): differ
+    assert fast == slow and fast["implementation"] == "neural"
+    assert int(dict(headers)["Content-Length"]) == len(body)
+
+    def stable(items):
+        return {(name.lower(), value) for name, value in items if name.lower() not in VARYING}
+
+    assert stable(headers) == stable(django_headers)
+    assert {"x-content-type-options", "x-frame-options", "content-type"} <= {name for name, _ in stable(headers)}
+
+
+def test_a_batch_and_labels_match_django(lane, served_task, viewer):
+    task = served_task[0]  # served by its algorithm
+    token = Token.objects.create(user=viewer).key
+    path = f"/api/tasks/{task.slug}/predict"
+    rows = blobs_inputs(5, seed=3)
+    first = json.loads(_call(lane, path, body=_predict_body(rows), token=token)[2])
+    second = json.loads(_call(lane, path, body=_predict_body(rows), token=token)[2])
+    assert lane.served == 1
+    assert second["labels"] == first["labels"] and len(second["labels"]) == 5
+    assert second["outputs"] == first["outputs"] and second["implementation"] == "algorithmic"
+
+
+def test_every_refusal_is_djangos_in_the_api_error_shape(lane, neural_task, viewer, settings):
+    token = Token.objects.create(user=viewer).key
+    path = f"/api/tasks/{neural_task.slug}/predict"
+    assert _call(lane, path, body=_predict_body(), token=token)[0] == 200  # learnt and cached
+    cases = {
+        "wrong shape": (dict(body=_predict_body([[1.0, 2.0]]), token=token), 400, "invalid_input"),
+        "not JSON": (dict(body=b"{inputs", token=token), 400, None),
+        "no inputs": (dict(body=b'{"rows": [1]}', token=token), 400, "invalid_input"),
+        "non-finite": (dict(body=b'{"inputs": [1e999, 0, 0, 0]}', token=token), 400, "invalid_input"),
+        "unknown task": (dict(body=_predict_body(), token=token, path="/api/tasks/nope/predict"), 404, None),
+        "unknown token": (dict(body=_predict_body(), token="0" * 40), 401, None),
+        "no token": (dict(body=_predict_body()), 401, None),
+        "host not allowed": (dict(body=_predict_body(), token=token, host="evil.example"), 400, None),
+        "over the limit": (dict(body=_predict_body(), token=token, extra={"CONTENT_LENGTH": str(64 * 1024 * 1024)}),
+                           413, "payload_too_large"),
+    }
+    for name, (kwargs, expected, code) in cases.items():
+        target = kwargs.pop("path", path)
+        status, _headers, body = _call(lane, target, **kwargs)
+        assert status == expected, (name, body[:300])
+        if code is not None:
+            assert json.loads(body)["error"]["code"] == code, (name, body[:300])
+    assert lane.served == 0
+
+
+def test_a_request_with_a_cookie_takes_the_ordinary_path(lane, neural_task, viewer):
+    token = Token.objects.create(user=viewer).key
+    path = f"/api/tasks/{neural_task.slug}/predict"
+    _call(lane, path, body=_predict_body(), token=token)
+    status, _headers, _ = _call(lane, path, body=_predict_body(), token=token, extra={"HTTP_COOKIE": "a=b"})
+    assert status == 200 and lane.served == 0
+
+
+def test_the_throttle_counts_lane_and_django_answers_alike(lane, neural_task, viewer, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
+        **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "predict": "3/hour"}}
+    token = Token.objects.create(user=viewer).key
+    path = f"/api/tasks/{neural_task.slug}/predict"
+    statuses = [_call(lane, path, body=_predict_body(), token=token) for _ in range(5)]
+    assert [s[0] for s in statuses] == [200, 200, 200, 429, 429]
+    assert lane.served == 2  # the first by Django, two by the lane, the refusals by Django
+    refused = dict(statuses[3][1])
+    assert int(refused["Retry-After"]) > 0 and json.loads(statuses[3][2])["error"]["code"] == "throttled"
+
+
+def test_a_revoked_token_is_refused_at_once(lane, neural_task, viewer):
+    token = Token.objects.create(user=viewer)
+    path = f"/api/tasks/{neural_task.slug}/predict"
+    assert _call(lane, path, body=_predict_body(), token=token.key)[0] == 200
+    assert _call(lane, path, body=_predict_body(), token=token.key)[0] == 200 and lane.served == 1
+    token.delete()
+    assert token_cache.get(token.key) is None
+    assert _call(lane, path, body=_predict_body(), token=token.key)[0] == 401
+    assert lane.served == 1
+
+
+def test_the_setting_turns_the_lane_off(lane, neural_task, viewer, settings):
+    settings.PLASTICITY_PREDICT_FAST_LANE = False
+    token = Token.objects.create(user=viewer).key
+    path = f"/api/tasks/{neural_task.slug}/predict"
+    for _ in range(3):
+        assert _call(lane, path, body=_predict_body(), token=token)[0] == 200
+    assert lane.served == 0
+
+
+def test_other_requests_pass_through_untouched(lane, neural_task, viewer):
+    token = Token.objects.create(user=viewer).key
+    status, _headers, body = _call(lane, f"/api/tasks/{neural_task.slug}/serving", token=token,
+                                   extra={"REQUEST_METHOD": "GET"})
+    assert status == 200 and json.loads(body)["task"] == neural_task.slug
+    assert lane.served == 0
