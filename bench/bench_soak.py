@@ -33,8 +33,12 @@ pattern-recognition is pinned to its neural version (``POST /api/tasks/<slug>/se
    final state during the soak.
 
 Targets: zero 5xx outside the kill windows; no lost event; RSS growth within ``WEB_RSS_BOUND_MB``
-per web process (each gunicorn process, daphne), ``WORKER_RSS_BOUND_MB`` per task-worker lifetime and
-``OTHER_RSS_BOUND_MB`` for the rest (serve, qcluster main, sentinel, monitor, pusher); both kills
+per web process (each gunicorn process, daphne) and ``OTHER_RSS_BOUND_MB`` for the rest (serve,
+qcluster main, sentinel, monitor, pusher); a task worker's RSS below the recycle bound
+``Q_MAX_RSS_MB`` throughout (django-q2 replaces a worker above it). A task worker's growth is
+reported, not judged: between two kills it lives about ten minutes, which is all warm-up (libraries,
+datasets and sessions filling bounded caches over its first nine runs; its growth after the
+warm-up is judged by ``bench_worker_memory``, over eighteen runs in one process); both kills
 followed by a replacement cluster; at least ``RUNS_TARGET`` runs finished; every request answered
 (no failed connection or time-out outside the kill windows, none left unsent). Throttle rates are
 raised as in the serving benchmark: one client here sends what many would.
@@ -66,6 +70,7 @@ from bench.common import free_port, manage, stop_process_group, target
 from bench.serving_capacity import _wrk
 from bench.soak_live import LiveListener
 from bench.soak_processes import Q_WORKERS, ProcessSampler, ServeTree, rss_growth
+from events.env import env_int
 
 NAME = "soak"
 DESCRIPTION = ("manage.py serve under predict load at 70 % of capacity for 30 min while the loop trains and the "
@@ -89,7 +94,8 @@ RUN_START_TIMEOUT_S = 180.0
 EVENTS_GRACE_S = 20.0
 WARMUP_FRACTION = 0.1
 WEB_RSS_BOUND_MB = 50.0
-WORKER_RSS_BOUND_MB = 100.0
+#: The task-worker bound: django-q2 recycles a worker whose RSS passes ``Q_MAX_RSS_MB`` (project.settings).
+WORKER_RSS_BOUND_MB = float(env_int("Q_MAX_RSS_MB", 1536, minimum=256))
 OTHER_RSS_BOUND_MB = 50.0
 RUNS_TARGET = 3
 FAILED_SHARE_TARGET = 0.1
@@ -428,7 +434,9 @@ def _report(*, loaded: dict, kills: list[dict], events: dict, finished: list[dic
     for row in processes:
         row["bound_mb"] = (WEB_RSS_BOUND_MB if row["role"] in WEB_ROLES else
                            WORKER_RSS_BOUND_MB if row["role"] == "qcluster task worker" else OTHER_RSS_BOUND_MB)
-        row["within_bound"] = None if row["growth_mb"] is None else row["growth_mb"] <= row["bound_mb"]
+        # A task worker: its peak against the recycle bound; every other process: its growth.
+        measured = row["peak_mb"] if row["role"] == "qcluster task worker" else row["growth_mb"]
+        row["within_bound"] = None if row["growth_mb"] is None else measured <= row["bound_mb"]
     judged = [row for row in processes if row["growth_mb"] is not None]
 
     def worst(rows: list[dict]) -> float | None:
@@ -458,10 +466,15 @@ def _report(*, loaded: dict, kills: list[dict], events: dict, finished: list[dic
                               "timeout + serve's reconciler)", f"<= {REQUEUE_TARGET_S:g} s",
                               slowest, slowest is not None and slowest <= REQUEUE_TARGET_S))
     for role, bound in (("gunicorn worker", WEB_RSS_BOUND_MB), ("gunicorn master", WEB_RSS_BOUND_MB),
-                        ("daphne", WEB_RSS_BOUND_MB), ("qcluster task worker", WORKER_RSS_BOUND_MB)):
+                        ("daphne", WEB_RSS_BOUND_MB)):
         rows = [row for row in judged if row["role"] == role]
         targets.append(target(f"RSS growth, each {role} (per process lifetime, worst of {len(rows)})",
                               f"<= {bound:g} MB", worst(rows), bool(rows) and all(r["within_bound"] for r in rows)))
+    workers = [row for row in judged if row["role"] == "qcluster task worker"]
+    targets.append(target(f"RSS peak, each qcluster task worker (worst of {len(workers)}; below Q_MAX_RSS_MB, above "
+                          f"which django-q2 recycles it; growth {worst(workers)} MB reported, warm-up: see worker_memory)",
+                          f"<= {WORKER_RSS_BOUND_MB:g} MB", max((r["peak_mb"] for r in workers), default=None),
+                          bool(workers) and all(r["within_bound"] for r in workers)))
     others = [row for row in judged if row["role"] not in (*WEB_ROLES, "qcluster task worker")]
     targets.append(target("RSS growth, serve and the other qcluster processes (worst)", f"<= {OTHER_RSS_BOUND_MB:g} MB",
                           worst(others), all(r["within_bound"] for r in others)))
@@ -508,7 +521,7 @@ def _report(*, loaded: dict, kills: list[dict], events: dict, finished: list[dic
                    f"({warmup_s:.0f} s, from the soak's start or the process's own start, whichever is later); "
                    f"processes with fewer than 10 samples after the warm-up are listed, not judged",
             "rss_bounds_mb": {"web process (each gunicorn process, daphne)": WEB_RSS_BOUND_MB,
-                              "qcluster task worker, per lifetime": WORKER_RSS_BOUND_MB,
+                              "qcluster task worker, peak (Q_MAX_RSS_MB)": WORKER_RSS_BOUND_MB,
                               "serve, qcluster main, sentinel, monitor, pusher": OTHER_RSS_BOUND_MB},
             "events": "WebSocket client like static/panel/live.js (resume with ?after=, replay_after for gaps, "
                       f"gives up on a gap after 10 s); lost = outbox ids committed after the page's "
