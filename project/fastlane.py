@@ -58,6 +58,8 @@ MAX_TEMPLATES = 64
 #: Headers of an answer that are not reused: they belong to one response.
 _PER_RESPONSE = frozenset({"content-length", "date", "server", "set-cookie", "connection", "transfer-encoding"})
 _OK = "200 OK"
+#: Marks an answer of the lane (Django's answers do not carry it): for operators and tests.
+LANE_HEADER = ("X-Predict-Lane", "fast")
 _FAILED = "500 Internal Server Error"
 
 
@@ -161,6 +163,6 @@ class PredictFastLane:
     @staticmethod
     def _respond(start_response, status: str, template: list[tuple[str, str]], answer: Any) -> list[bytes]:
         payload = orjson.dumps(answer)
-        start_response(status, [*template, ("Content-Length", str(len(payload)))])
+        start_response(status, [*template, LANE_HEADER, ("Content-Length", str(len(payload)))])
         return [payload]
 

@@ -24,7 +24,7 @@ from tests.models_registry.serving.helpers import blobs_inputs
 
 pytestmark = pytest.mark.django_db
 
-VARYING = {"date", "content-length"}
+VARYING = {"date", "content-length", "x-predict-lane"}
 
 
 @pytest.fixture
@@ -93,6 +93,7 @@ def test_a_warm_predict_is_answered_by_the_lane_like_django_with_no_query(lane, 
     assert fast.pop("prediction_id") and slow.pop("prediction_id")  # signed per answer (a nonce): differ
     assert fast == slow and fast["implementation"] == "neural"
     assert int(dict(headers)["Content-Length"]) == len(body)
+    assert dict(headers)["X-Predict-Lane"] == "fast" and "X-Predict-Lane" not in dict(django_headers)
 
     def stable(items):
         return {(name.lower(), value) for name, value in items if name.lower() not in VARYING}

@@ -67,6 +67,8 @@ def test_serve_runs_gunicorn_workers_and_a_websocket_server(served_task, operato
         headers = {"Authorization": f"Token {token}"}
         body = {"inputs": blobs_inputs(1)[0]}
 
+        lanes: list[str | None] = []
+
         def predict() -> dict | None:
             try:
                 # A new connection each time: the kernel hands each to whichever gunicorn process accepts it.
@@ -74,6 +76,7 @@ def test_serve_runs_gunicorn_workers_and_a_websocket_server(served_task, operato
             except requests.RequestException:
                 return None
             assert answer.status_code == 200, answer.text
+            lanes.append(answer.headers.get("X-Predict-Lane"))
             return answer.json()
 
         first = _wait_for(predict, timeout_s=120, what="the web tier answering")
@@ -97,6 +100,10 @@ def test_serve_runs_gunicorn_workers_and_a_websocket_server(served_task, operato
                 assert time.monotonic() < deadline, "the promotion was not served by every process"
                 answer = predict()
                 streak = streak + 1 if answer and answer["version_id"] == v3.pk else 0
+            # Once a process has verified the token (again after each token-cache TTL), the predict fast
+            # lane answers (project.fastlane): most of the streak came from it, all with the promotion.
+            streak_lanes = lanes[-10 * WEB_WORKERS:]
+            assert streak_lanes.count("fast") >= len(streak_lanes) // 2, lanes
             messages = []
             deadline = time.monotonic() + 30
             while not any(m.get("type") != "resync" for m in messages):
