@@ -25,7 +25,8 @@ untouched request (its body included) to Django, which answers it as before:
 
 Any refusal or error is therefore written by the one DRF implementation, in the API's error
 shape; the fast lane never answers a 4xx. A neural failure the algorithm cannot stand in for is
-the only error it writes (the same body as the view's 500). ``PLASTICITY_PREDICT_FAST_LANE``
+the only error it writes (the same body as the view's 500); any other exception is logged and the
+request handed to Django, whose error handling answers it. ``PLASTICITY_PREDICT_FAST_LANE``
 (on by default) turns it off.
 
 Database connections: a request served here makes no query (the router re-reads the serving
@@ -35,6 +36,7 @@ connection housekeeping is not needed for it.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from io import BytesIO
@@ -51,6 +53,8 @@ from models_registry.serving.predict import PredictionFailed, serving_predict
 from models_registry.serving.router import serving_router
 from project.api.authentication import token_cache
 from project.api.errors import error_body
+
+logger = logging.getLogger(__name__)
 
 PREDICT_PATH = re.compile(r"^/api/tasks/([^/]+)/predict/?$")
 #: Hosts (with scheme and forwarding headers) whose answer headers are remembered, at most.
@@ -147,10 +151,14 @@ class PredictFastLane:
             return None
         try:
             prediction = serving_predict(route=route, X=X)
+            answer = prediction.answer()
         except PredictionFailed as exc:
             return self._respond(start_response, _FAILED, template, error_body("prediction_failed", str(exc)))
+        except Exception:  # noqa: BLE001 - a defect: Django answers it again, through its own error handling
+            logger.exception("predict fast lane: %s failed; handed to Django", slug)
+            return None
         self.served += 1
-        return self._respond(start_response, _OK, template, prediction.answer())
+        return self._respond(start_response, _OK, template, answer)
 
     @staticmethod
     def _throttles_allow(user) -> bool:

@@ -179,6 +179,23 @@ def test_the_setting_turns_the_lane_off(lane, neural_task, viewer, settings):
     assert lane.served == 0
 
 
+def test_an_unexpected_failure_is_answered_by_django(lane, neural_task, viewer, monkeypatch):
+    from models_registry.serving.predict import Prediction
+
+    token = Token.objects.create(user=viewer).key
+    path = f"/api/tasks/{neural_task.slug}/predict"
+    assert _call(lane, path, body=_predict_body(), token=token)[0] == 200
+
+    def broken(self):
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(Prediction, "answer", broken)
+    status, headers, body = _call(lane, path, body=_predict_body(), token=token)
+    assert status == 500 and lane.served == 0
+    assert "X-Predict-Lane" not in dict(headers)  # Django's own 500 (its error page), not the lane's
+    assert b"Server error" in body or b"500" in body
+
+
 def test_other_requests_pass_through_untouched(lane, neural_task, viewer):
     token = Token.objects.create(user=viewer).key
     status, _headers, body = _call(lane, f"/api/tasks/{neural_task.slug}/serving", token=token,
