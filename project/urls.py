@@ -8,6 +8,8 @@ from django.views.generic import RedirectView
 
 from project import views
 
+handler500 = views.server_error
+
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("healthz", views.healthz, name="healthz"),

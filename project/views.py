@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.views import defaults
 from django.views.decorators.http import require_GET
 
+from project.middleware import wants_json
 from project.panel.views import overview
 
-__all__ = ["healthz", "overview"]
+__all__ = ["healthz", "overview", "server_error"]
+
+#: The API's one error shape for an unexpected failure (a bug): nothing of the exception is shown.
+SERVER_ERROR_CODE = "server_error"
+SERVER_ERROR_MESSAGE = "The server failed to answer this request; the failure is logged. Retry later, or report it."
+
+
+def server_error(request: HttpRequest):
+    """``handler500``: the API's JSON error shape for API paths and JSON clients, the panel's 500
+    page otherwise. Reads nothing from the database (which may be what failed) and reverses no URL."""
+    if wants_json(request):
+        return JsonResponse({"error": {"code": SERVER_ERROR_CODE, "message": SERVER_ERROR_MESSAGE}}, status=500)
+    return defaults.server_error(request)
 
 
 @require_GET

@@ -13,7 +13,9 @@ from django.conf import settings
 from django.test import Client, RequestFactory
 from django.urls import path, reverse
 from django.views.defaults import server_error
+from rest_framework.views import APIView
 
+from project.urls import handler500 as project_handler500
 from project.urls import urlpatterns as project_urlpatterns
 
 pytestmark = pytest.mark.django_db
@@ -25,8 +27,16 @@ def boom(request):
     raise RuntimeError("a bug in a view")
 
 
-# This module is the URL map of the 500 tests: the project's, plus a view that fails.
-urlpatterns = [path("boom/", boom), *project_urlpatterns]
+class BoomAPI(APIView):
+    permission_classes: list = []
+
+    def get(self, request):
+        raise RuntimeError("a bug in an API view with a secret")
+
+
+# This module is the URL map of the 500 tests: the project's, plus views that fail.
+urlpatterns = [path("boom/", boom), path("api/boom", BoomAPI.as_view()), *project_urlpatterns]
+handler500 = project_handler500
 
 
 def test_the_tests_run_as_deployed_with_debug_off():
@@ -84,6 +94,18 @@ def test_a_failing_view_answers_500_with_the_panels_page(settings):
     html = response.content.decode()
     _panel_error_page(html, 500)
     assert "Something went wrong" in html and "a bug in a view" not in html
+
+
+def test_a_failing_api_view_answers_500_in_the_api_error_shape(settings):
+    settings.ROOT_URLCONF = __name__
+    client = Client(raise_request_exception=False)
+    response = client.get("/api/boom")
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == "server_error" and "secret" not in response.content.decode()
+    # A page (or a browser on an API path asking for HTML) still gets the panel's page.
+    assert "Something went wrong" in client.get("/boom/").content.decode()
 
 
 def test_the_500_page_reads_nothing_from_the_database(django_assert_num_queries):
