@@ -37,7 +37,6 @@ connection housekeeping is not needed for it.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from io import BytesIO
 from types import SimpleNamespace
@@ -53,10 +52,10 @@ from models_registry.serving.predict import PredictionFailed, serving_predict
 from models_registry.serving.router import serving_router
 from project.api.authentication import token_cache
 from project.api.errors import error_body
+from project.middleware import PREDICT_PATH
 
 logger = logging.getLogger(__name__)
 
-PREDICT_PATH = re.compile(r"^/api/tasks/([^/]+)/predict/?$")
 #: Hosts (with scheme and forwarding headers) whose answer headers are remembered, at most.
 MAX_TEMPLATES = 64
 #: Headers of an answer that are not reused: they belong to one response.

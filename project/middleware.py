@@ -86,7 +86,8 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
 
 # ------------------------------------------------------------------------------ request bodies
 
-_PREDICT_PATH = re.compile(r"^/api/tasks/[^/]+/predict/?$")
+#: The predict endpoint (group 1: the task's slug); the fast lane (project.fastlane) matches the same.
+PREDICT_PATH = re.compile(r"^/api/tasks/([^/]+)/predict/?$")
 _UPLOAD_PATHS = ("/api/tasks", "/api/tasks/")
 #: Rows appended to a task's dataset, through the API and from the panel's task page.
 _ROWS_PATH = re.compile(r"^(?:/api)?/tasks/[^/]+/rows/?$")
@@ -102,7 +103,7 @@ def request_body_limit(path: str) -> int:
     everything else."""
     if path in _UPLOAD_PATHS or path in FORM_UPLOAD_PATHS or _ROWS_PATH.match(path):
         return upload_body_limit()
-    if _PREDICT_PATH.match(path):
+    if PREDICT_PATH.match(path):
         return serving_setting("PLASTICITY_PREDICT_MAX_BYTES")
     return int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2_621_440)
 
@@ -110,7 +111,7 @@ def request_body_limit(path: str) -> int:
 def body_too_large_response(request: HttpRequest, limit: int, size: int | None) -> HttpResponse:
     got = f"is {size_text(size)}" if size is not None else "is larger than allowed"
     message = f"The request body {got}; the limit for {request.path} is {size_text(limit)}."
-    if _PREDICT_PATH.match(request.path):
+    if PREDICT_PATH.match(request.path):
         message += f" {TOO_LARGE_ADVICE[0].upper()}{TOO_LARGE_ADVICE[1:]}."
     if wants_json(request):
         response: HttpResponse = JsonResponse(

@@ -9,6 +9,7 @@ may still override them. The environment is read at start-up, like the settings.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.conf import settings
@@ -83,19 +84,13 @@ SERVING_SETTINGS: dict[str, tuple[type, float | int | bool]] = {
 }
 
 
-_values: dict[str, Any] = {}
-
-
-def serving_setting(name: str):
-    try:
-        return _values[name]
-    except KeyError:
-        value = _values[name] = _serving_setting_read(name)
-        return value
+@functools.cache
+def serving_setting(name: str) -> Any:
+    return _serving_setting_read(name)
 
 
 def _forget(**_kwargs) -> None:
-    _values.clear()
+    serving_setting.cache_clear()
 
 
 setting_changed.connect(_forget, dispatch_uid="plasticity-serving-settings")

@@ -15,6 +15,7 @@ throttle and the login rate limit bound how often).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -33,25 +34,17 @@ DEFAULT_TTL_S = 10.0
 DEFAULT_SIZE = 10_000
 
 
-# (ttl, size), read once per process (every request asks); a settings change forgets them.
-_limits: list[tuple[float, int]] = []
-
-
-def _read_limits() -> tuple[float, int]:
+@functools.cache
+def _cache_limits() -> tuple[float, int]:
+    """(ttl, size), read once per process (every request asks); a settings change forgets them."""
     ttl = getattr(settings, "PLASTICITY_TOKEN_CACHE_TTL_S", None)
     size = getattr(settings, "PLASTICITY_TOKEN_CACHE_SIZE", None)
     return (float(ttl) if ttl is not None else env_float("PLASTICITY_TOKEN_CACHE_TTL_S", DEFAULT_TTL_S),
             int(size) if size is not None else env_int("PLASTICITY_TOKEN_CACHE_SIZE", DEFAULT_SIZE, minimum=1))
 
 
-def _cache_limits() -> tuple[float, int]:
-    if not _limits:
-        _limits.append(_read_limits())
-    return _limits[0]
-
-
 def _forget_limits(**_kwargs) -> None:
-    _limits.clear()
+    _cache_limits.cache_clear()
 
 
 setting_changed.connect(_forget_limits, dispatch_uid="plasticity-token-cache-limits")
