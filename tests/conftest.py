@@ -11,6 +11,19 @@ from django.db import connection
 torch.set_num_threads(int(os.environ.get("PLASTICITY_TEST_TORCH_THREADS", "1")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _serving_stopped_before_the_databases_go(django_db_setup):
+    """A server thread's tracker (browser tests) is stopped while the test database still exists.
+
+    Torn down before ``django_db_setup``, so no flush at interpreter exit writes into a database
+    whose tables are gone.
+    """
+    from models_registry.serving.predict import serving_runtime_reset
+
+    yield
+    serving_runtime_reset()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_storage(settings, tmp_path):
     """Every test writes weights and datasets under its own folder."""
