@@ -41,8 +41,10 @@ seeds, CPU-seconds, and the time to reach 95 % of the reference network.
 
 Every finished job is appended to ``bench/results/suite_jobs/<result name>.jsonl`` as it ends (its
 curve, the git SHA it ran at, the load). With ``BENCH_SUITE_RESUME=1`` a run takes the jobs
-already there (same task, seed, opponent and budget, no error) instead of running them again, so
-a full run can be done in several sittings; the result lists the SHAs its jobs ran at.
+already there (same task, seed, opponent and budget, no error, **run at the same commit**) instead
+of running them again, so a full run can be done in several sittings on one version of the code:
+run it from a worktree at a fixed commit (``git worktree add /tmp/suite <sha>``) and resume there.
+Jobs logged at other commits stay in the log and are not taken.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS_DIR, git_state, stop_process_group, target
+from bench.common import RESULTS_DIR, git_command, git_state, stop_process_group, target
 from bench.suite_tasks import TASKS, SuiteTask, load_task
 
 NAME = "suite"
@@ -641,14 +643,24 @@ def _job_key(job: dict[str, Any]) -> tuple:
     return job["task"], job["seed"], job["opponent"], job["budget"]
 
 
-def _logged_jobs() -> dict[tuple, dict[str, Any]]:
-    """Jobs finished without error by earlier sittings of this run (the last of each key wins)."""
+def _code_dirty() -> bool:
+    """Uncommitted changes outside ``bench/results`` (where the sittings write their jobs)."""
+    status = git_command("--no-optional-locks", "status", "--porcelain", "--", ".", ":(exclude)bench/results")
+    return bool(status and status.strip())
+
+
+def _logged_jobs(sha: str) -> dict[tuple, dict[str, Any]]:
+    """Jobs finished without error by earlier sittings at commit ``sha`` (the last of each key wins).
+
+    A job run at another commit measured other code: the loop, the trainer and the search space
+    all live in the product, so a result mixing commits would compare versions, not opponents.
+    """
     done: dict[tuple, dict[str, Any]] = {}
     if JOBS_LOG.exists():
         for line in JOBS_LOG.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 job = json.loads(line)
-                if not job.get("error"):
+                if not job.get("error") and job.get("git_sha") == sha:
                     done[_job_key(job)] = job
     return done
 
@@ -665,15 +677,18 @@ def run() -> dict[str, Any]:
         raise ValueError(f"unknown suite tasks {unknown}; known: {', '.join(TASKS)}")
     os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
     jobs = _jobs()
-    done = _logged_jobs() if RESUME else {}
+    sha = git_state()["git_sha"]
+    if RESUME and _code_dirty():
+        raise RuntimeError("a resumed suite runs at a clean commit (its jobs are matched by SHA); "
+                           "commit or run it from a worktree")
+    done = _logged_jobs(sha) if RESUME else {}
     results = [done[_job_key(job)] for job in jobs if _job_key(job) in done]
     todo = [job for job in jobs if _job_key(job) not in done]
-    print(f"suite: {len(jobs)} jobs ({len(results)} taken from {JOBS_LOG.name}), {len(TASK_NAMES)} tasks × "
+    print(f"suite at {sha[:10]}: {len(jobs)} jobs ({len(results)} taken from {JOBS_LOG.name}), {len(TASK_NAMES)} tasks × "
           f"{len(SEEDS)} seeds, budget {max(BUDGETS)} s, {SLOTS} at a time", flush=True)
     if not RESUME:
         JOBS_LOG.parent.mkdir(parents=True, exist_ok=True)
         JOBS_LOG.write_text("", encoding="utf-8")
-    sha = git_state()["git_sha"]
     with ProcessPoolExecutor(max_workers=SLOTS, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         futures = {pool.submit(run_job, job): job for job in todo}
         for future in as_completed(futures):

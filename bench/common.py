@@ -103,7 +103,7 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def _git(*args: str) -> str | None:
+def git_command(*args: str) -> str | None:
     try:
         done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30,
                               env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
@@ -117,8 +117,8 @@ def git_state() -> dict[str, Any]:
 
     Read-only: ``--no-optional-locks`` keeps ``git status`` from refreshing the index.
     """
-    sha = _git("rev-parse", "HEAD")
-    status = _git("--no-optional-locks", "status", "--porcelain")
+    sha = git_command("rev-parse", "HEAD")
+    status = git_command("--no-optional-locks", "status", "--porcelain")
     return {"git_sha": sha.strip() if sha else None, "git_dirty": bool(status.strip()) if status is not None else None}
 
 
