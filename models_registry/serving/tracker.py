@@ -302,8 +302,7 @@ def serving_tracker() -> PerformanceTracker:
 
 
 def _flush_at_exit(tracker: PerformanceTracker) -> None:
-    """Write what the process's tracker still holds; a tracker forgotten by a reset writes nothing."""
-    if tracker.background and tracker is _tracker:
+    if tracker.background:
         try:
             tracker.stop(flush=True)
         except Exception:  # noqa: BLE001 - the database may already be gone

@@ -109,28 +109,3 @@ def test_the_background_thread_flushes_periodically(served_task):
         tracker.stop()
     (row,) = _live()
     assert row.n_requests == 30 and row.latency_p99_ms == pytest.approx(1.5)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_at_exit_only_the_process_tracker_writes(served_task, settings):
-    """A tracker forgotten by a reset writes nothing at exit (its database may be gone); the current one does."""
-    from models_registry.serving.tracker import _flush_at_exit, serving_tracker_reset
-
-    task, *_ = served_task
-    settings.PLASTICITY_SERVING_BACKGROUND = True
-    settings.PLASTICITY_TRACKER_FLUSH_S = 3600.0
-    serving_tracker_reset()
-    forgotten = serving_tracker()
-    forgotten.record(task_id=task.pk, implementation="algorithmic", version_id=None, latency_ms=1.0)
-    serving_tracker_reset()
-    current = serving_tracker()
-    try:
-        assert current is not forgotten and current.background
-        current.record(task_id=task.pk, implementation="algorithmic", version_id=None, latency_ms=2.0)
-        _flush_at_exit(forgotten)
-        assert not _live().exists()
-        _flush_at_exit(current)
-        (row,) = _live()
-        assert row.n_requests == 1 and row.latency_p50_ms == pytest.approx(2.0)
-    finally:
-        serving_tracker_reset()
