@@ -13,15 +13,19 @@ torch.set_num_threads(int(os.environ.get("PLASTICITY_TEST_TORCH_THREADS", "1")))
 
 @pytest.fixture(scope="session", autouse=True)
 def _serving_stopped_before_the_databases_go(django_db_setup):
-    """A server thread's tracker (browser tests) is stopped while the test database still exists.
+    """The trackers of this process stop, and forget their exit flush, while the test database exists.
 
-    Torn down before ``django_db_setup``, so no flush at interpreter exit writes into a database
-    whose tables are gone.
+    Torn down before ``django_db_setup``: a tracker's exit flush (``atexit``) would otherwise write
+    what a test left in it into a database whose tables are gone.
     """
+    import atexit
+
     from models_registry.serving.predict import serving_runtime_reset
+    from models_registry.serving.tracker import _flush_at_exit
 
     yield
     serving_runtime_reset()
+    atexit.unregister(_flush_at_exit)
 
 
 @pytest.fixture(autouse=True)
