@@ -680,14 +680,8 @@ def _code_dirty() -> bool:
 
 
 def measured_code(sha: str | None) -> str | None:
-    """The git object ids of ``MEASURED_PATHS`` at commit ``sha``: equal ids, equal code and data."""
-    if not sha:
-        return None
-    ids = []
-    for path in MEASURED_PATHS:
-        found = git_command("rev-parse", "--verify", "--quiet", f"{sha}:{path}")
-        ids.append(f"{path}={found.strip() if found else '-'}")
-    return ";".join(ids)
+    """The git object ids of ``MEASURED_PATHS`` at commit ``sha`` (one ``ls-tree``): equal ids, equal code and data."""
+    return git_command("ls-tree", sha, "--", *MEASURED_PATHS) if sha else None
 
 
 def _logged_jobs(sha: str) -> dict[tuple, dict[str, Any]]:
