@@ -37,7 +37,9 @@ seeds, CPU-seconds, and the time to reach 95 % of the reference network.
 
 ``make bench ONLY=suite`` runs the full suite (5 seeds; about ten hours on a 2-core machine);
 ``BENCH_SUITE_REDUCED=1`` the reduced one (one seed, 60 s; under 30 minutes), written to
-``bench/results/suite_reduced.json``. ``BENCH_SUITE_SEEDS``, ``BENCH_SUITE_BUDGETS``,
+``bench/results/suite_reduced.json``. ``BENCH_SUITE_PROGRESS=1`` runs nothing and summarises a
+full run done in sittings so far (the logged jobs of this code, whole task-and-seed pairs only)
+into ``bench/results/suite_progress.json``. ``BENCH_SUITE_SEEDS``, ``BENCH_SUITE_BUDGETS``,
 ``BENCH_SUITE_TASKS`` and ``BENCH_SUITE_SLOTS`` override the parts.
 
 Every finished job is appended to ``bench/results/suite_jobs/<result name>.jsonl`` as it ends (its
@@ -83,6 +85,9 @@ BUDGETS = tuple(int(v) for v in os.environ.get("BENCH_SUITE_BUDGETS", "60" if RE
 TASK_NAMES = tuple(os.environ.get("BENCH_SUITE_TASKS", ",".join(TASKS)).split(","))
 SLOTS = int(os.environ.get("BENCH_SUITE_SLOTS", "2"))
 RESUME = os.environ.get("BENCH_SUITE_RESUME", "") not in ("", "0")
+#: Run nothing: summarise the logged jobs of this checkout's code, (task, seed) pairs with every
+#: opponent finished, into ``suite_progress.json`` (a full run in several sittings, between them).
+PROGRESS = os.environ.get("BENCH_SUITE_PROGRESS", "") not in ("", "0")
 RESULT_NAME = "suite_reduced" if REDUCED else "suite"
 JOBS_LOG = RESULTS_DIR / "suite_jobs" / f"{RESULT_NAME}.jsonl"
 OPPONENTS = ("loop", "tpe_same_space", "random_same_space", "best_classical", "reference_network")
@@ -621,7 +626,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             if values:
                 cpu[opponent] = round(statistics.fmean(values), 1)
         metric = next((r.get("metric") for r in mine if r.get("metric")), None)
-        tasks[name] = {"seeds": len(SEEDS), "metric": metric, "description": task.description,
+        tasks[name] = {"seeds": len({r["seed"] for r in mine}), "metric": metric, "description": task.description,
                        "prior_score": round(statistics.fmean(priors.values()), 5), "budgets": budgets,
                        "time_to_95pct_of_reference_s": reach, "cpu_seconds_mean": cpu}
     return tasks
@@ -709,6 +714,36 @@ def _logged_jobs(sha: str) -> dict[tuple, dict[str, Any]]:
     return done
 
 
+def complete_pairs(jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results of the (task, seed) pairs whose every job is among ``results``.
+
+    An interim summary over a pair where only some opponents ran would compare opponents on
+    different seeds; only whole pairs are summarised.
+    """
+    wanted: dict[tuple, set] = {}
+    for job in jobs:
+        wanted.setdefault((job["task"], job["seed"]), set()).add(job["opponent"])
+    have: dict[tuple, set] = {}
+    for r in results:
+        have.setdefault((r["task"], r["seed"]), set()).add(r["opponent"])
+    whole = {pair for pair, opponents in wanted.items() if have.get(pair, set()) >= opponents}
+    return [r for r in results if (r["task"], r["seed"]) in whole]
+
+
+def _progress(jobs: list[dict[str, Any]], sha: str) -> dict[str, Any]:
+    """The interim summary of a full run done in sittings: nothing runs, targets are over the seeds so far."""
+    done = _logged_jobs(sha)
+    results = complete_pairs(jobs, [done[_job_key(job)] for job in jobs if _job_key(job) in done])
+    tasks = {name: block for name, block in summarise(results).items() if block["seeds"]}
+    seeds = {name: sorted({r["seed"] for r in results if r["task"] == name}) for name in tasks}
+    notes = [f"interim: {len(results)} of {len(jobs)} jobs; seeds per task so far: "
+             + ", ".join(f"{name} {seeds[name]}" for name in tasks),
+             "the targets below are over the seeds so far, not the full run's"]
+    return {"result_name": "suite_progress", "job_shas": sorted({str(r.get("git_sha")) for r in results}),
+            "reduced": REDUCED, "seeds": list(SEEDS), "seeds_done": seeds, "budgets": list(BUDGETS), "slots": SLOTS,
+            "tasks": tasks, "table": table_of(tasks), "targets": targets_of(tasks), "notes": notes}
+
+
 def _log_job(result: dict[str, Any]) -> None:
     JOBS_LOG.parent.mkdir(parents=True, exist_ok=True)
     with open(JOBS_LOG, "a", encoding="utf-8") as fh:
@@ -722,6 +757,8 @@ def run() -> dict[str, Any]:
     os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
     jobs = _jobs()
     sha = git_state()["git_sha"]
+    if PROGRESS:
+        return _progress(jobs, sha)
     if RESUME and _code_dirty():
         raise RuntimeError("a resumed suite measures committed code (its jobs are matched by the commit's code): "
                            f"commit the changes to {', '.join(MEASURED_PATHS)} or bench/bench_suite.py first")
