@@ -739,9 +739,14 @@ def _progress(jobs: list[dict[str, Any]], sha: str) -> dict[str, Any]:
     notes = [f"interim: {len(results)} of {len(jobs)} jobs; seeds per task so far: "
              + ", ".join(f"{name} {seeds[name]}" for name in tasks),
              "the targets below are over the seeds so far, not the full run's"]
-    return {"result_name": "suite_progress", "job_shas": sorted({str(r.get("git_sha")) for r in results}),
-            "reduced": REDUCED, "seeds": list(SEEDS), "seeds_done": seeds, "budgets": list(BUDGETS), "slots": SLOTS,
-            "tasks": tasks, "table": table_of(tasks), "targets": targets_of(tasks), "notes": notes}
+    return {**_report("suite_progress", results, tasks, notes), "seeds_done": seeds}
+
+
+def _report(result_name: str, results: list[dict[str, Any]], tasks: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """What a run and an interim summary both write: the summary, its table and targets, the jobs' commits."""
+    return {"result_name": result_name, "job_shas": sorted({str(r.get("git_sha")) for r in results}),
+            "reduced": REDUCED, "seeds": list(SEEDS), "budgets": list(BUDGETS), "slots": SLOTS, "tasks": tasks,
+            "table": table_of(tasks), "targets": targets_of(tasks), "notes": notes}
 
 
 def _log_job(result: dict[str, Any]) -> None:
@@ -788,7 +793,5 @@ def run() -> dict[str, Any]:
     shas = sorted({str(r.get("git_sha")) for r in results})
     if len(shas) > 1:
         notes.append(f"jobs ran at {len(shas)} commits (a resumed run): {', '.join(s[:10] for s in shas)}")
-    return {"result_name": RESULT_NAME, "job_shas": shas, "reduced": REDUCED, "seeds": list(SEEDS),
-            "budgets": list(BUDGETS), "slots": SLOTS, "tasks": tasks, "table": table_of(tasks),
-            "targets": targets_of(tasks), "notes": notes, "jobs": results}
+    return {**_report(RESULT_NAME, results, tasks, notes), "jobs": results}
 
