@@ -589,10 +589,12 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         task = TASKS[name]
         mine = [r for r in results if r["task"] == name]
         priors = {}
-        for seed in SEEDS:
+        seeds_here = sorted({r["seed"] for r in mine})
+        if seeds_here:  # an interim summary has tasks with no whole seed yet: nothing to load for them
             X, y = load_task(task)
-            s = _splits(task, X, y, seed)
-            priors[seed] = _prior_score(task, _metric(task, y[s["train"]]), y[s["train"]], y[s["test"]])
+            for seed in seeds_here:
+                s = _splits(task, X, y, seed)
+                priors[seed] = _prior_score(task, _metric(task, y[s["train"]]), y[s["train"]], y[s["test"]])
         curves: dict[str, dict[int, list]] = {}
         for r in mine:
             curves.setdefault(r["opponent"], {})[r["seed"]] = r["points"]
@@ -626,8 +628,9 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             if values:
                 cpu[opponent] = round(statistics.fmean(values), 1)
         metric = next((r.get("metric") for r in mine if r.get("metric")), None)
-        tasks[name] = {"seeds": len({r["seed"] for r in mine}), "metric": metric, "description": task.description,
-                       "prior_score": round(statistics.fmean(priors.values()), 5), "budgets": budgets,
+        tasks[name] = {"seeds": len(seeds_here), "metric": metric, "description": task.description,
+                       "prior_score": round(statistics.fmean(priors.values()), 5) if priors else None,
+                       "budgets": budgets,
                        "time_to_95pct_of_reference_s": reach, "cpu_seconds_mean": cpu}
     return tasks
 
