@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import psutil
 from django.conf import settings
 from django.db import connection
 
@@ -58,40 +57,13 @@ def qcluster(*, workers: int = 1, log_path: Path | None = None, **extra: str):
 
 
 def stop_process(process: subprocess.Popen) -> None:
-    """Stop a server started in its own session, and every process of its group.
-
-    The leader's exit does not end the group: a worker process still finishing a task keeps its
-    database sessions open, and a test database that still has sessions cannot be dropped.
-    """
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    _end_group(process.pid)
-
-
-def _group_members(pgid: int) -> list[psutil.Process]:
-    members = []
-    for proc in psutil.process_iter(["status"]):
-        with contextlib.suppress(psutil.Error, OSError):
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
-                members.append(proc)
-    return members
-
-
-def _end_group(pgid: int, grace_s: float = 20.0) -> None:
-    """Wait for what is left of process group ``pgid`` to exit; SIGKILL it after ``grace_s``."""
-    deadline = time.monotonic() + grace_s
-    while (members := _group_members(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for proc in members:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(members, timeout=10)
 
 
 def free_port() -> int:
