@@ -9,7 +9,7 @@ import pytest
 from improvement.choices import RunStatus
 from improvement.models import ImprovementRun, SearchCandidate
 from improvement.runs.lifecycle import run_create
-from improvement.runs.search import optuna_storage_url, study_for
+from improvement.runs.search import _storage, optuna_storage_url, study_for
 from models_registry.nn.genome import build_module, validate_genome
 from tests.distributed.services import cluster_ready, wait_for
 from tests.workers import qcluster
@@ -61,6 +61,17 @@ def test_two_workers_share_one_search_and_agree_with_one(weak_model, fast_loop, 
     assert len(pids) == 2, "two distinct worker processes"
 
 
+@pytest.fixture
+def own_study_storage():
+    """This test opens the study in the test process too: its storage's pooled PostgreSQL sessions
+    are closed afterwards (pytest cannot drop a test database that still has sessions)."""
+    yield
+    if _storage.cache_info().currsize:
+        _storage(optuna_storage_url()).engine.dispose()
+        _storage.cache_clear()
+
+
+@pytest.mark.usefixtures("own_study_storage")
 def test_the_study_lives_in_postgresql_and_a_later_run_continues_it(weak_model, fast_loop, tmp_path):
     model = weak_model("continued")
     with qcluster(workers=1, log_path=tmp_path / "worker.log"):
