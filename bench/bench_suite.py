@@ -49,10 +49,17 @@ task, seed, opponent and budget, no error, the opponent's current ``OPPONENT_REV
 and run at a commit whose product code, dependencies and suite data (``MEASURED_PATHS``) are
 those of this checkout. A job that measured other code stays in the log and is run again: a
 result that mixed versions of the loop or its trainer would compare versions, not opponents.
+The loop runs the whole product, so a loop job needs all of ``MEASURED_PATHS`` unchanged; the
+other opponents run only the product modules this file imports for them (the trainer, the search
+space, the splits, the metrics) and the suite's data, so their jobs are also taken from a commit
+where every file those import, directly or through others, is unchanged (``opponent_files``).
+A change to the loop's scheduling or strategies then reruns the loop's jobs only.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import math
 import os
@@ -687,31 +694,117 @@ def _code_dirty() -> bool:
     return status is None or bool(status.strip())
 
 
-def measured_code(sha: str | None) -> str | None:
+def measured_code(sha: str | None, repo: Path = REPO) -> str | None:
     """The git object ids of ``MEASURED_PATHS`` at commit ``sha`` (one ``ls-tree``): equal ids, equal code and data."""
-    return git_command("ls-tree", sha, "--", *MEASURED_PATHS) if sha else None
+    return git_command("ls-tree", sha, "--", *MEASURED_PATHS, cwd=repo) if sha else None
 
 
-def _logged_jobs(sha: str) -> dict[tuple, dict[str, Any]]:
+#: Calls that import a module named at run time: a product file using one may depend on any other.
+DYNAMIC_IMPORTS = ("importlib", "import_module", "import_string", "__import__")
+
+
+def _module_files(name: str, repo: Path) -> list[Path]:
+    """The files of the checkout that importing ``name`` runs: its packages' ``__init__`` and the module."""
+    files, parts = [], name.split(".")
+    for i in range(1, len(parts) + 1):
+        base = repo.joinpath(*parts[:i])
+        for candidate in (base / "__init__.py", base.with_suffix(".py")):
+            if candidate.is_file():
+                files.append(candidate)
+                break
+    return files
+
+
+def _imports_of(path: Path, repo: Path) -> set[str]:
+    """Every module a file imports, at module level or inside functions (relative ones resolved)."""
+    package = path.relative_to(repo).parts[:-1]  # a module's package, or an __init__'s own
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            stem = ".".join(package[:len(package) - node.level + 1] if node.level else ())
+            module = ".".join(p for p in (stem, node.module or "") if p)
+            names.add(module)
+            # ``from package import name``: name may be a submodule.
+            names.update(f"{module}.{alias.name}" for alias in node.names if alias.name != "*")
+    return {n for n in names if n}
+
+
+def import_closure(start: Path, repo: Path = REPO) -> set[Path]:
+    """The checkout's files that ``start`` imports, directly or through others (read from the sources)."""
+    seen: set[Path] = set()
+    todo = [start]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imports_of(path, repo):
+            todo.extend(f for f in _module_files(name, repo) if f not in seen)
+    return seen
+
+
+def _under_measured(relative: str) -> bool:
+    return any(relative == p or relative.startswith(p + "/") for p in MEASURED_PATHS)
+
+
+@functools.cache
+def opponent_files() -> tuple[str, ...]:
+    """The measured files a job of an opponent other than the loop depends on.
+
+    The product and suite modules this file imports for them, with what those import in turn;
+    the dependencies (``pyproject.toml``); and every measured file that is not Python (none today,
+    so data shipped in a package counts). A measured file in that set that imports by name at
+    run time (``DYNAMIC_IMPORTS``) could reach any other: then all of ``MEASURED_PATHS`` counts.
+    """
+    tracked = (git_command("ls-files", "--", *MEASURED_PATHS) or "").split()
+    closure = {str(p.relative_to(REPO)) for p in import_closure(Path(__file__).resolve())}
+    files = {f for f in closure if _under_measured(f)} | {"pyproject.toml"}
+    files |= {f for f in tracked if not f.endswith(".py")}
+    for relative in files:
+        path = REPO / relative
+        if relative.endswith(".py") and any(call in path.read_text(encoding="utf-8") for call in DYNAMIC_IMPORTS):
+            return MEASURED_PATHS
+    return tuple(sorted(files))
+
+
+def code_ids(sha: str | None, paths: tuple[str, ...], repo: Path = REPO) -> str | None:
+    """The git object ids of ``paths`` at commit ``sha``: equal ids, equal files."""
+    return git_command("ls-tree", "-r", sha, "--", *paths, cwd=repo) if sha else None
+
+
+def _logged_jobs(sha: str, *, log: Path | None = None, opponent_paths: tuple[str, ...] | None = None,
+                 repo: Path = REPO) -> dict[tuple, dict[str, Any]]:
     """Jobs finished without error by earlier sittings that measured what this run measures.
 
-    A job is taken when the product's code, its dependencies and the suite's data at the commit
-    it ran at (``measured_code``) are those at ``sha`` and its opponent's revision is current; a
-    job that measured other code would make the result compare versions, not opponents. The last
-    of each key wins.
+    A job is taken when its opponent's revision is current and the code it measured is that at
+    ``sha``: for the loop, the product's code, its dependencies and the suite's data
+    (``measured_code``); for the others, the files they depend on (``opponent_files``, or
+    ``opponent_paths``). A job that measured other code would make the result compare versions,
+    not opponents. The last of each key wins.
     """
-    here = measured_code(sha)
+    log = JOBS_LOG if log is None else log
+    here = measured_code(sha, repo)
     same: dict[str, bool] = {}
+    same_for_opponents: dict[str, bool] = {}
     done: dict[tuple, dict[str, Any]] = {}
-    if JOBS_LOG.exists():
-        for line in JOBS_LOG.read_text(encoding="utf-8").splitlines():
+    if log.exists():
+        for line in log.read_text(encoding="utf-8").splitlines():
             if not line.strip():
                 continue
             job = json.loads(line)
             ran_at = str(job.get("git_sha"))
             if ran_at not in same:
-                same[ran_at] = here is not None and measured_code(ran_at) == here
-            if (not job.get("error") and same[ran_at]
+                same[ran_at] = here is not None and measured_code(ran_at, repo) == here
+            measured_same = same[ran_at]
+            if not measured_same and job["opponent"] != "loop":
+                if ran_at not in same_for_opponents:
+                    paths = opponent_paths if opponent_paths is not None else opponent_files()
+                    ids = code_ids(sha, paths, repo)
+                    same_for_opponents[ran_at] = ids is not None and code_ids(ran_at, paths, repo) == ids
+                measured_same = same_for_opponents[ran_at]
+            if (not job.get("error") and measured_same
                     and job.get("revision", 1) == OPPONENT_REVISIONS[job["opponent"]]):
                 done[_job_key(job)] = job
     return done

@@ -103,9 +103,9 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_command(*args: str) -> str | None:
+def git_command(*args: str, cwd: Path = REPO) -> str | None:
     try:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30,
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30,
                               env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
     except (OSError, subprocess.SubprocessError):
         return None
