@@ -14,18 +14,27 @@ every worker (``improvement.runs.search``); without one, an in-memory study runs
 study starts from the active genome when the space can express it (``enqueue_trial``).
 Weight inheritance from the old genetic search is not kept: its value was never measured.
 
-Trials are scored on the *validation* split; the run judges the best on the gate split.
+Trials are scored on the *validation* split. A trial trains for its share of the search
+(``SEARCH_SHARE`` of the run's budget over its trials): enough to rank architectures, seldom
+enough to finish one. The rest of the budget is the *refit*: the best trial's genome and
+training settings are trained again from scratch, as long as its own epochs and patience ask
+within the time left, and the better of the two on validation is the candidate. Without it a
+search's candidate is a model trained for seconds set against an incumbent trained to its
+stopping point, and loses at the gate however good its architecture. The run judges the
+candidate on the gate split.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from hormones.names import CORTISOL, DOPAMINE
 from hormones.priority import HormoneWeighting, search_breadth
 from improvement.nn.search_space import SearchSpace, TrialSpec, genome_params
 from improvement.nn.trials import LocalTrialRunner, TrialResult, best_of, train_trial
+from improvement.strategies.common import epoch_progress
 from improvement.strategies.registry import (
     NEED_SHARED_SEARCH,
     ROLE_EVOLVE,
@@ -40,10 +49,17 @@ from improvement.strategies.registry import (
 )
 from models_registry.nn.genome import output_dim_of
 from models_registry.nn.kinds import RECONSTRUCTION
+from models_registry.nn.training import NonFiniteLossError
 
-#: Trials of one run (run param ``trials``; older clients' population_size × generations).
-DEFAULT_TRIALS = 18
+#: Trials of one run (run param ``trials``; older clients' population_size × generations). The
+#: study persists across runs, so a model's search goes on in its next run.
+DEFAULT_TRIALS = 10
 MIN_TRIAL_SECONDS = 3.0
+#: The share of a run's budget its trials get; the rest refits the best (run param ``refit``: false
+#: spends the whole budget on trials and returns the best trial as trained).
+SEARCH_SHARE = 0.55
+#: The run's progress while its trials train: 0.05 → 0.05 + this.
+SEARCH_PROGRESS_SPAN = 0.55
 
 
 def search_space(context: StrategyContext) -> SearchSpace:
@@ -64,9 +80,22 @@ def n_trials(context: StrategyContext) -> int:
     return max(1, round(base * float(params.get("trials_factor", 1.0))))
 
 
+def refits(context: StrategyContext) -> bool:
+    return bool(context.params.get("refit", True))
+
+
+def search_share(context: StrategyContext) -> float:
+    return SEARCH_SHARE if refits(context) else 0.9
+
+
 def trial_seconds(context: StrategyContext, trials: int) -> float:
-    """Each trial's share of the run's budget (at least a few seconds)."""
-    return max(MIN_TRIAL_SECONDS, context.time_budget_s * 0.9 / max(1, trials))
+    """Each trial's share of the search's part of the run's budget (at least a few seconds)."""
+    return max(MIN_TRIAL_SECONDS, context.time_budget_s * search_share(context) / max(1, trials))
+
+
+def search_fraction(done: int, total: int) -> float:
+    """The run's progress after ``done`` of ``total`` trials."""
+    return 0.05 + SEARCH_PROGRESS_SPAN * done / max(1, total)
 
 
 def trial_trainer(context: StrategyContext, trials: int):
@@ -115,16 +144,19 @@ class ArchitectureStrategy(StrategyBase):
         objectives = tuple(context.params.get("objectives", ("score",)))
         runner = context.trial_runner or LocalTrialRunner(objectives=objectives, seed=context.seed,
                                                            start_params=genome_params(context.genome, space))
-        deadline = time.monotonic() + context.time_budget_s * 0.95
+        started = time.monotonic()
+        end = started + context.time_budget_s * 0.95
+        # Trials start until the search's share is spent (plus the last trial's own share).
+        deadline = started + context.time_budget_s * (search_share(context) + 0.05)
 
         def report(done: int, total: int, result: TrialResult) -> None:
             score = f"{result.val_score:.4f}" if result.val_score is not None else "failed"
             family = result.spec.genome.get("kind", "?") if result.spec else "?"
-            progress(0.05 + 0.9 * done / total, f"trial {done}/{total} ({family}): val {score}",
+            progress(search_fraction(done, total), f"trial {done}/{total} ({family}): val {score}",
                      {"phase": "search", "trial": result.number, "family": family, "val_score": result.val_score,
                       "latency_ms": result.latency_ms, "n_parameters": result.n_parameters})
 
-        results = runner.run(space, n_trials=trials, deadline=deadline, train=trial_trainer(context, trials),
+        results = runner.run(space, n_trials=trials, deadline=min(deadline, end), train=trial_trainer(context, trials),
                              progress=report)
         best = best_of(results, objectives)
         module = best.get_module() if best is not None else None
@@ -132,10 +164,46 @@ class ArchitectureStrategy(StrategyBase):
             return []
         trained = [r for r in results if r.val_score is not None]
         families = sorted({r.spec.genome["kind"] for r in trained if r.spec is not None})
-        progress(0.96, f"search done: best val {best.val_score:.4f} ({best.spec.genome['kind']}) of "
-                       f"{len(trained)} trials", None)
-        return [Candidate(genome=best.spec.genome, module=module, val_score=best.val_score,
-                          note=f"architecture search: trial {best.number}, best of {len(trained)} "
-                               f"({', '.join(families)})"[:200],
-                          details={"trials": len(trained), "best_trial": best.number,
-                                   "train": best.spec.train_params(), "families": families})]
+        message = (f"search done: best val {best.val_score:.4f} ({best.spec.genome['kind']}, trial {best.number}) "
+                   f"of {len(trained)} trials")
+        context.log(message)
+        progress(search_fraction(trials, trials), message, None)
+        details: dict[str, Any] = {"trials": len(trained), "best_trial": best.number,
+                                   "train": best.spec.train_params(), "families": families,
+                                   "trial_val_score": best.val_score}
+        val_score, note = best.val_score, f"architecture search: trial {best.number}, best of {len(trained)}"
+        refit = self._refit(context, best, seconds=end - time.monotonic(), cap=trial_seconds(context, trials),
+                            progress=progress) if refits(context) else None
+        if refit is not None and refit.module is not None:
+            kept = refit.val_score is not None and refit.val_score > (best.val_score or 0.0)
+            details["refit"] = {"val_score": refit.val_score, "seconds": round(refit.seconds, 1), "kept": kept}
+            if kept:
+                module, val_score, note = refit.module, refit.val_score, f"{note}, refit"
+        return [Candidate(genome=best.spec.genome, module=module, val_score=val_score,
+                          note=f"{note} ({', '.join(families)})"[:200], details=details)]
+
+    @staticmethod
+    def _refit(context: StrategyContext, best: TrialResult, *, seconds: float, cap: float,
+               progress: ProgressFn) -> TrialResult | None:
+        """The best trial's genome and settings trained again from scratch for the time left.
+
+        Nothing when less time is left than a trial had (the refit would train no longer than the
+        trial did). A refit whose loss diverges leaves the trial's model as the candidate.
+        """
+        assert best.spec is not None
+        if seconds < cap:
+            context.log(f"refit skipped: {seconds:.0f} s left, no more than a trial's {cap:.0f} s")
+            return None
+        start = search_fraction(1, 1)
+        progress(start, f"refit: training trial {best.number}'s genome for up to {seconds:.0f} s", None)
+        try:
+            refit = train_trial(best.spec, data=context.data, output_kind=context.output_kind,
+                                input_kind=context.input_kind, metric=context.train_config.metric,
+                                seed=context.seed + 7919, max_seconds=seconds, extra_data=context.extra_data,
+                                progress=epoch_progress(progress, start=start, span=0.99 - start, label="refit"))
+        except NonFiniteLossError as exc:
+            context.log(f"refit diverged ({exc}); the trial's model is the candidate")
+            return None
+        context.log(f"refit: val {refit.val_score:.4f} after {refit.seconds:.0f} s "
+                    f"(the trial: {best.val_score:.4f} after {best.seconds:.0f} s)")
+        return refit

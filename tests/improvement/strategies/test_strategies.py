@@ -87,6 +87,36 @@ def test_each_strategy_builds_a_valid_candidate(name):
     assert candidate.val_score is not None and 0.0 <= candidate.val_score <= 1.0
 
 
+def test_the_architecture_search_refits_its_best_trial_and_keeps_the_better_on_validation():
+    context = _context()
+    context.time_budget_s, context.params = 60.0, {"trials": 3}
+    lines: list[str] = []
+    context.log = lines.append
+
+    (candidate,) = get_strategy("architecture").build_candidates(context, _noop)
+
+    details = candidate.details
+    refit, trial = details["refit"], details["trial_val_score"]
+    assert 0.0 <= refit["val_score"] <= 1.0 and refit["seconds"] > 0
+    # The candidate is whichever of the trial's model and its refit scored higher on validation.
+    assert candidate.val_score == (refit["val_score"] if refit["kept"] else trial)
+    assert refit["kept"] == (refit["val_score"] > trial)
+    assert any(line.startswith("refit: val") for line in lines), lines
+    out = candidate.module(torch.as_tensor(context.data.X_val[:5]))
+    assert out.shape == (5, 3)
+
+
+def test_without_a_refit_the_trials_get_the_whole_budget():
+    from improvement.strategies.architecture import trial_seconds
+
+    context, with_refit = _context(), _context()
+    context.time_budget_s, context.params = 20.0, {"trials": 1, "refit": False}
+    with_refit.time_budget_s = 20.0
+    assert trial_seconds(context, 1) > trial_seconds(with_refit, 1)
+    (candidate,) = get_strategy("architecture").build_candidates(context, _noop)
+    assert "refit" not in candidate.details and candidate.val_score == candidate.details["trial_val_score"]
+
+
 def test_training_beats_a_barely_trained_model_on_validation():
     context = _context(epochs=30)
     from models_registry.nn.evaluation import score_predictions, torch_predict_fn
