@@ -810,6 +810,21 @@ def _logged_jobs(sha: str, *, log: Path | None = None, opponent_paths: tuple[str
     return done
 
 
+def interleaved(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs a resumed run still has, the loop's alternating with the other opponents'.
+
+    In a fresh run each (task, seed) lists the loop before its four opponents, so the loop always
+    runs beside an opponent. A resumed run whose opponents' jobs were taken from the log (a new
+    version of the loop) would otherwise run two loop jobs side by side, each slowing the other.
+    """
+    loops = [job for job in todo if job["opponent"] == "loop"]
+    others = [job for job in todo if job["opponent"] != "loop"]
+    out: list[dict[str, Any]] = []
+    for i in range(max(len(loops), len(others))):
+        out.extend(group[i] for group in (loops, others) if i < len(group))
+    return out
+
+
 def complete_pairs(jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The results of the (task, seed) pairs whose every job is among ``results``.
 
@@ -866,6 +881,8 @@ def run() -> dict[str, Any]:
     done = _logged_jobs(sha) if RESUME else {}
     results = [done[_job_key(job)] for job in jobs if _job_key(job) in done]
     todo = [job for job in jobs if _job_key(job) not in done]
+    if RESUME:
+        todo = interleaved(todo)
     print(f"suite at {sha[:10]}: {len(jobs)} jobs ({len(results)} taken from {JOBS_LOG.name}), {len(TASK_NAMES)} tasks × "
           f"{len(SEEDS)} seeds, budget {max(BUDGETS)} s, {SLOTS} at a time", flush=True)
     if not RESUME:

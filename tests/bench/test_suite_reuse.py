@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from bench.bench_suite import OPPONENT_REVISIONS, _logged_jobs, import_closure, opponent_files
+from bench.bench_suite import OPPONENT_REVISIONS, _logged_jobs, import_closure, interleaved, opponent_files
 
 
 def test_the_opponents_depend_on_the_trainer_and_the_data_not_on_the_loops_scheduling():
@@ -84,3 +84,13 @@ def test_a_scheduling_change_reruns_the_loop_only_and_a_trainer_change_reruns_al
     assert taken(trainer) == []
     dependencies = _commit(repo, {"improvement/nn/trials.py": "EPOCHS = 10\n", "pyproject.toml": "[project]\nx = 1\n"})
     assert taken(dependencies) == []
+
+
+def test_a_resumed_run_alternates_the_loops_jobs_with_the_others():
+    todo = ([{"opponent": "loop", "seed": s} for s in range(4)]
+            + [{"opponent": "tpe_same_space", "seed": 4}, {"opponent": "best_classical", "seed": 4}])
+
+    order = [job["opponent"] for job in interleaved(todo)]
+
+    assert order == ["loop", "tpe_same_space", "loop", "best_classical", "loop", "loop"]
+    assert sorted(job["seed"] for job in interleaved(todo)) == [0, 1, 2, 3, 4, 4]
