@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from improvement.strategies.architecture import trial_seconds
 from improvement.strategies.registry import (
     ModelMetrics,
     StrategyContext,
@@ -107,8 +108,6 @@ def test_the_architecture_search_refits_its_best_trial_and_keeps_the_better_on_v
 
 
 def test_without_a_refit_the_trials_get_the_whole_budget():
-    from improvement.strategies.architecture import trial_seconds
-
     context, with_refit = _context(), _context()
     context.time_budget_s, context.params = 20.0, {"trials": 1, "refit": False}
     with_refit.time_budget_s = 20.0
