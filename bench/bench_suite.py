@@ -71,7 +71,7 @@ import sys
 import tempfile
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -810,19 +810,19 @@ def _logged_jobs(sha: str, *, log: Path | None = None, opponent_paths: tuple[str
     return done
 
 
-def interleaved(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The jobs a resumed run still has, the loop's alternating with the other opponents'.
+def next_job(queue: list[dict[str, Any]], running: list[dict[str, Any]]) -> dict[str, Any]:
+    """Take the job to start in a free slot: the first in order whose side (the loop, or one of
+    the other opponents) is not already running, else the first.
 
-    In a fresh run each (task, seed) lists the loop before its four opponents, so the loop always
-    runs beside an opponent. A resumed run whose opponents' jobs were taken from the log (a new
-    version of the loop) would otherwise run two loop jobs side by side, each slowing the other.
+    The loop then runs beside an opponent while there are both, as in a fresh run's order, also
+    when a short job (a classical baseline) ends early or a resumed run took the opponents' jobs
+    from the log (a new version of the loop): two loop jobs side by side slow each other.
     """
-    loops = [job for job in todo if job["opponent"] == "loop"]
-    others = [job for job in todo if job["opponent"] != "loop"]
-    out: list[dict[str, Any]] = []
-    for i in range(max(len(loops), len(others))):
-        out.extend(group[i] for group in (loops, others) if i < len(group))
-    return out
+    busy = {job["opponent"] == "loop" for job in running}
+    for i, job in enumerate(queue):
+        if (job["opponent"] == "loop") not in busy:
+            return queue.pop(i)
+    return queue.pop(0)
 
 
 def complete_pairs(jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -881,25 +881,31 @@ def run() -> dict[str, Any]:
     done = _logged_jobs(sha) if RESUME else {}
     results = [done[_job_key(job)] for job in jobs if _job_key(job) in done]
     todo = [job for job in jobs if _job_key(job) not in done]
-    if RESUME:
-        todo = interleaved(todo)
     print(f"suite at {sha[:10]}: {len(jobs)} jobs ({len(results)} taken from {JOBS_LOG.name}), {len(TASK_NAMES)} tasks × "
           f"{len(SEEDS)} seeds, budget {max(BUDGETS)} s, {SLOTS} at a time", flush=True)
     if not RESUME:
         JOBS_LOG.parent.mkdir(parents=True, exist_ok=True)
         JOBS_LOG.write_text("", encoding="utf-8")
+    queue, running = list(todo), {}
     with ProcessPoolExecutor(max_workers=SLOTS, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-        futures = {pool.submit(run_job, job): job for job in todo}
-        for future in as_completed(futures):
-            result = {**future.result(), "git_sha": sha}
-            result["revision"] = OPPONENT_REVISIONS[result["opponent"]]
-            results.append(result)
-            _log_job(result)
-            last = result["points"][-1]["test"] if result["points"] else None
-            print(f"  [{len(results)}/{len(jobs)}] {result['task']} seed {result['seed']} {result['opponent']}: "
-                  f"final test {last}, {result['wall_seconds']} s" + (" ERROR" if result["error"] else ""), flush=True)
-            if result["error"]:
-                print(result["error"], flush=True)
+        while queue or running:
+            while queue and len(running) < SLOTS:
+                job = next_job(queue, list(running.values()))
+                future: Future = pool.submit(run_job, job)
+                running[future] = job
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                del running[future]
+                result = {**future.result(), "git_sha": sha}
+                result["revision"] = OPPONENT_REVISIONS[result["opponent"]]
+                results.append(result)
+                _log_job(result)
+                last = result["points"][-1]["test"] if result["points"] else None
+                print(f"  [{len(results)}/{len(jobs)}] {result['task']} seed {result['seed']} {result['opponent']}: "
+                      f"final test {last}, {result['wall_seconds']} s" + (" ERROR" if result["error"] else ""),
+                      flush=True)
+                if result["error"]:
+                    print(result["error"], flush=True)
     tasks = summarise(results)
     errors = [f"{r['task']}/{r['seed']}/{r['opponent']}" for r in results if r["error"]]
     notes = [f"jobs that failed (scored as a constant guess): {', '.join(errors)}"] if errors else []

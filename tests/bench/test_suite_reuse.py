@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from bench.bench_suite import OPPONENT_REVISIONS, _logged_jobs, import_closure, interleaved, opponent_files
+from bench.bench_suite import OPPONENT_REVISIONS, _logged_jobs, import_closure, next_job, opponent_files
 
 
 def test_the_opponents_depend_on_the_trainer_and_the_data_not_on_the_loops_scheduling():
@@ -86,11 +86,17 @@ def test_a_scheduling_change_reruns_the_loop_only_and_a_trainer_change_reruns_al
     assert taken(dependencies) == []
 
 
-def test_a_resumed_run_alternates_the_loops_jobs_with_the_others():
-    todo = ([{"opponent": "loop", "seed": s} for s in range(4)]
-            + [{"opponent": "tpe_same_space", "seed": 4}, {"opponent": "best_classical", "seed": 4}])
 
-    order = [job["opponent"] for job in interleaved(todo)]
+def test_a_free_slot_takes_the_side_not_running_so_the_loop_runs_beside_an_opponent():
+    loops = [{"opponent": "loop", "seed": s} for s in range(3)]
+    classical, tpe = {"opponent": "best_classical", "seed": 3}, {"opponent": "tpe_same_space", "seed": 3}
 
-    assert order == ["loop", "tpe_same_space", "loop", "best_classical", "loop", "loop"]
-    assert sorted(job["seed"] for job in interleaved(todo)) == [0, 1, 2, 3, 4, 4]
+    # A resumed run with the loop's jobs first: the second slot goes to an opponent.
+    queue = [*loops, classical, tpe]
+    first = next_job(queue, [])
+    assert first["opponent"] == "loop" and next_job(queue, [first]) is classical
+    # The classical job ends at once: its slot again goes to an opponent, not to the next loop job.
+    assert next_job(queue, [first]) is tpe
+    # With no opponent left, loop jobs fill both slots rather than leave one idle.
+    assert next_job(queue, [first])["opponent"] == "loop"
+    assert [job["seed"] for job in queue] == [2]
