@@ -695,8 +695,8 @@ def _code_dirty() -> bool:
 
 
 def measured_code(sha: str | None, repo: Path = REPO) -> str | None:
-    """The git object ids of ``MEASURED_PATHS`` at commit ``sha`` (one ``ls-tree``): equal ids, equal code and data."""
-    return git_command("ls-tree", sha, "--", *MEASURED_PATHS, cwd=repo) if sha else None
+    """The git object ids of ``MEASURED_PATHS`` at commit ``sha``: equal ids, equal code and data."""
+    return code_ids(sha, MEASURED_PATHS, repo)
 
 
 #: Calls that import a module named at run time: a product file using one may depend on any other.
