@@ -172,6 +172,10 @@ Q_CLUSTER: dict[str, Any] = {
     "catch_up": False,
     "save_limit": 500,
     "poll": env_float("Q_POLL", 0.5, minimum=0.05),
+    # Tasks a cluster pulls beyond the ones its workers execute. django-q2's default (workers²)
+    # lets one cluster hold queued runs while another cluster idles; a run is long, so prefetching
+    # saves nothing worth that.
+    "queue_limit": env_int("Q_QUEUE_LIMIT", 1, minimum=1),
     "ack_failures": True,
     "label": "Task queue",
 }

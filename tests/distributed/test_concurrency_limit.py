@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.distributed, pytest.mark.django_db(transaction=True), 
 
 # Each run trains until its budget is spent (no epoch or patience stop first), so six runs on four
 # worker processes must overlap: the limit is reached by construction, not by sampling luck. The
-# clusters prefetch at most one task each (tests/distributed/worker_settings.py): with django-q2's
-# default prefetch one cluster can take all six deliveries and run only two at a time.
+# product's clusters prefetch at most one task each (``Q_QUEUE_LIMIT``): with django-q2's default
+# prefetch (workers²) one cluster took all six deliveries and ran only two at a time.
 SHORT = {"time_budget_s": 6, "epochs": 100_000, "patience": 100_000}
 
 
@@ -29,9 +29,7 @@ def test_the_limit_holds_across_two_clusters(processes_each, limit, weak_model, 
     models = [weak_model(f"m{i}") for i in range(6)]
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
     peak, samples = 0, 0
-    bounded = {"DJANGO_SETTINGS_MODULE": "tests.distributed.worker_settings"}
-    with qcluster(workers=processes_each, log_path=logs[0], **bounded), \
-            qcluster(workers=processes_each, log_path=logs[1], **bounded):
+    with qcluster(workers=processes_each, log_path=logs[0]), qcluster(workers=processes_each, log_path=logs[1]):
         for log in logs:
             cluster_ready(log)
         runs = [run_create(model=model, strategy="training", params=SHORT) for model in models]
