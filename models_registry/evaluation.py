@@ -152,6 +152,9 @@ def version_rescore(*, version: ModelVersion, measure: bool = True) -> ModelVers
     if latency:
         fields.update(latency_p50_ms=latency.get("p50_ms_b1"), latency_p95_ms=latency.get("p95_ms_b1"),
                       latency_p95_ms_batch=latency.get("p95_ms_b256"))
+    # The splits changed: a reference taken on the old gate rows means nothing on the new ones.
+    fields["metrics"] = {**(version.metrics or {}), "n_rows": gate.n_rows, "metric": gate.metric,
+                         "score_reference": gate.score}
     with transaction.atomic():
         ModelVersion.objects.filter(pk=version.pk).update(**fields)
         performance_sample_record(task=task, evaluation=gate, version=version)
@@ -159,6 +162,19 @@ def version_rescore(*, version: ModelVersion, measure: bool = True) -> ModelVers
     for name, value in fields.items():
         setattr(version, name, value)
     return version
+
+
+def version_score_reference(version: ModelVersion) -> float | None:
+    """The score a "score held" promotion over ``version`` is measured from, when it was taken on
+    the task's current gate rows with the task's metric; None otherwise (the baseline measured
+    now is the reference then)."""
+    metrics = version.metrics or {}
+    reference = metrics.get("score_reference")
+    task = version.model.task
+    if (reference is None or version.score is None or version.score_split != ScoreSplit.GATE
+            or metrics.get("n_rows") != task.n_gate or (version.metric or metrics.get("metric")) != task.metric):
+        return None
+    return max(float(reference), version.score)
 
 
 def versions_rescore_legacy(*, limit: int = 20) -> int:

@@ -382,9 +382,12 @@ def model_create(*, task: Task, name: str, description: str = "") -> NeuralModel
 def version_create(
     *, model: NeuralModel, genome: dict, state_dict: dict[str, torch.Tensor], evaluation: EvaluationResult,
     runtime: str = Runtime.TORCH_FP32, onnx_bytes: bytes | None = None, parent: ModelVersion | None = None,
-    activate: bool = False, note: str = "", reason: str = "",
+    activate: bool = False, note: str = "", reason: str = "", score_reference: float | None = None,
 ) -> ModelVersion:
     """Write weights first, then the version row (and the active switch) in one transaction.
+
+    ``score_reference`` is the score later "score held" promotions are measured from (see
+    ``improvement.runs.promotion``); by default the version's own gate score.
 
     ``evaluation`` is the version's gate evaluation (what decisions compare); its score on the
     sealed test split, with a 95 % interval, is measured here for the record (``test_score``),
@@ -417,6 +420,7 @@ def version_create(
                 n_parameters=evaluation.n_parameters, size_bytes=evaluation.size_bytes,
                 metrics={**evaluation.as_dict(), "n_train_samples": model.task.n_train,
                          "dataset_rows": model.task.n_samples,
+                         "score_reference": evaluation.score if score_reference is None else score_reference,
                          "test": {"score": report.score, "ci95": list(report.ci95), "n_rows": report.n_rows}},
                 note=note[:200],
             )

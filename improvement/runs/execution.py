@@ -38,7 +38,7 @@ from improvement.runs.search import SharedTrialRunner
 from improvement.strategies.common import fastest_runtime
 from improvement.strategies.registry import NEED_SHARED_SEARCH, Candidate, get_strategy
 from models_registry.dataset_versions import version_new_rows_start
-from models_registry.evaluation import candidate_evaluate
+from models_registry.evaluation import candidate_evaluate, version_score_reference
 from models_registry.implementations import fresh_version_module, task_dataset
 from models_registry.models import ModelVersion, Task
 from models_registry.nn.evaluation import EvaluationResult
@@ -76,6 +76,7 @@ def candidates_judge(
     A decision: the sealed test split cannot be read in here (``models_registry.sealed``).
     """
     y_gate = task_dataset(task).gate[1]
+    reference = None if baseline_version is None else version_score_reference(baseline_version)
     new_rows = gate_new_rows(task=task, baseline_version=baseline_version) if strategy_objective == "score" else None
     judged = []
     with deciding("promotion"):
@@ -86,6 +87,7 @@ def candidates_judge(
                 objective=strategy_objective, baseline=baseline, candidate=evaluation, y_gate=y_gate,
                 threshold=config.performance_threshold, alpha=config.promotion_alpha,
                 score_tolerance=config.optimization_score_tolerance, latency_budget_ms=task.latency_budget_ms,
+                reference_score=reference,
             )
             if new_rows is not None:
                 decision = rehearsal_judge(decision=decision, baseline=baseline, candidate=evaluation, y_gate=y_gate,

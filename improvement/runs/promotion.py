@@ -23,7 +23,10 @@ and not significantly worse) is promoted when it is significantly faster, or sma
 threshold — so even a model at a perfect score can be replaced by a faster equal one.
 
 Guard rails: a latency/size optimization may lose at most ``score_tolerance`` of score and must
-not be significantly worse; a score improvement must stay within the task's latency budget (p95
+not be significantly worse. The tolerance is measured from the lineage's reference score
+(``reference_score``: the best gate score since the last promotion that gained score), not only
+from the baseline, so a chain of "score held" promotions cannot each give up the tolerance and
+drift down together; a score improvement must stay within the task's latency budget (p95
 at batch 1), unless the baseline was already over it and the candidate is no slower. The
 decision's text shows the gain, the p-value or interval and the number of gate rows.
 
@@ -124,16 +127,34 @@ def _timing(baseline: EvaluationResult, candidate: EvaluationResult) -> TimingCo
     return timing_comparison(baseline.timings, candidate.timings) if baseline.timings and candidate.timings else None
 
 
-def _held(cmp: PairedComparison, tolerance: float, alpha: float) -> bool:
-    """The candidate's score is held: within the tolerance and not significantly worse."""
-    return cmp.candidate_score >= cmp.baseline_score - tolerance and cmp.p_worse > alpha
+# Rules that promote a candidate whose score was only held, not improved: the lineage keeps its
+# reference score across them (``reference_after``).
+HELD_RULES = frozenset({"tie_faster", "tie_smaller", "latency", "size"})
+
+
+def _held(cmp: PairedComparison, floor: float, alpha: float) -> bool:
+    """The candidate's score is held: at or above ``floor`` and not significantly worse."""
+    return cmp.candidate_score >= floor and cmp.p_worse > alpha
+
+
+def reference_after(decision: Decision, candidate_score: float) -> float:
+    """The reference score of the version a promotion makes: kept through held promotions,
+    reset to the version's own score by one that gained score."""
+    if decision.evidence.get("rule") in HELD_RULES and decision.evidence.get("score_reference") is not None:
+        return max(float(decision.evidence["score_reference"]), candidate_score)
+    return candidate_score
 
 
 def decide(
     *, objective: str, baseline: EvaluationResult, candidate: EvaluationResult, y_gate: np.ndarray,
     threshold: float, alpha: float, score_tolerance: float, latency_budget_ms: float,
+    reference_score: float | None = None,
 ) -> Decision:
-    """Promote or reject, on the gate split, with a paired test (see the module docstring). Pure."""
+    """Promote or reject, on the gate split, with a paired test (see the module docstring). Pure.
+
+    ``reference_score`` is the baseline lineage's reference (``reference_after``); a held score
+    may be at most ``score_tolerance`` below it as well as below the baseline's.
+    """
     if objective not in ("score", "latency", "size"):
         raise ValueError(f"unknown objective {objective!r}")
     if baseline.predictions is None or candidate.predictions is None:
@@ -142,9 +163,13 @@ def decide(
     metric = candidate.metric
     cmp = compare_paired(metric, y_gate, baseline.predictions, candidate.predictions)
     tc = _timing(baseline, candidate)
+    reference = max(baseline.score, reference_score) if reference_score is not None else baseline.score
+    floor = reference - score_tolerance
     evidence: dict = {"objective": objective, "split": "gate", "n_gate": n, "alpha": alpha, "threshold": threshold,
-                      "paired": cmp.as_dict(), "timing": tc.as_dict() if tc else None}
+                      "paired": cmp.as_dict(), "timing": tc.as_dict() if tc else None, "score_reference": reference}
     scores = _score_text(metric, baseline, candidate, n)
+    if reference > baseline.score:
+        scores += f", lineage reference {reference:.4f}"
 
     def verdict(promote: bool, gain: float, text: str, rule: str) -> Decision:
         return Decision(promote, gain, text, {**evidence, "gain": gain, "rule": rule})
@@ -158,7 +183,7 @@ def decide(
         if gain >= threshold and cmp.p_better <= alpha:
             return verdict(True, gain, f"promoted: gain {signed_percent(gain)} less error (≥ {threshold:.0%}), "
                                        f"{_paired_text(cmp)} ≤ α {alpha:g}; {scores}", "score")
-        if _held(cmp, score_tolerance, alpha):
+        if _held(cmp, floor, alpha):
             # An equal score (a model already at the top included) can still win on cost.
             if tc is not None and tc.gain > 0 and tc.gain >= threshold and tc.p_faster <= alpha:
                 return verdict(True, tc.gain, f"promoted: score held ({scores}), {_timing_text(tc)}", "tie_faster")
@@ -173,8 +198,8 @@ def decide(
         return verdict(False, gain, f"rejected: {why}; {scores}", "score")
 
     held = f"score held ({scores}, {_paired_text(cmp)})"
-    if candidate.score < baseline.score - score_tolerance or cmp.p_worse <= alpha:
-        return verdict(False, 0.0, f"rejected: score loss {baseline.score - candidate.score:.4f} exceeds the "
+    if not _held(cmp, floor, alpha):
+        return verdict(False, 0.0, f"rejected: score loss {reference - candidate.score:.4f} exceeds the "
                                    f"{score_tolerance:.4f} tolerance or is significant (p={cmp.p_worse:.3g}; "
                                    f"{scores})", "score_guard")
     if objective == "size":
@@ -252,7 +277,7 @@ def version_promote(
         version = version_create(
             model=run.model, genome=genome, state_dict=state_dict, evaluation=evaluation, runtime=runtime,
             onnx_bytes=onnx_bytes, parent=parent, activate=True,
-            note=f"run #{run.pk} {run.strategy}", reason=f"run #{run.pk} {run.strategy}: {decision.reason}"[:200],
+            score_reference=reference_after(decision, evaluation.score), note=f"run #{run.pk} {run.strategy}", reason=f"run #{run.pk} {run.strategy}: {decision.reason}"[:200],
         )
         if not run_mark_promoted(run_id=run.pk, version=version, gain=decision.gain, decision=decision.reason,
                                  candidate_metrics={**evaluation.as_dict(), "gate_test": decision.evidence}):

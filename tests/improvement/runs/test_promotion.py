@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from improvement.runs.promotion import decide, score_gain
+from improvement.runs.promotion import decide, reference_after, score_gain
 from models_registry.nn.evaluation import EvaluationResult
 from models_registry.nn.metrics import Predictions
 
@@ -115,3 +115,41 @@ def test_the_gate_needs_the_predictions():
                                 n_rows=N)
     with pytest.raises(ValueError, match="predictions"):
         _decide("score", base, stripped)
+
+
+FASTER = {"b1": list(0.05 + RNG.random(40) * 0.005), "b256": list(1.0 + RNG.random(40) * 0.05)}
+
+
+def test_a_chain_of_score_held_promotions_cannot_drift_below_the_lineage_reference():
+    """Each step alone is within the tolerance of its baseline; the second is not within it of the
+    score the lineage had before the first, so it is refused."""
+    def held_step(baseline, candidate, reference):
+        return decide(objective="latency", baseline=baseline, candidate=candidate, y_gate=Y, threshold=0.1,
+                      alpha=0.05, score_tolerance=0.012, latency_budget_ms=200.0, reference_score=reference)
+
+    v1 = _result(_labels(range(20)), timings=SLOW)     # 0.900
+    v2 = _result(_labels(range(21)), timings=FAST)     # 0.895: one row lost, twice as fast
+    v3 = _result(_labels(range(23)), timings=FASTER)   # 0.885: two more rows lost, twice as fast again
+    first = held_step(v1, v2, reference=None)
+    assert first.promote and first.evidence["score_reference"] == pytest.approx(0.90)
+    reference = reference_after(first, v2.score)
+    assert reference == pytest.approx(0.90)  # kept through the held promotion
+    # Against its own baseline alone the second step is within the tolerance ...
+    assert held_step(v2, v3, reference=None).promote
+    # ... against the lineage's reference it is not.
+    second = held_step(v2, v3, reference=reference)
+    assert not second.promote and second.evidence["rule"] == "score_guard"
+    assert "lineage reference 0.9000" in second.reason and "score loss 0.0150" in second.reason
+    # The same holds for a score run's faster-but-equal candidate.
+    tie = decide(objective="score", baseline=v2, candidate=v3, y_gate=Y, threshold=0.1, alpha=0.05,
+                 score_tolerance=0.012, latency_budget_ms=200.0, reference_score=reference)
+    assert not tie.promote
+
+
+def test_a_promotion_that_gains_score_resets_the_reference():
+    base = _result(_labels(range(20)))
+    better = _result(_labels(range(15, 20)))  # 0.975
+    decision = decide(objective="score", baseline=base, candidate=better, y_gate=Y, threshold=0.1, alpha=0.05,
+                      score_tolerance=0.005, latency_budget_ms=200.0, reference_score=0.99)
+    assert decision.promote and decision.evidence["rule"] == "score"
+    assert reference_after(decision, better.score) == pytest.approx(0.975)
