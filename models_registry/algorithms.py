@@ -162,6 +162,8 @@ class RidgeRegressor(_NotFitted):
 BOOSTING_EARLY_STOPPING_ROWS = 1000
 #: Rounds of boosting without early stopping (scikit-learn's default, good on small tables).
 BOOSTING_FIXED_ROUNDS = 100
+#: The settings ``tuning_grid`` tries, the default first: step size × leaves per tree.
+BOOSTING_GRID = ((0.1, 31), (0.05, 31), (0.1, 15), (0.05, 15), (0.1, 63), (0.05, 63))
 
 
 def _boosting_params(n_rows: int, *, learning_rate: float, max_iter: int, max_leaf_nodes: int,
@@ -209,6 +211,20 @@ class GradientBoostingClassifier(_NotFitted):
         self.class_weight_used: str | None = None
         self._model: Any = None
 
+    @classmethod
+    def tuning_grid(cls, metric: str, y: np.ndarray) -> list[dict[str, Any]]:
+        """Settings ``models_registry.tuning`` tries on the validation split, the default first.
+
+        Step size and leaves per tree; for a metric other than accuracy also the other class
+        weighting than the one ``"auto"`` picks for these labels (weighting trades the majority
+        class's recall for the minority's, which only the metric can judge).
+        """
+        labels = np.asarray(y).astype(np.int64).reshape(-1)
+        auto = "balanced" if default_metric(CLASSES, labels) == "balanced_accuracy" else None
+        weights = [auto] + ([None if auto else "balanced"] if metric != "accuracy" else [])
+        return [{"learning_rate": lr, "max_leaf_nodes": leaves, "class_weight": weight}
+                for weight in weights for lr, leaves in BOOSTING_GRID]
+
     def fit(self, X: np.ndarray, y: np.ndarray) -> GradientBoostingClassifier:
         from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -245,6 +261,11 @@ class GradientBoostingRegressor(_NotFitted):
         self.random_state = int(random_state)
         self._models: list[Any] | None = None
         self._y_ndim = 2
+
+    @classmethod
+    def tuning_grid(cls, metric: str, y: np.ndarray) -> list[dict[str, Any]]:
+        """Settings ``models_registry.tuning`` tries on the validation split, the default first."""
+        return [{"learning_rate": lr, "max_leaf_nodes": leaves} for lr, leaves in BOOSTING_GRID]
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> GradientBoostingRegressor:
         from sklearn.ensemble import HistGradientBoostingRegressor

@@ -7,6 +7,7 @@ path never reads a file twice.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from models_registry.loading import load_implementation
 from models_registry.models import ModelVersion, Task
 from models_registry.nn.genome import build_module
 from models_registry.nn.runtimes import make_predict_fn
+from models_registry.selectors import algorithm_tuning_of
 from models_registry.weights import blob_load, weights_load
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -87,16 +89,24 @@ def version_predict_fn(version: ModelVersion) -> PredictFn:
     return _predictors.get_or_create((version.pk, version.weights_sha256, version.runtime), factory)
 
 
+def algorithm_params_of(task: Task) -> dict:
+    """The settings the task's algorithm was tuned to, if they were tuned for its current path."""
+    tuning = algorithm_tuning_of(task)
+    return tuning["params"] if tuning else {}
+
+
 def algorithm_for_task(task: Task):
-    """The task's algorithmic implementation, fitted on the training split (cached)."""
+    """The task's algorithmic implementation with its tuned settings, fitted on the training split (cached)."""
+    params = algorithm_params_of(task)
 
     def factory():
-        implementation = load_implementation(task.algorithm_path)
+        implementation = load_implementation(task.algorithm_path, params)
         X_train, y_train = task_dataset(task).train
         implementation.fit(X_train, y_train)
         return implementation
 
-    return _algorithms.get_or_create((task.pk, task.dataset_sha256, task.algorithm_path), factory)
+    key = (task.pk, task.dataset_sha256, task.algorithm_path, json.dumps(params, sort_keys=True))
+    return _algorithms.get_or_create(key, factory)
 
 
 def algorithm_predict_fn(task: Task) -> PredictFn:

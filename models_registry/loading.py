@@ -152,6 +152,20 @@ class _WithNoopFit:
         return np.asarray(self.inner.predict(X))
 
 
-def load_implementation(dotted_path: str) -> Implementation:
-    """``as_implementation(load_callable(dotted_path))``: what task creation and serving use."""
-    return as_implementation(load_callable(dotted_path))
+def load_implementation(dotted_path: str, params: dict[str, Any] | None = None) -> Implementation:
+    """``as_implementation(load_callable(dotted_path))``: what task creation and serving use.
+
+    With ``params`` (settings found by ``models_registry.tuning``) the path must name a class,
+    which is created with them as keyword arguments.
+    """
+    obj = load_callable(dotted_path)
+    if params:
+        if not isinstance(obj, type):
+            raise ImplementationError(f"'{dotted_path}' is not a class: it cannot take the settings {params}")
+        try:
+            obj = obj(**params)
+        except Exception as exc:
+            raise ImplementationError(
+                f"class {obj.__qualname__} cannot be created with {params}: {type(exc).__name__}: {exc}"
+            )
+    return as_implementation(obj)

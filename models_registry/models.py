@@ -60,6 +60,11 @@ class Task(models.Model):
     algorithm_path = models.CharField(
         max_length=200, blank=True, help_text="Dotted path of the algorithmic implementation."
     )
+    algorithm_params = models.JSONField(
+        default=dict, blank=True,
+        help_text="Settings the algorithm was tuned to on the validation split (models_registry.tuning): "
+                  "the path they were tuned for, the settings, and every setting tried with its score.",
+    )
     sampler_spec = models.JSONField(null=True, blank=True)
     dataset_file = models.CharField(max_length=300)
     dataset_sha256 = models.CharField(max_length=64)

@@ -66,6 +66,18 @@ def algorithm_latest_sample(*, task: Task) -> PerformanceSample | None:
     )
 
 
+def algorithm_tuning_of(task: Task) -> dict | None:
+    """The algorithm's tuning on the validation split (``models_registry.tuning``) when it was tuned
+    for the task's current algorithm path: the settings and their validation score; else None."""
+    record = task.algorithm_params or {}
+    if not task.algorithm_path or record.get("path") != task.algorithm_path or not isinstance(record.get("params"), dict):
+        return None
+    tried = record.get("tried") or []
+    return {"params": record["params"], "metric": record.get("metric"), "split": record.get("split", "val"),
+            "validation_score": max((t["val"] for t in tried), default=None), "n_val": record.get("n_val"),
+            "tried": len(tried), "of": record.get("of", len(tried))}
+
+
 def version_latest_sample(*, version: ModelVersion) -> PerformanceSample | None:
     """The version's latest gate evaluation."""
     return (

@@ -30,6 +30,7 @@ from models_registry.choices import AlgorithmEvaluation
 from models_registry.evaluation import algorithm_evaluate
 from models_registry.models import ModelVersion, PerformanceSample, Task
 from models_registry.serving.switching import serving_reevaluate
+from models_registry.tuning import algorithm_tune
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,18 @@ def evaluation_lease_s() -> float:
     return float(settings.Q_CLUSTER["timeout"]) + LEASE_MARGIN_S
 
 
+def _tune(task: Task) -> None:
+    """Tune the algorithm on the validation split first (``models_registry.tuning``); a failure keeps its defaults."""
+    try:
+        algorithm_tune(task=task)
+    except Exception:  # noqa: BLE001 - the defaults are still an algorithm to evaluate
+        logger.exception("task %s: tuning the algorithm %s failed; its defaults are evaluated", task.slug,
+                         task.algorithm_path)
+
+
 def _evaluate(task: Task) -> tuple[PerformanceSample | None, str]:
     """The algorithm's gate sample (and its sealed test sample), or None and the warning that says why not."""
+    _tune(task)
     try:
         return algorithm_evaluate(task=task), ""
     except Exception as exc:  # noqa: BLE001 - the task stays; only its algorithm's score is missing

@@ -10,7 +10,7 @@ from models_registry.choices import AlgorithmEvaluation, OutputKind
 from models_registry.models import DatasetVersion, ModelVersion, NeuralModel, Task, TaskCreationJob
 from models_registry.nn.genome import KINDS, GenomeError, validate_genome
 from models_registry.nn.metrics import METRIC_CHOICES
-from models_registry.selectors import algorithm_latest_sample
+from models_registry.selectors import algorithm_latest_sample, algorithm_tuning_of
 from project.api.fields import MAX_ID, FiniteRepresentationMixin
 
 # ----------------------------------------------------------------------------------- tasks
@@ -27,6 +27,11 @@ class AlgorithmEvaluationSerializer(FiniteRepresentationMixin, serializers.Seria
     gate_score = serializers.FloatField(allow_null=True, help_text="The algorithm's latest score on the gate split "
                                                                    "(what serving compares with); null until done.")
     updated_at = serializers.DateTimeField(allow_null=True, help_text="When the status last changed.")
+    tuned = serializers.DictField(
+        allow_null=True,
+        help_text="The settings the algorithm was tuned to on the validation split before it was measured "
+                  "(params, the metric's validation score, how many settings were tried of the grid); null when "
+                  "its defaults are used (no grid, or a validation split under 200 rows).")
 
 
 class TaskSerializer(serializers.ModelSerializer):
@@ -56,7 +61,7 @@ class TaskSerializer(serializers.ModelSerializer):
         gate = algorithm_latest_sample(task=obj)
         return AlgorithmEvaluationSerializer({
             "status": obj.algorithm_evaluation, "gate_score": gate.score if gate is not None else None,
-            "updated_at": obj.algorithm_evaluation_at,
+            "updated_at": obj.algorithm_evaluation_at, "tuned": algorithm_tuning_of(obj),
         }).data
 
 

@@ -28,6 +28,7 @@ version that fails to load is replaced by the algorithm until it loads.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import queue
@@ -42,7 +43,12 @@ from django.db import connection
 from django.db.models.signals import post_delete, post_save
 
 from models_registry.choices import Implementation, OutputKind
-from models_registry.implementations import PredictFn, algorithm_predict_fn, version_predict_fn
+from models_registry.implementations import (
+    PredictFn,
+    algorithm_params_of,
+    algorithm_predict_fn,
+    version_predict_fn,
+)
 from models_registry.models import ModelVersion, Task
 from models_registry.serving.conf import serving_setting
 from models_registry.serving.models import ServingState
@@ -84,7 +90,9 @@ def route_key(task: Task, implementation: str, version: ModelVersion | None) -> 
     """What makes a loaded predict function reusable."""
     if version is not None:
         return (task.pk, implementation, version.pk, version.weights_sha256, version.runtime)
-    return (task.pk, implementation, None, task.dataset_sha256, task.algorithm_path)
+    # The algorithm's tuned settings: a task tuned after its algorithm was loaded reloads it.
+    return (task.pk, implementation, None, task.dataset_sha256, task.algorithm_path,
+            json.dumps(algorithm_params_of(task), sort_keys=True))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,7 @@ from improvement.models import ImprovementConfig
 from models_registry.choices import Implementation, OutputKind, SampleSource, ScoreSplit
 from models_registry.models import DatasetVersion, ModelVersion, PerformanceSample, Task
 from models_registry.nn.significance import Z95, wilson_interval
+from models_registry.selectors import algorithm_tuning_of
 from models_registry.serving.models import DriftReading, Feedback, InputDrift
 from models_registry.serving.selectors import serving_comparison, serving_state_get
 from project.panel import charts
@@ -81,6 +82,7 @@ def task_implementations(task: Task, comparison: dict) -> dict:
     active = {v.model_id: v for v in ModelVersion.objects.filter(model__task=task, is_active=True)}
     return {
         "algorithm": {"path": task.algorithm_path, "evaluation": task.get_algorithm_evaluation_display(),
+                      "tuned": algorithm_tuning_of(task),
                       "gate": held.get("score"), "test": algorithm_test, "p95_ms": held.get("latency_p95_ms")},
         "neural": [{"model": m, "versions": m.n_versions, "active": active.get(m.pk)} for m in models],
     }
