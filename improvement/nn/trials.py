@@ -66,19 +66,33 @@ class TrialResult:
 
 
 def train_trial(spec: TrialSpec, *, data: TrainData, output_kind: str, input_kind: str, metric: str | None,
-                seed: int, max_seconds: float, extra_data=None, progress=None) -> TrialResult:
-    """Build, train (at most ``max_seconds``) and score one trial on the validation split."""
+                seed: int, max_seconds: float, extra_data=None, progress=None, on_best=None,
+                start_state: dict[str, torch.Tensor] | None = None) -> TrialResult:
+    """Build, train (at most ``max_seconds``) and score one trial on the validation split.
+
+    ``on_best(state, event)`` is called with each new best weights (a checkpoint); training starts
+    from ``start_state`` when given (an earlier attempt's checkpoint) instead of fresh weights.
+    """
     start = time.perf_counter()
     torch.manual_seed(seed)
     module = build_module(spec.genome)
     set_normalisation(module, data.X_train, data.y_train, output_kind)
+    if start_state is not None:
+        module.load_state_dict(start_state, strict=True)
     config = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, weight_decay=spec.weight_decay,
                          patience=spec.patience, seed=seed, lr_schedule="cosine", max_seconds=max_seconds,
                          label_smoothing=spec.label_smoothing, metric=metric)
     augment = augmentation(input_kind, spec.augment, spec.augment_strength, X_train=data.X_train) \
         if output_kind != RECONSTRUCTION else None
     train_module(module, data, output_kind=output_kind, config=config, augment=augment, extra_data=extra_data,
-                 progress=progress)
+                 progress=progress, on_best=on_best)
+    return trial_result(spec, module, data=data, output_kind=output_kind, metric=metric,
+                        seconds=time.perf_counter() - start)
+
+
+def trial_result(spec: TrialSpec, module: torch.nn.Module, *, data: TrainData, output_kind: str, metric: str | None,
+                 seconds: float) -> TrialResult:
+    """A trained module's validation score, latency and size, as a trial's result."""
     module.eval()
     predict = torch_predict_fn(module)
     X_val = np.asarray(data.X_val, dtype=np.float32)
@@ -88,7 +102,7 @@ def train_trial(spec: TrialSpec, *, data: TrainData, output_kind: str, input_kin
     score = raw_score(output_kind, y_val, predict(X_val), metric)
     latency = measure_latency(predict, X_val[:256], batch_sizes=(1,), warmup=3, repeats=30, max_seconds=0.5)
     return TrialResult(number=-1, spec=spec, val_score=float(score), latency_ms=float(latency["p50_ms_b1"]),
-                       n_parameters=count_parameters(module), seconds=time.perf_counter() - start, module=module)
+                       n_parameters=count_parameters(module), seconds=seconds, module=module)
 
 
 def study_sampler(objectives: Sequence[str], *, seed: int) -> optuna.samplers.BaseSampler:

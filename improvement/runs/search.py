@@ -36,7 +36,7 @@ from improvement.nn.search_space import SPACE_VERSION, SearchSpace, TrialSpec, g
 from improvement.nn.trials import TrialResult, directions, study_sampler
 from improvement.runs.context import context_build, torch_threads_configure
 from improvement.runs.lifecycle import Heartbeat, RunReporter, worker_name
-from improvement.strategies.architecture import n_trials, search_fraction, trial_trainer
+from improvement.strategies.architecture import n_trials, search_fraction, search_share, trial_trainer
 from improvement.strategies.registry import StrategyContext
 from models_registry.nn.genome import GenomeError, build_module
 from models_registry.selectors import version_active
@@ -236,7 +236,7 @@ class SharedTrialRunner:
                 result = self._tell(study, row, local)
                 results.append(result)
                 progress(len(results), n_trials, result)
-                self.fraction = search_fraction(len(results), n_trials)
+                self.fraction = search_fraction(len(results), n_trials, search_share(self.context))
         return results
 
     def _batch(self, rows: list[SearchCandidate], train) -> list[tuple[SearchCandidate, TrialResult | None]]:

@@ -33,7 +33,7 @@ from typing import Any
 from hormones.names import CORTISOL, DOPAMINE
 from hormones.priority import HormoneWeighting, search_breadth
 from improvement.nn.search_space import SearchSpace, TrialSpec, genome_params
-from improvement.nn.trials import LocalTrialRunner, TrialResult, best_of, train_trial
+from improvement.nn.trials import LocalTrialRunner, TrialResult, best_of, train_trial, trial_result
 from improvement.strategies.common import epoch_progress
 from improvement.strategies.registry import (
     NEED_SHARED_SEARCH,
@@ -47,7 +47,7 @@ from improvement.strategies.registry import (
     Triggers,
     register,
 )
-from models_registry.nn.genome import output_dim_of
+from models_registry.nn.genome import build_module, output_dim_of
 from models_registry.nn.kinds import RECONSTRUCTION
 from models_registry.nn.training import NonFiniteLossError
 
@@ -58,8 +58,8 @@ MIN_TRIAL_SECONDS = 3.0
 #: The share of a run's budget its trials get; the rest refits the best (run param ``refit``: false
 #: spends the whole budget on trials and returns the best trial as trained).
 SEARCH_SHARE = 0.55
-#: The run's progress while its trials train: 0.05 → 0.05 + this.
-SEARCH_PROGRESS_SPAN = 0.55
+#: The refit's checkpoint key (``StrategyContext.checkpoints``).
+REFIT_CHECKPOINT = "architecture-refit"
 
 
 def search_space(context: StrategyContext) -> SearchSpace:
@@ -93,9 +93,9 @@ def trial_seconds(context: StrategyContext, trials: int) -> float:
     return max(MIN_TRIAL_SECONDS, context.time_budget_s * search_share(context) / max(1, trials))
 
 
-def search_fraction(done: int, total: int) -> float:
-    """The run's progress after ``done`` of ``total`` trials."""
-    return 0.05 + SEARCH_PROGRESS_SPAN * done / max(1, total)
+def search_fraction(done: int, total: int, share: float) -> float:
+    """The run's progress after ``done`` of ``total`` trials: 0.05 → 0.05 + ``share`` (the search's share of the budget)."""
+    return 0.05 + share * done / max(1, total)
 
 
 def trial_trainer(context: StrategyContext, trials: int):
@@ -145,18 +145,19 @@ class ArchitectureStrategy(StrategyBase):
         runner = context.trial_runner or LocalTrialRunner(objectives=objectives, seed=context.seed,
                                                            start_params=genome_params(context.genome, space))
         started = time.monotonic()
+        share = search_share(context)
         end = started + context.time_budget_s * 0.95
-        # Trials start until the search's share is spent (plus the last trial's own share).
-        deadline = started + context.time_budget_s * (search_share(context) + 0.05)
+        # Trials start until the search's share is spent (plus the last trial's own share; at most ``end``).
+        deadline = started + context.time_budget_s * (share + 0.05)
 
         def report(done: int, total: int, result: TrialResult) -> None:
             score = f"{result.val_score:.4f}" if result.val_score is not None else "failed"
             family = result.spec.genome.get("kind", "?") if result.spec else "?"
-            progress(search_fraction(done, total), f"trial {done}/{total} ({family}): val {score}",
+            progress(search_fraction(done, total, share), f"trial {done}/{total} ({family}): val {score}",
                      {"phase": "search", "trial": result.number, "family": family, "val_score": result.val_score,
                       "latency_ms": result.latency_ms, "n_parameters": result.n_parameters})
 
-        results = runner.run(space, n_trials=trials, deadline=min(deadline, end), train=trial_trainer(context, trials),
+        results = runner.run(space, n_trials=trials, deadline=deadline, train=trial_trainer(context, trials),
                              progress=report)
         best = best_of(results, objectives)
         module = best.get_module() if best is not None else None
@@ -167,7 +168,7 @@ class ArchitectureStrategy(StrategyBase):
         message = (f"search done: best val {best.val_score:.4f} ({best.spec.genome['kind']}, trial {best.number}) "
                    f"of {len(trained)} trials")
         context.log(message)
-        progress(search_fraction(trials, trials), message, None)
+        progress(search_fraction(trials, trials, share), message, None)
         details: dict[str, Any] = {"trials": len(trained), "best_trial": best.number,
                                    "train": best.spec.train_params(), "families": families,
                                    "trial_val_score": best.val_score}
@@ -188,22 +189,56 @@ class ArchitectureStrategy(StrategyBase):
         """The best trial's genome and settings trained again from scratch for the time left.
 
         Nothing when less time is left than a trial had (the refit would train no longer than the
-        trial did). A refit whose loss diverges leaves the trial's model as the candidate.
+        trial did). A refit whose loss diverges leaves the trial's model as the candidate. Its best
+        weights are checkpointed (``REFIT_CHECKPOINT``): an attempt after a dead worker goes on from
+        them for the refit's time left, or keeps a refit that had finished.
         """
-        assert best.spec is not None
-        if seconds < cap:
+        spec = best.spec
+        assert spec is not None
+        saved = context.checkpoints.load(REFIT_CHECKPOINT)
+        resumed = saved[1] if saved is not None and saved[1].get("genome") == spec.genome \
+            and saved[1].get("trial") == best.number else None
+        start = search_fraction(1, 1, SEARCH_SHARE)
+        if saved is not None and resumed is not None and resumed.get("final"):
+            module = build_module(spec.genome)
+            module.load_state_dict(saved[0], strict=True)
+            refit = trial_result(spec, module, data=context.data, output_kind=context.output_kind,
+                                 metric=context.train_config.metric, seconds=float(resumed.get("seconds", 0.0)))
+            context.log(f"refit: finished by an earlier attempt (val {refit.val_score:.4f}); kept from its checkpoint")
+            return refit
+        spent = float(resumed.get("seconds", 0.0)) if resumed is not None else 0.0
+        planned = float(resumed.get("planned", seconds)) if resumed is not None else seconds
+        seconds = min(seconds, planned - spent)
+        if seconds < (1.0 if resumed is not None else cap):
             context.log(f"refit skipped: {seconds:.0f} s left, no more than a trial's {cap:.0f} s")
             return None
-        start = search_fraction(1, 1)
-        progress(start, f"refit: training trial {best.number}'s genome for up to {seconds:.0f} s", None)
+        if resumed is not None:
+            message = (f"refit: resuming trial {best.number}'s genome from its checkpoint (epoch {resumed.get('epoch')}, "
+                       f"val {resumed.get('val_score', 0.0):.4f}) for {seconds:.0f} s")
+            context.log(message)
+            progress(start, message, None)
+        else:
+            progress(start, f"refit: training trial {best.number}'s genome for up to {seconds:.0f} s", None)
+        meta = {"genome": spec.genome, "trial": best.number, "planned": planned}
+
+        def on_best(state, event) -> None:
+            context.checkpoints.save(REFIT_CHECKPOINT, state, {**meta, "epoch": event["epoch"],
+                                                               "val_score": event["val_score"],
+                                                               "seconds": spent + event["elapsed_s"]})
+
         try:
-            refit = train_trial(best.spec, data=context.data, output_kind=context.output_kind,
+            refit = train_trial(spec, data=context.data, output_kind=context.output_kind,
                                 input_kind=context.input_kind, metric=context.train_config.metric,
                                 seed=context.seed + 7919, max_seconds=seconds, extra_data=context.extra_data,
-                                progress=epoch_progress(progress, start=start, span=0.99 - start, label="refit"))
+                                progress=epoch_progress(progress, start=start, span=0.99 - start, label="refit"),
+                                on_best=on_best, start_state=saved[0] if saved is not None and resumed else None)
         except NonFiniteLossError as exc:
             context.log(f"refit diverged ({exc}); the trial's model is the candidate")
             return None
+        assert refit.module is not None
+        refit.seconds += spent
+        context.checkpoints.save(REFIT_CHECKPOINT, refit.module.state_dict(),
+                                 {**meta, "val_score": refit.val_score, "seconds": refit.seconds}, final=True)
         context.log(f"refit: val {refit.val_score:.4f} after {refit.seconds:.0f} s "
                     f"(the trial: {best.val_score:.4f} after {best.seconds:.0f} s)")
         return refit

@@ -195,3 +195,47 @@ def test_distillation_teaches_on_perturbed_training_rows_or_fresh_samples():
     context.sample_inputs = sample_inputs
     fresh = extra_inputs_for(context)(1)
     assert fresh.shape == (200, 4) and fresh.dtype == np.float32 and drawn == [200]
+
+
+class _KeptCheckpoints:
+    """A run's checkpoint store kept in memory: what a later attempt of the same run would load."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, tuple[dict, dict]] = {}
+
+    def load(self, key):
+        return self.saved.get(key)
+
+    def save(self, key, state, meta, *, final=False):
+        self.saved[key] = ({k: v.clone() for k, v in state.items()}, {**meta, "final": final})
+
+
+def test_an_attempt_after_a_dead_worker_keeps_a_finished_refit_and_resumes_an_unfinished_one():
+    from improvement.strategies.architecture import REFIT_CHECKPOINT
+
+    store = _KeptCheckpoints()
+
+    def attempt():
+        context = _context()
+        context.time_budget_s, context.params, context.checkpoints = 30.0, {"trials": 2}, store
+        lines: list[str] = []
+        context.log = lines.append
+        (candidate,) = get_strategy("architecture").build_candidates(context, _noop)
+        return candidate, lines
+
+    first, _ = attempt()
+    state, meta = store.saved[REFIT_CHECKPOINT]
+    assert meta["final"] and meta["val_score"] == first.details["refit"]["val_score"]
+    assert meta["trial"] == first.details["best_trial"]
+
+    # The worker died after the refit finished: the next attempt keeps it as it was.
+    again, lines = attempt()
+    assert any("refit: finished by an earlier attempt" in line for line in lines), lines
+    assert again.details["refit"]["val_score"] == pytest.approx(meta["val_score"])
+
+    # The worker died during the refit: the next attempt goes on from its best weights so far.
+    store.saved[REFIT_CHECKPOINT] = (state, {**meta, "final": False, "seconds": 4.0, "epoch": 2})
+    resumed, lines = attempt()
+    assert any(line.startswith("refit: resuming") and "epoch 2" in line for line in lines), lines
+    assert resumed.details["refit"]["seconds"] >= 4.0  # the earlier attempt's seconds count
+    assert store.saved[REFIT_CHECKPOINT][1]["final"]
