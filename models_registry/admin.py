@@ -32,7 +32,7 @@ class TaskAdmin(admin.ModelAdmin):
     search_fields = ("slug", "name", "description", "algorithm_path")
     readonly_fields = ("output_kind", "source", "builtin_key", "input_shape", "n_outputs", "class_labels",
                        "feature_names", "target_name", "dataset_file", "dataset_sha256", "n_samples", "n_train",
-                       "n_val", "n_gate", "n_test", "split_seed", "sampler_spec", "warnings", "algorithm_evaluation",
+                       "n_val", "n_gate", "n_test", "split_seed", "sampler_spec", "warnings", "algorithm_evaluation", "algorithm_params",
                        "algorithm_evaluation_at", "algorithm_evaluation_attempts", "created_at")
 
     def get_readonly_fields(self, request, obj=None):
