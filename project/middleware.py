@@ -31,7 +31,7 @@ from django.utils.html import escape
 
 from models_registry.api.parsers import TOO_LARGE_ADVICE
 from models_registry.serving.conf import serving_setting
-from project.api.errors import size_text
+from project.api.errors import error_body, size_text
 from project.api.uploads import body_limit as upload_body_limit
 
 logger = logging.getLogger(__name__)
@@ -58,10 +58,7 @@ def wants_json(request: HttpRequest) -> bool:
 
 def database_unavailable_response(request: HttpRequest) -> HttpResponse:
     if wants_json(request):
-        # The API's one error shape (project/api/errors.py): {"error": {"code", "message", "details"}}.
-        response: HttpResponse = JsonResponse(
-            {"error": {"code": CODE, "message": MESSAGE, "details": {"retry_after": RETRY_AFTER_S}}}, status=503
-        )
+        response: HttpResponse = JsonResponse(error_body(CODE, MESSAGE, {"retry_after": RETRY_AFTER_S}), status=503)
     else:
         response = HttpResponse(_PAGE.format(retry=RETRY_AFTER_S, message=escape(MESSAGE)), status=503,
                                 content_type="text/html; charset=utf-8")
@@ -114,9 +111,8 @@ def body_too_large_response(request: HttpRequest, limit: int, size: int | None) 
     if PREDICT_PATH.match(request.path):
         message += f" {TOO_LARGE_ADVICE[0].upper()}{TOO_LARGE_ADVICE[1:]}."
     if wants_json(request):
-        response: HttpResponse = JsonResponse(
-            {"error": {"code": "payload_too_large", "message": message, "details": {"limit_bytes": limit}}},
-            status=413)
+        response: HttpResponse = JsonResponse(error_body("payload_too_large", message, {"limit_bytes": limit}),
+                                               status=413)
     else:
         response = HttpResponse(f"<!doctype html><title>Too large</title><h1>Too large</h1><p>{escape(message)}</p>",
                                 status=413, content_type="text/html; charset=utf-8")

@@ -7,6 +7,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views import defaults
 from django.views.decorators.http import require_GET
 
+from project.api.errors import error_body
 from project.middleware import wants_json
 from project.panel.views import overview
 
@@ -21,7 +22,7 @@ def server_error(request: HttpRequest):
     """``handler500``: the API's JSON error shape for API paths and JSON clients, the panel's 500
     page otherwise. Reads nothing from the database (which may be what failed) and reverses no URL."""
     if wants_json(request):
-        return JsonResponse({"error": {"code": SERVER_ERROR_CODE, "message": SERVER_ERROR_MESSAGE}}, status=500)
+        return JsonResponse(error_body(SERVER_ERROR_CODE, SERVER_ERROR_MESSAGE), status=500)
     return defaults.server_error(request)
 
 
