@@ -17,10 +17,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from functools import lru_cache
 from pathlib import Path
 
 import optuna
@@ -68,10 +68,29 @@ def optuna_storage_url() -> str:
     return f"sqlite:///{name.with_name(name.stem + '-optuna.sqlite3')}"
 
 
-@lru_cache(maxsize=4)
-def _storage(url: str) -> optuna.storages.BaseStorage:
-    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+#: Study storages a process keeps open at once (one per storage URL; a deployment has one).
+STORAGES_KEPT = 4
+_storages: dict[str, optuna.storages.RDBStorage] = {}
+_storages_lock = threading.Lock()
+
+
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    """One storage (and connection pool) per URL in this process; the oldest of more than a few is closed."""
+    with _storages_lock:
+        if url not in _storages:
+            while len(_storages) >= STORAGES_KEPT:
+                _storages.pop(next(iter(_storages))).engine.dispose()
+            kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+            _storages[url] = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        return _storages[url]
+
+
+def study_storages_close() -> None:
+    """Close the study storages this process opened (their pooled database sessions included)."""
+    with _storages_lock:
+        for storage in _storages.values():
+            storage.engine.dispose()
+        _storages.clear()
 
 
 def study_name(run: ImprovementRun, objectives: Sequence[str]) -> str:
@@ -300,4 +319,4 @@ def _loader(row: SearchCandidate) -> Callable[[], torch.nn.Module]:
     return load
 
 
-__all__ = ["SharedTrialRunner", "optuna_storage_url", "search_candidate_execute", "study_for"]
+__all__ = ["SharedTrialRunner", "optuna_storage_url", "search_candidate_execute", "study_for", "study_storages_close"]

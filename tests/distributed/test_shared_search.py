@@ -9,7 +9,7 @@ import pytest
 from improvement.choices import RunStatus
 from improvement.models import ImprovementRun, SearchCandidate
 from improvement.runs.lifecycle import run_create
-from improvement.runs.search import _storage, optuna_storage_url, study_for
+from improvement.runs.search import optuna_storage_url, study_for, study_storages_close
 from models_registry.nn.genome import build_module, validate_genome
 from tests.distributed.services import cluster_ready, wait_for
 from tests.workers import qcluster
@@ -66,9 +66,7 @@ def own_study_storage():
     """This test opens the study in the test process too: its storage's pooled PostgreSQL sessions
     are closed afterwards (pytest cannot drop a test database that still has sessions)."""
     yield
-    if _storage.cache_info().currsize:
-        _storage(optuna_storage_url()).engine.dispose()
-        _storage.cache_clear()
+    study_storages_close()
 
 
 @pytest.mark.usefixtures("own_study_storage")
