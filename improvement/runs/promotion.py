@@ -276,8 +276,8 @@ def version_promote(
     with transaction.atomic():
         version = version_create(
             model=run.model, genome=genome, state_dict=state_dict, evaluation=evaluation, runtime=runtime,
-            onnx_bytes=onnx_bytes, parent=parent, activate=True,
-            score_reference=reference_after(decision, evaluation.score), note=f"run #{run.pk} {run.strategy}", reason=f"run #{run.pk} {run.strategy}: {decision.reason}"[:200],
+            onnx_bytes=onnx_bytes, parent=parent, activate=True, score_reference=reference_after(decision, evaluation.score),
+            note=f"run #{run.pk} {run.strategy}", reason=f"run #{run.pk} {run.strategy}: {decision.reason}"[:200],
         )
         if not run_mark_promoted(run_id=run.pk, version=version, gain=decision.gain, decision=decision.reason,
                                  candidate_metrics={**evaluation.as_dict(), "gate_test": decision.evidence}):
