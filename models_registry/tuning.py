@@ -20,8 +20,6 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
-
 from models_registry.implementations import task_dataset
 from models_registry.loading import load_callable
 from models_registry.models import Task
@@ -36,26 +34,20 @@ TUNING_MIN_VAL_ROWS = 200
 TUNING_BUDGET_S = 120.0
 
 
-def _grid(task: Task, y_train: np.ndarray) -> list[dict[str, Any]] | None:
+def algorithm_tune(*, task: Task, budget_s: float = TUNING_BUDGET_S) -> dict[str, Any] | None:
+    """Tune the task's algorithm on the validation split and store the choice; returns the record,
+    or None when there is nothing to tune (no grid, too few validation rows)."""
+    if not task.algorithm_path or task.n_val < TUNING_MIN_VAL_ROWS:
+        return None
     target = load_callable(task.algorithm_path)
     grid_of = getattr(target, "tuning_grid", None) if isinstance(target, type) else None
     if grid_of is None:
         return None
-    grid = list(grid_of(task.metric, y_train))
-    return grid if len(grid) > 1 else None
-
-
-def algorithm_tune(*, task: Task, budget_s: float = TUNING_BUDGET_S) -> dict[str, Any] | None:
-    """Tune the task's algorithm on the validation split and store the choice; returns the record,
-    or None when there is nothing to tune (no grid, too few validation rows)."""
-    if not task.algorithm_path:
-        return None
     dataset = task_dataset(task)
     (X_train, y_train), (X_val, y_val) = dataset.train, dataset.val
-    grid = _grid(task, y_train)
-    if grid is None or len(y_val) < TUNING_MIN_VAL_ROWS:
+    grid = list(grid_of(task.metric, y_train))
+    if len(grid) < 2:
         return None
-    target = load_callable(task.algorithm_path)
     tried: list[dict[str, Any]] = []
     start = time.monotonic()
     with deciding("algorithm tuning"):
