@@ -74,6 +74,8 @@ from models_registry.selectors import (
     version_latest_sample,
 )
 from models_registry.services import (
+    MIN_GATE_ROWS,
+    MIN_TASK_ROWS,
     model_create,
     task_create_from_upload,
     task_dataset_replace,
@@ -307,6 +309,24 @@ def _choose(task: Task, refreshed: str) -> GainPredictor:
     return GainPredictor(label, True, note + (f" ({refreshed})" if refreshed else ""), version_predict_fn(version))
 
 
+def history_minimum(config: ImprovementConfig) -> int:
+    """Finished runs needed before the predictor task is created and may rank runs.
+
+    The configured ``predictor_min_history``, and never fewer than any task needs: one row per run,
+    and a gate split of at least ``MIN_GATE_ROWS`` rows.
+    """
+    return max(config.predictor_min_history, MIN_TASK_ROWS)
+
+
+def history_shortfall(n: int, config: ImprovementConfig) -> str:
+    """Why ``n`` finished runs are not enough yet, or "" when they are."""
+    minimum = history_minimum(config)
+    if n >= minimum:
+        return ""
+    why = "" if minimum == config.predictor_min_history else f" (its gate split needs {MIN_GATE_ROWS} rows)"
+    return f"not enough history: {n} < {minimum} runs{why}"
+
+
 def predictor_maintain(*, config: ImprovementConfig | None = None) -> str:
     """Create the predictor task, or refresh its data, when the history allows; returns what was done.
 
@@ -315,10 +335,13 @@ def predictor_maintain(*, config: ImprovementConfig | None = None) -> str:
     """
     config = config or ImprovementConfig.load()
     history = history_load()
-    if len(history) < config.predictor_min_history:
+    if history_shortfall(len(history), config):
         return ""
     try:
         return predictor_refresh(history)[1]
+    except RegistryError as exc:  # refused with a reason (the data, a concurrent change): no traceback
+        logger.warning("refreshing the improvement predictor was refused: %s", exc)
+        return f"refresh refused ({exc})"[:200]
     except Exception as exc:  # noqa: BLE001 - ranking must go on; gain_predictor falls back and says why
         logger.exception("refreshing the improvement predictor failed")
         return f"refresh failed ({type(exc).__name__}: {exc})"[:200]
@@ -335,9 +358,9 @@ def gain_predictor(*, config: ImprovementConfig | None = None, refreshed: str | 
     if refreshed is None:
         refreshed = predictor_maintain(config=config)
     history = history_load()
-    minimum = config.predictor_min_history
-    if len(history) < minimum:
-        return _baseline(history, f"not enough history: {len(history)} < {minimum} runs")
+    shortfall = history_shortfall(len(history), config)
+    if shortfall:
+        return _baseline(history, shortfall)
     task = predictor_task()
     if task is None:
         return _baseline(history, "the predictor task is not created yet" + (f" ({refreshed})" if refreshed else ""))

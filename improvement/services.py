@@ -27,7 +27,7 @@ from events.payloads import ConfigChangedPayload
 from events.publisher import publish
 from hormones.services import hormones_ensure
 from improvement.models import ImprovementConfig
-from improvement.predictor import PREDICTOR_TASK_SLUG, gain_predictor, history_load
+from improvement.predictor import PREDICTOR_TASK_SLUG, gain_predictor, history_load, history_minimum, history_shortfall
 from models_registry.choices import OutputKind
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.data.upload import UploadLimits
@@ -97,8 +97,8 @@ def predictor_seed() -> str:
     """Create (or refresh) the improvement-predictor task once the run history is long enough."""
     config = ImprovementConfig.load()
     n = len(history_load())
-    if n < config.predictor_min_history:
-        return (f"task {PREDICTOR_TASK_SLUG}: not yet ({n} < {config.predictor_min_history} finished runs); "
+    if history_shortfall(n, config):
+        return (f"task {PREDICTOR_TASK_SLUG}: not yet ({n} < {history_minimum(config)} finished runs); "
                 "the loop creates it once the history is long enough")
     return f"task {PREDICTOR_TASK_SLUG}: {gain_predictor(config=config).note}"
 

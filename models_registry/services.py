@@ -95,6 +95,8 @@ def _n_outputs(output_kind: str, X: np.ndarray, y: np.ndarray) -> int:
 
 #: A gate split smaller than this cannot tell candidates apart: the task is refused.
 MIN_GATE_ROWS = 10
+#: Fewest rows a task can be created with: its gate split (``DEFAULT_FRACTIONS[2]``) then holds ``MIN_GATE_ROWS``.
+MIN_TASK_ROWS = math.ceil(MIN_GATE_ROWS / DEFAULT_FRACTIONS[2])
 #: Above this smallest detectable accuracy gain (at α = 0.05) the task is accepted with a warning.
 GATE_WARN_ABOVE = 0.02
 GATE_ALPHA = 0.05
@@ -106,7 +108,7 @@ def gate_size_check(n_gate: int, *, alpha: float = GATE_ALPHA) -> list[str]:
     if n_gate < MIN_GATE_ROWS:
         raise RegistryError(
             f"rows: the gate split (the {gate_share:.0%} of rows every promotion is judged on) would hold {n_gate} "
-            f"rows; at least {MIN_GATE_ROWS} are needed, so upload at least {math.ceil(MIN_GATE_ROWS / gate_share)} rows"
+            f"rows; at least {MIN_GATE_ROWS} are needed, so upload at least {MIN_TASK_ROWS} rows"
         )
     smallest = min_detectable_accuracy_gain(n_gate, alpha=alpha)
     if smallest <= GATE_WARN_ABOVE:

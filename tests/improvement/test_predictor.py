@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import timedelta
 
@@ -25,6 +26,7 @@ from improvement.nn.gain_model import (
     scorer_check,
     spearman,
 )
+from improvement import predictor
 from improvement.predictor import PREDICTOR_TASK_SLUG, gain_predictor, predictor_task, run_features
 from improvement.scheduler.cycle import Proposal, cycle_run, proposals_prioritise
 from improvement.strategies.registry import strategy_names
@@ -222,10 +224,37 @@ def test_too_little_history_falls_back_and_says_why(task, history_model):
     model = model_create(task=task, name="weak")
     version_with_score(model, 0.5)
     record = cycle_run(trigger="forced")
-    assert _note(record) == ("predictor: fallback to mean gain per strategy — not enough history: 12 < 30 runs")
+    assert _note(record) == ("predictor: fallback to mean gain per strategy — not enough history: 12 < 67 runs "
+                             "(its gate split needs 10 rows)")
     assert predictor_task() is None
     decision = next(d for d in record.decisions if d["model"].endswith("/weak"))
     assert decision["predictor"] == "mean gain per strategy" and decision["predicted_gain"] is not None
+
+
+def test_a_history_past_the_setting_but_too_short_for_a_gate_waits_without_a_traceback(task, history_model, caplog):
+    """30–66 runs: the setting (30) allows the predictor, but a task of so few rows has a gate under 10 rows."""
+    _history(history_model, 40, gain=lambda s, k, rng: _signal(s, k))
+    model = model_create(task=task, name="weak")
+    version_with_score(model, 0.5)
+    with caplog.at_level(logging.WARNING):
+        record = cycle_run(trigger="forced")
+    assert _note(record).endswith("not enough history: 40 < 67 runs (its gate split needs 10 rows)")
+    assert predictor_task() is None
+    assert [r for r in caplog.records if r.name.startswith("improvement")] == []
+
+
+def test_a_refused_refresh_is_a_warning_with_its_reason_not_a_traceback(task, history_model, caplog, monkeypatch):
+    _history(history_model, 80, gain=lambda s, k, rng: _signal(s, k))
+
+    def refused(history):
+        raise RegistryError("rows: the gate split would hold 5 rows")
+
+    monkeypatch.setattr(predictor, "predictor_refresh", refused)
+    with caplog.at_level(logging.WARNING):
+        done = predictor.predictor_maintain()
+    assert done == "refresh refused (rows: the gate split would hold 5 rows)"
+    [warning] = [r for r in caplog.records if r.name == "improvement.predictor"]
+    assert warning.levelno == logging.WARNING and warning.exc_info is None
 
 
 @pytest.mark.slow
