@@ -20,8 +20,12 @@ untouched request (its body included) to Django, which answers it as before:
   headers in this process: the headers of that answer (security headers, content type, and
   whatever the deployment's middleware adds) are reused, and an unknown host is therefore
   always checked by Django first (``ALLOWED_HOSTS``, HTTPS redirects);
-* the body parses, the task can be served, the inputs meet its contract, and the view's
-  throttles allow the request.
+* the view's throttles allow the request (checked before the body is read, as DRF checks them
+  before parsing: a throttled client's body is never read or parsed by the lane), and then the
+  body parses, the task can be served and the inputs meet its contract.
+
+A request handed to Django after the lane's throttles counted it gets its allowance back first
+(``GCRAThrottle.refund``), since Django's view counts it again: every request counts once.
 
 Any refusal or error is therefore written by the one DRF implementation, in the API's error
 shape; the fast lane never answers a 4xx. A neural failure the algorithm cannot stand in for is
@@ -132,6 +136,23 @@ class PredictFastLane:
             return None  # chunked or malformed: the body limit middleware decides
         if length <= 0 or length > serving_setting("PLASTICITY_PREDICT_MAX_BYTES"):
             return None
+        # The throttles come before the body, as in DRF (``initial`` runs before anything reads
+        # ``request.data``): a throttled client's body is neither read nor parsed here, and
+        # Django, which then writes the 429, does not read it either.
+        counted = self._throttle(cached[0])
+        if counted is None:
+            return None
+        answered = None
+        try:
+            answered = self._answer_counted(environ, slug, length, template, start_response)
+        finally:
+            if answered is None:  # handed to Django, which counts it again (or failed: never answered)
+                self._refund(counted)
+        return answered
+
+    def _answer_counted(self, environ: dict, slug: str, length: int, template: list[tuple[str, str]],
+                        start_response) -> list[bytes] | None:
+        """The rest of ``_answer``, once the throttles have counted the request."""
         body = environ["wsgi.input"].read(length)
         # From here on, a hand-over must give Django the body it would have read.
         environ["wsgi.input"] = BytesIO(body)
@@ -146,8 +167,6 @@ class PredictFastLane:
                                          max_batch=serving_setting("PLASTICITY_MAX_BATCH"))
         except Exception:  # noqa: BLE001 - every refusal is Django's to write, in the API's error shape
             return None
-        if not self._throttles_allow(cached[0]):
-            return None
         try:
             prediction = serving_predict(route=route, X=X)
             answer = prediction.answer()
@@ -160,12 +179,30 @@ class PredictFastLane:
         return self._respond(start_response, _OK, template, answer)
 
     @staticmethod
-    def _throttles_allow(user) -> bool:
-        """The predict view's own throttles, as DRF's ``check_throttles`` runs them. They read the
-        user (and, for an anonymous one, the address: never here) and the view's scope."""
+    def _throttle(user) -> tuple[Any, list] | None:
+        """The predict view's own throttles, as DRF's ``check_throttles`` runs them: every one, and
+        each that allows the request counts it. They read the user (and, for an anonymous one, the
+        address: never here) and the view's scope. Returns what ``_refund`` gives back should
+        Django answer the request after all (the request and the throttles that counted it), or
+        None when one refuses, having given back the counts of the others: Django runs them all
+        again to write the 429."""
         request: Any = SimpleNamespace(user=user, META={})
         view: Any = TaskPredictView
-        return all(throttle().allow_request(request, view) for throttle in TaskPredictView.throttle_classes)
+        allowed = [throttle for throttle in (cls() for cls in TaskPredictView.throttle_classes)
+                   if throttle.allow_request(request, view)]
+        counted = (request, allowed)
+        if len(allowed) < len(TaskPredictView.throttle_classes):
+            PredictFastLane._refund(counted)
+            return None
+        return counted
+
+    @staticmethod
+    def _refund(counted: tuple[Any, list]) -> None:
+        """Gives back what ``_throttle`` counted (``GCRAThrottle.refund``), before a hand-over to Django."""
+        request, throttles = counted
+        view: Any = TaskPredictView
+        for throttle in throttles:
+            throttle.refund(request, view)
 
     @staticmethod
     def _respond(start_response, status: str, template: list[tuple[str, str]], answer: Any) -> list[bytes]:

@@ -84,7 +84,10 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
 # ------------------------------------------------------------------------------ request bodies
 
 #: The predict endpoint (group 1: the task's slug); the fast lane (project.fastlane) matches the same.
-PREDICT_PATH = re.compile(r"^/api/tasks/([^/]+)/predict/?$")
+#: Exactly the route Django resolves (``tasks/<str:slug>/predict`` under ``api/``, no trailing slash;
+#: ``\Z``, not ``$``, which would also take a trailing newline): the lane must not answer a path
+#: that Django answers 404.
+PREDICT_PATH = re.compile(r"^/api/tasks/([^/]+)/predict\Z")
 _UPLOAD_PATHS = ("/api/tasks", "/api/tasks/")
 #: Rows appended to a task's dataset, through the API and from the panel's task page.
 _ROWS_PATH = re.compile(r"^(?:/api)?/tasks/[^/]+/rows/?$")

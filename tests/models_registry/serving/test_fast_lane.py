@@ -202,3 +202,88 @@ def test_other_requests_pass_through_untouched(lane, neural_task, viewer):
                                    extra={"REQUEST_METHOD": "GET"})
     assert status == 200 and json.loads(body)["task"] == neural_task.slug
     assert lane.served == 0
+
+
+class _ReadCounter(io.BytesIO):
+    """The server's request stream (``wsgi.input``), counting the bytes anyone reads from it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = super().readline(size)
+        self.bytes_read += len(line)
+        return line
+
+
+def _predict_rate(settings, rate: str) -> None:
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
+        **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "predict": rate}}
+
+
+def test_a_throttled_client_is_refused_before_its_body_is_read(lane, neural_task, viewer, settings):
+    """As in DRF, the throttles come before the body: a throttled client cannot make the lane read
+    and parse up to ``PLASTICITY_PREDICT_MAX_BYTES`` of JSON per request before its 429."""
+    _predict_rate(settings, "2/hour")
+    token = Token.objects.create(user=viewer).key
+    path = f"/api/tasks/{neural_task.slug}/predict"
+    assert _call(lane, path, body=_predict_body(), token=token)[0] == 200  # Django's: headers learnt
+    assert _call(lane, path, body=_predict_body(), token=token)[0] == 200 and lane.served == 1  # the budget spent
+    for body in (b"{inputs" + b" " * 4096, _predict_body()):  # a 400 if anything parsed it; a valid one
+        stream = _ReadCounter(body)
+        status, headers, payload = _call(lane, path, body=body, token=token, extra={"wsgi.input": stream})
+        assert status == 429, payload[:300]
+        assert json.loads(payload)["error"]["code"] == "throttled" and int(dict(headers)["Retry-After"]) > 0
+        assert stream.bytes_read == 0  # neither the lane nor Django read (let alone parsed) a byte of it
+    assert lane.served == 1
+
+
+@pytest.mark.parametrize("case", ["wrong shape", "not JSON", "unknown task", "defect"])
+def test_a_request_the_lane_hands_to_django_counts_once_against_the_throttle(lane, neural_task, viewer, settings,
+                                                                             monkeypatch, case):
+    """The lane's throttles count a request before its body is read; when Django answers it after
+    all (and counts it in the view), the lane's count is given back: a budget of 4 takes 4 requests."""
+    from models_registry.serving.predict import Prediction
+
+    _predict_rate(settings, "4/hour")
+    token = Token.objects.create(user=viewer).key
+    path = f"/api/tasks/{neural_task.slug}/predict"
+    assert _call(lane, path, body=_predict_body(), token=token)[0] == 200  # Django's (1 of 4): headers learnt
+    kwargs, expected = {
+        "wrong shape": (dict(path=path, body=_predict_body([[1.0, 2.0]])), 400),
+        "not JSON": (dict(path=path, body=b"{inputs"), 400),
+        "unknown task": (dict(path="/api/tasks/nope/predict", body=_predict_body()), 404),
+        "defect": (dict(path=path, body=_predict_body()), 500),
+    }[case]
+    if case == "defect":
+        def broken(self):
+            raise RuntimeError("a defect")
+
+        monkeypatch.setattr(Prediction, "answer", broken)
+    statuses = [_call(lane, kwargs["path"], body=kwargs["body"], token=token)[0] for _ in range(4)]
+    assert statuses == [expected, expected, expected, 429]  # counted twice, it would be [expected, 429, ...]
+    assert lane.served == 0
+
+
+@pytest.mark.parametrize("suffix", ["/", "\n"], ids=["trailing slash", "trailing newline"])
+def test_a_path_django_does_not_route_gets_djangos_answer(lane, neural_task, viewer, suffix):
+    """The predict route has no trailing slash (``tasks/<str:slug>/predict``): the lane answers
+    only that path, and leaves any other (a 404 of Django's) to Django."""
+    token = Token.objects.create(user=viewer).key
+    path = f"/api/tasks/{neural_task.slug}/predict"
+    assert _call(lane, path, body=_predict_body(), token=token)[0] == 200  # warm: the lane would answer `path`
+    status, headers, body = _call(lane, path + suffix, body=_predict_body(), token=token)
+    django_status, django_headers, django_body = _call(get_wsgi_application(), path + suffix,
+                                                       body=_predict_body(), token=token)
+    assert status == django_status == 404, body[:300]
+    content_type = dict(headers)["Content-Type"]
+    assert content_type == dict(django_headers)["Content-Type"]
+    if content_type.startswith("application/json"):  # the API's JSON 404 (an HTML page for the newline)
+        assert json.loads(body) == json.loads(django_body)
+    assert "X-Predict-Lane" not in dict(headers) and lane.served == 0
