@@ -1,11 +1,10 @@
 """Score functions, prediction wrappers and latency measurement."""
 
-import time
-
 import numpy as np
 import pytest
 import torch
 
+from models_registry.nn import evaluation
 from models_registry.nn.evaluation import (
     EvaluationResult,
     evaluate,
@@ -119,19 +118,48 @@ def test_latency_tiles_a_small_pool():
     assert set(lat) == LATENCY_KEYS
 
 
-def test_latency_repeats_are_capped_by_max_seconds():
+class _FakeClock:
+    """``perf_counter`` that moves only when a predict call says so (no real time is measured)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_latency_repeats_are_capped_by_max_seconds(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(evaluation, "time", clock)
     calls = 0
 
-    def slow(X: np.ndarray) -> np.ndarray:
+    def slow(X: np.ndarray) -> np.ndarray:  # every call "takes" 0.25 s of the fake clock
         nonlocal calls
         calls += 1
-        time.sleep(0.02)
+        clock.now += 0.25
         return X
 
-    t0 = time.perf_counter()
-    measure_latency(slow, np.ones((4, 2)), batch_sizes=(1,), warmup=1, repeats=1000, max_seconds=0.2)
-    assert time.perf_counter() - t0 < 1.0
-    assert 2 <= calls < 20
+    timings: dict[str, list[float]] = {}
+    # Two batch sizes share 4 s: 2 s each, i.e. 8 timed repeats of 0.25 s (of 1000 asked), after 1 warm-up.
+    lat = measure_latency(slow, np.ones((4, 2)), batch_sizes=(1, 2), warmup=1, repeats=1000, max_seconds=4.0,
+                          timings=timings)
+    assert calls == 2 * (1 + 8)
+    assert timings == {"b1": [250.0] * 8, "b2": [250.0] * 8}
+    assert lat["p50_ms_b1"] == lat["p99_ms_b2"] == 250.0
+
+
+def test_latency_runs_one_repeat_even_past_its_budget(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(evaluation, "time", clock)
+
+    def slower_than_the_budget(X: np.ndarray) -> np.ndarray:
+        clock.now += 10.0
+        return X
+
+    timings: dict[str, list[float]] = {}
+    measure_latency(slower_than_the_budget, np.ones((4, 2)), batch_sizes=(1,), warmup=0, repeats=50,
+                    max_seconds=0.5, timings=timings)
+    assert timings == {"b1": [10_000.0]}
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -32,12 +32,20 @@ def _read(token, *, max_age_s=DAY, limit=16384, now=None):
 
 
 def test_a_class_prediction_round_trips():
+    before = time.time()
     token = _issue([7])
+    after = time.time()
     assert len(token) == 62 and "=" not in token  # URL-safe base64, no padding
     ref = _read(token)
     assert (ref.task_id, ref.implementation, ref.version_id, ref.rows, ref.is_classes) == (3, "neural", 17, 1, True)
     assert ref.outputs.tolist() == [7]
-    assert abs(ref.issued_at - time.time()) < 5
+    assert int(before) <= ref.issued_at <= after  # stamped with the clock when issued (whole seconds)
+
+
+def test_an_id_carries_the_issue_time_it_was_given_in_whole_seconds():
+    issued = 1_750_000_000.9
+    ref = _read(_issue([7], now=issued), now=issued + 60)
+    assert ref.issued_at == 1_750_000_000
 
 
 def test_a_batch_of_values_from_the_algorithm_round_trips_at_float32_precision():
