@@ -27,7 +27,13 @@ from events.payloads import ConfigChangedPayload
 from events.publisher import publish
 from hormones.services import hormones_ensure
 from improvement.models import ImprovementConfig
-from improvement.predictor import PREDICTOR_TASK_SLUG, gain_predictor, history_load, history_minimum, history_shortfall
+from improvement.predictor import (
+    PREDICTOR_TASK_SLUG,
+    gain_predictor,
+    history_load,
+    history_minimum,
+    history_shortfall,
+)
 from models_registry.choices import OutputKind
 from models_registry.data.builtin import BUILTIN_DATASETS
 from models_registry.data.upload import UploadLimits

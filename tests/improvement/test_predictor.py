@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from hormones.names import HORMONE_NAMES
 from hormones.services import hormones_ensure
+from improvement import predictor
 from improvement.choices import RunStatus
 from improvement.models import ImprovementConfig, ImprovementRun
 from improvement.nn.evolution import Individual, SearchConfig, evolve
@@ -26,7 +27,6 @@ from improvement.nn.gain_model import (
     scorer_check,
     spearman,
 )
-from improvement import predictor
 from improvement.predictor import PREDICTOR_TASK_SLUG, gain_predictor, predictor_task, run_features
 from improvement.scheduler.cycle import Proposal, cycle_run, proposals_prioritise
 from improvement.strategies.registry import strategy_names
