@@ -108,6 +108,32 @@ SQLITE_OPTIONS = {
     "timeout": 30,
     "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
 }
+#: Connections per process of ``DB_POOL=1`` (min, max): the web threads (4 by default) plus the
+#: background threads that query (tracker flush, shadow checks), with room to spare.
+DB_POOL_DEFAULT_SIZES = (2, 8)
+
+
+def _db_pool_options() -> dict[str, Any] | None:
+    """``DB_POOL``: off (unset, ``0``/``false``/``off``), on (``1``/``true``/``on``: ``DB_POOL_DEFAULT_SIZES``),
+    or ``MIN:MAX`` connections per process (e.g. ``2:16``) — psycopg_pool's ``min_size`` / ``max_size``."""
+    raw = os.environ.get("DB_POOL", "").strip().lower()
+    if raw in {"", "0", "false", "no", "off"}:
+        return None
+    if raw in {"1", "true", "yes", "on"}:
+        min_size, max_size = DB_POOL_DEFAULT_SIZES
+    else:
+        low, sep, high = raw.partition(":")
+        try:
+            min_size, max_size = int(low), int(high)
+        except ValueError:
+            min_size = max_size = -1
+        if not sep or min_size < 0 or max_size < max(1, min_size):
+            raise ImproperlyConfigured(
+                f"DB_POOL must be 0/1 (off/on) or MIN:MAX connections per process with 0 <= MIN <= MAX and "
+                f"MAX >= 1 (e.g. 2:16), got {os.environ['DB_POOL']!r}")
+    return {"min_size": min_size, "max_size": max_size}
+
+
 _database_url = env_str("DATABASE_URL")
 if _database_url:
     DATABASES: dict[str, Any] = {"default": dj_database_url.parse(_database_url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
@@ -131,6 +157,21 @@ else:
             "TEST": {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")},
         }
     }
+# Opt-in connection pool (PostgreSQL): Django's psycopg pool in each process instead of a
+# persistent connection per thread; a request returns its connection to the pool when it ends.
+# Off by default: the predict hot path makes no query, and persistent connections
+# (DB_CONN_MAX_AGE) already serve the rest.
+_db_pool = _db_pool_options()
+if _db_pool is not None:
+    if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        raise ImproperlyConfigured("DB_POOL needs PostgreSQL (DATABASE_URL=postgres://...)")
+    if env_int("DB_CONN_MAX_AGE", 0) != 0:
+        raise ImproperlyConfigured("DB_POOL and DB_CONN_MAX_AGE exclude each other (a pooled connection goes back "
+                                   "to the pool after each request): unset DB_CONN_MAX_AGE")
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django refuses a pool with persistent connections
+    # A request waits for a free connection no longer than it would for a new one (503 after that).
+    _db_pool["timeout"] = float(DATABASES["default"]["OPTIONS"]["connect_timeout"])
+    DATABASES["default"]["OPTIONS"]["pool"] = _db_pool
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- channels ---------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
 
@@ -63,6 +64,28 @@ def default_web_workers() -> int:
     landed on one process, leaving a core idle (measured on 2 cores: 2 processes gave 750–2,400
     predictions/s from run to run, 3 gave 1,700–2,250)."""
     return max(2, os.cpu_count() or 1) + 1
+
+
+def web_counts(*, port: int, web_workers: int | None = None, web_threads: int | None = None,
+               ws_port: int | None = None, single: bool = False) -> tuple[int, int, int]:
+    """(gunicorn processes, threads per process, WebSocket port): each from its option when given,
+    else from the environment (``PLASTICITY_WEB_WORKERS``, ``PLASTICITY_WEB_THREADS``,
+    ``PLASTICITY_WS_PORT``), else the default. A value that is not a number or out of range is a
+    ``CommandError`` naming it (no traceback)."""
+    try:
+        web_workers = web_workers if web_workers is not None else env_int(
+            "PLASTICITY_WEB_WORKERS", default_web_workers(), minimum=1, maximum=256)
+        web_threads = web_threads if web_threads is not None else env_int(
+            "PLASTICITY_WEB_THREADS", 4, minimum=1, maximum=256)
+        ws_port = ws_port if ws_port is not None else (
+            env_int("PLASTICITY_WS_PORT", 0, minimum=0, maximum=65535) or port + 1)
+    except ImproperlyConfigured as exc:
+        raise CommandError(str(exc)) from None
+    if web_workers < 1 or web_threads < 1:
+        raise CommandError(f"--web-workers and --web-threads must be at least 1, got {web_workers} and {web_threads}")
+    if not single and ws_port == port:
+        raise CommandError(f"--ws-port must differ from --port ({port}), or use --single")
+    return web_workers, web_threads, ws_port
 
 
 def web_commands(*, host: str, port: int, web_workers: int, web_threads: int, ws_port: int,
@@ -107,15 +130,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, workers: int, web_workers: int | None, web_threads: int | None,
                ws_port: int | None, single: bool, **options) -> None:
-        web_workers = web_workers if web_workers is not None else env_int(
-            "PLASTICITY_WEB_WORKERS", default_web_workers(), minimum=1, maximum=256)
-        web_threads = web_threads if web_threads is not None else env_int(
-            "PLASTICITY_WEB_THREADS", 4, minimum=1, maximum=256)
-        ws_port = ws_port if ws_port is not None else (env_int("PLASTICITY_WS_PORT", 0, minimum=0) or port + 1)
-        if web_workers < 1 or web_threads < 1 or workers < 0:
-            raise CommandError("--web-workers and --web-threads must be at least 1, --workers at least 0")
-        if not single and ws_port == port:
-            raise CommandError(f"--ws-port must differ from --port ({port}), or use --single")
+        if workers < 0:
+            raise CommandError(f"--workers must be at least 0, got {workers}")
+        web_workers, web_threads, ws_port = web_counts(port=port, web_workers=web_workers, web_threads=web_threads,
+                                                       ws_port=ws_port, single=single)
+        try:
+            worker_nice = env_int("PLASTICITY_WORKER_NICE", 10, minimum=0, maximum=19)
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
         state = loop_boot()
         self.stdout.write("self-improvement loop: " + ("started (auto_start)" if state else "not started"))
         env = dict(os.environ, Q_WORKERS=str(max(1, workers)))
@@ -123,7 +145,6 @@ class Command(BaseCommand):
             host=host, port=port, web_workers=web_workers, web_threads=web_threads, ws_port=ws_port, single=single)]
         if workers > 0:
             specs.append(("qcluster", [sys.executable, "manage.py", "qcluster"], env))
-        worker_nice = env_int("PLASTICITY_WORKER_NICE", 10, minimum=0, maximum=19)
         children = [Supervised(name, argv, child_env, log=self.stderr.write,
                                nice=worker_nice if name == "qcluster" else 0)
                     for name, argv, child_env in specs]
