@@ -107,7 +107,7 @@ def web_commands(*, host: str, port: int, web_workers: int, web_threads: int, ws
     # requests need). An operator's own setting wins.
     single_threaded = {name: os.environ.get(name, "1") for name in WEB_NUMERIC_THREAD_VARS}
     return [("gunicorn", gunicorn, {"PLASTICITY_WS_PORT": str(ws_port), **single_threaded}),
-            ("daphne", daphne, {})]
+            ("daphne", daphne, {"PLASTICITY_ASGI_HTTP": "health"})]  # WebSockets only (project.asgi)
 
 
 class Command(BaseCommand):

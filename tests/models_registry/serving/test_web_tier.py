@@ -89,6 +89,13 @@ def test_serve_runs_gunicorn_workers_and_a_websocket_server(served_task, operato
         page = requests.get(f"{base}/", headers={"Cookie": cookie}, timeout=30)
         assert page.status_code == 200
         assert f'data-ws-port="{ws_port}"' in page.text
+        # The WebSocket server is for /ws/ only: its HTTP side answers the health check, and nothing else.
+        ws_http = f"http://127.0.0.1:{ws_port}"
+        assert requests.get(f"{ws_http}/healthz", timeout=30).status_code == 200
+        for path, method in (("/", "GET"), ("/api/ping", "GET"), (f"/api/tasks/{task.slug}/predict", "POST")):
+            refused = requests.request(method, f"{ws_http}{path}", json=body, headers=headers, timeout=30)
+            assert refused.status_code == 404, (path, refused.status_code)
+            assert refused.json()["error"]["code"] == "not_found"
 
         ws = _wait_for(lambda: _try_connect(ws_base, cookie, base), timeout_s=60, what="the WebSocket")
         try:
