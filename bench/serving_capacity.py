@@ -13,7 +13,10 @@ starts it (gunicorn workers for HTTP, daphne for /ws/, one django-q2 worker):
   latency from when each was due): p50/p99 against offered load, as fractions of each
   endpoint's closed-loop capacity as this generator reaches it (it costs the shared cores more
   per request than wrk), with no run training and again while an architecture search occupies
-  the worker;
+  the worker; beyond 110 % the offered rate keeps rising (``SATURATION_FRACTIONS``) until the
+  tier falls behind (answers under ``SATURATED_BELOW`` of the offered rate): the highest rate
+  answered on the curve is the endpoint's open-loop capacity, and idle neural predict is measured
+  once more at 70 % of it (the p99 target's point);
 * **batch**: predict with 1,000 rows per request on the CNN (``wrk``, 4 connections): rows/s,
   with the rows as JSON and as one binary ``.npy`` array (``Content-Type: application/x-npy``).
 
@@ -49,6 +52,12 @@ CLOSED_ROUNDS = int(os.environ.get("BENCH_CAPACITY_ROUNDS", "5"))
 OPEN_LOOP_SECONDS = float(os.environ.get("BENCH_CAPACITY_OPEN_S", "6"))
 OPEN_LOOP_CONNECTIONS = 64
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.1)
+#: Offered beyond FRACTIONS, in order, until a point falls behind: the curve reaches saturation.
+SATURATION_FRACTIONS = (1.4, 1.8, 2.4, 3.2)
+#: A point answered under this share of its offered rate: the tier (with its load generator) is saturated.
+SATURATED_BELOW = 0.95
+#: The p99 target's point: this share of the highest rate the open-loop curve answered.
+TARGET_FRACTION = 0.7
 BATCH_ROWS = 1000
 
 SETUP = textwrap.dedent("""
@@ -99,6 +108,35 @@ TRAINING_RUN = textwrap.dedent("""
     run = run_create(model=NeuralModel.objects.get(pk=int(sys.argv[1])), strategy="architecture",
                      params={"time_budget_s": 1800, "trials": 1000}, enqueue=True)
     print(json.dumps({"run_id": run.pk}))
+""")
+
+#: What dynamic micro-batching could save at most: the served CNN's call on 1 row against its per-row
+#: cost in batches of 4–32 (the same process, the same session, the same input rows).
+MODEL_CALL = textwrap.dedent("""
+    import json, sys, time
+    import django
+    django.setup()
+    import numpy as np
+    from models_registry.implementations import task_dataset, version_predict_fn
+    from models_registry.models import NeuralModel
+    from models_registry.selectors import version_active
+    model = NeuralModel.objects.get(pk=int(sys.argv[1]))
+    predict = version_predict_fn(version_active(model=model))
+    X, _ = task_dataset(model.task).train
+    X = np.ascontiguousarray(X[:256], dtype=np.float32)
+    out = {}
+    for n in (1, 4, 8, 16, 32):
+        for _ in range(50):
+            predict(X[:n])
+        calls = max(200, 20000 // n)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for i in range(calls):
+                predict(X[(i * n) % 224:][:n])
+            best = min(best, (time.perf_counter() - t0) / calls)
+        out[str(n)] = {"call_ms": round(best * 1e3, 4), "per_row_ms": round(best * 1e3 / n, 4)}
+    print(json.dumps({"runtime": version_active(model=model).runtime, "batches": out}))
 """)
 
 RUN_STATUS = textwrap.dedent("""
@@ -181,6 +219,11 @@ def _open_loop(port: int, path: str, *, rate: float | None, method: str = "GET",
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def saturated(point: dict) -> bool:
+    """The tier answered less than ``SATURATED_BELOW`` of the rate offered: it has fallen behind."""
+    return point["achieved_rps"] < SATURATED_BELOW * point["offered_rps"]
 
 
 def _median_round(measured: list[dict]) -> dict:
@@ -280,7 +323,10 @@ def run_capacity() -> dict[str, Any]:
                 "predict_algorithmic": ("algorithmic", f"/api/tasks/{SLUG}/predict", "POST", one),
                 "ping": (None, "/api/ping", "GET", None),
             }
+            # The model's share of a request, and what batching its calls could save at most.
+            model_call = _python(MODEL_CALL, env, str(seeded["model_id"]))
             training: dict[str, Any] = {}
+            at_target: dict[str, Any] = {}
             for condition in ("idle", "training"):
                 if condition == "training":
                     run_id = _python(TRAINING_RUN, env, str(seeded["model_id"]))["run_id"]
@@ -300,10 +346,18 @@ def run_capacity() -> dict[str, Any]:
                         own = _open_loop(port, path, rate=None, method=method, body=body, token=token)
                         closed[name]["loadgen_rps"] = own["rps"]
                     capacity = closed[name]["loadgen_rps"]
-                    for fraction in FRACTIONS:
+                    curve = curves.setdefault(f"{name}, {condition}", [])
+                    for fraction in (*FRACTIONS, *SATURATION_FRACTIONS):
+                        if fraction not in FRACTIONS and any(saturated(p) for p in curve):
+                            break
                         point = _open_loop(port, path, rate=round(capacity * fraction, 1), method=method, body=body,
                                            token=token)
-                        curves.setdefault(f"{name}, {condition}", []).append({"fraction": fraction, **point})
+                        curve.append({"fraction": fraction, **point})
+                    if (name, condition) == ("predict_neural", "idle"):
+                        top = max(p["achieved_rps"] for p in curve)
+                        point = _open_loop(port, path, rate=round(top * TARGET_FRACTION, 1), method=method,
+                                           body=body, token=token)
+                        at_target = {"open_loop_capacity_rps": round(top, 1), "fraction": TARGET_FRACTION, **point}
                 if condition == "training":
                     # "running": the worker trained through every measurement of this condition.
                     still = _python(RUN_STATUS, env, str(training["training"]))["status"]
@@ -312,5 +366,6 @@ def run_capacity() -> dict[str, Any]:
             stop_process_group(serve)
             stop_process_group(serve_django)
             stop_process_group(reference)
-    return {"closed": closed, "curves": curves, "training": training, "seeded": {
+    return {"closed": closed, "curves": curves, "at_target": at_target, "model_call": model_call,
+            "training": training, "seeded": {
         "version_score": seeded["version_score"], "algorithm_score": seeded["algorithm_score"]}}
