@@ -11,6 +11,7 @@ from django.core.files.storage import default_storage
 from models_registry import implementations
 from models_registry.implementations import algorithm_predict_fn, version_predict_fn
 from models_registry.services import version_activate
+from models_registry.serving import router as router_module
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.models import ServingState
 from models_registry.serving.predict import serving_predict, serving_runtime_reset
@@ -62,16 +63,20 @@ def test_routing_follows_the_serving_switch_and_the_version(served_task):
     assert _route(task.slug).implementation == ALGORITHMIC
 
 
-def test_the_table_is_reread_at_most_every_refresh_interval(served_task):
+def test_the_table_is_reread_at_most_every_refresh_interval(served_task, monkeypatch):
     task, model, v1, v2 = served_task
+    clock = [1000.0]  # the router's clock, moved by the test: no dependence on the machine's speed
+    monkeypatch.setattr(router_module.time, "monotonic", lambda: clock[0])
     router = ServingRouter(refresh_s=0.2, background=False)
     router.route(task.slug)
     refreshes = router.refreshes
     for _ in range(200):
         router.route(task.slug)
+        clock[0] += 0.0009  # 200 lookups within 0.18 s: no re-read
     assert router.refreshes == refreshes  # not per request
     serving_switch(task=task, implementation=NEURAL, version=v2, reason=SwitchReason.OPERATOR)
-    time.sleep(0.25)
+    assert router.route(task.slug).implementation != NEURAL  # the table is still fresh
+    clock[0] += 0.03  # past the interval
     assert router.route(task.slug).implementation == NEURAL
     assert router.refreshes == refreshes + 1
 
