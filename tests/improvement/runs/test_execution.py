@@ -102,6 +102,11 @@ def test_architecture_search_produces_a_decision(weak_model):
     assert 1 <= trials <= FAST["population_size"] * FAST["generations"]  # the time budget may stop it early
     assert run.search_candidates.filter(trial_number__isnull=False).count() == trials
     assert not run.search_candidates.exclude(weights_file="").exists(), "candidate files are cleaned up"
+    # Its candidate is compiled to its fastest runtime before it is judged, as training's is, so an
+    # architecture promotion does not drop an optimized runtime back to torch fp32.
+    assert "the fastest within the score tolerance on validation" in run.log, run.log
+    if run.status == RunStatus.PROMOTED:
+        assert f"runtime {version_active(model=weak_model).runtime} for" in run.log
 
 
 def test_distillation_from_a_stronger_model_promotes(weak_model):
