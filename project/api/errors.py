@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
@@ -139,7 +139,8 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
             codes = _codes(detail)
             code = codes.pop() if len(codes) == 1 and codes != {"invalid"} else "invalid"
         message = getattr(exc, "plasticity_message", None) or _first_message(detail) or "Invalid input."
-        details = detail if isinstance(detail, dict) else {"non_field_errors": detail}
+        # A serializer's errors are keyed by field name (the stubs also allow int keys, for lists).
+        details = cast(dict[str, Any], detail) if isinstance(detail, dict) else {"non_field_errors": detail}
     else:
         code = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
         code = code if isinstance(code, str) else "error"
