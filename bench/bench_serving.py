@@ -536,8 +536,8 @@ def _capacity_report(capacity: dict[str, Any]) -> tuple[dict, list, list]:
     ]
     notes = [
         f"capacity: wrk, one thread, {WRK_CONNECTIONS} connections, closed loop, {CLOSED_ROUNDS} interleaved rounds "
-        f"of {WRK_SECONDS} s (reference, ping, predict neural, predict neural with the fast lane off, predict "
-        "algorithmic): the median round and the "
+        f"of {WRK_SECONDS} s (reference, ping, predict neural, predict neural with the fast lane off, 1,000-row "
+        "batches as JSON and as .npy, predict algorithmic): the median round and the "
         "range; vs_reference is the median of the per-round ratios; open loop: offered rates "
         f"{', '.join(f'{f:.0%}' for f in FRACTIONS)} of each endpoint's closed-loop capacity as reached by the "
         "open-loop generator itself (Python asyncio, 64 connections: "

@@ -18,7 +18,8 @@ starts it (gunicorn workers for HTTP, daphne for /ws/, one django-q2 worker):
   answered on the curve is the endpoint's open-loop capacity, and idle neural predict is measured
   once more at 70 % of it (the p99 target's point);
 * **batch**: predict with 1,000 rows per request on the CNN (``wrk``, 4 connections): rows/s,
-  with the rows as JSON and as one binary ``.npy`` array (``Content-Type: application/x-npy``).
+  with the rows as JSON and as one binary ``.npy`` array (``Content-Type: application/x-npy``),
+  in the same interleaved rounds as the single-row rows (median round and range).
 
 Every number here shares the machine's cores with the load generator.
 """
@@ -295,6 +296,7 @@ def run_capacity() -> dict[str, Any]:
             # other in each round, so a slow spell of the machine hits all of them; the median round
             # is reported with the range, and the ratio to the reference is taken round by round.
             rounds: dict[str, list[dict]] = {}
+            npy_batch = _npy(seeded["batch"])
             for _ in range(CLOSED_ROUNDS):
                 rounds.setdefault("reference_bare_drf", []).append(_wrk(f"http://127.0.0.1:{ref_port}/ref", tmp=tmp))
                 rounds.setdefault("ping", []).append(_wrk(f"{base}/api/ping", token=token, tmp=tmp))
@@ -302,6 +304,12 @@ def run_capacity() -> dict[str, Any]:
                     _wrk(predict_url, method="POST", body=one, token=token, tmp=tmp))
                 rounds.setdefault("predict_neural_django", []).append(
                     _wrk(django_predict_url, method="POST", body=one, token=token, tmp=tmp))
+                # Batches in the same rounds: one round alone moved by a third between runs.
+                rounds.setdefault("predict_batch_1000", []).append(
+                    _wrk(predict_url, method="POST", body=batch, token=token, connections=4, tmp=tmp))
+                rounds.setdefault("predict_batch_1000_npy", []).append(
+                    _wrk(predict_url, method="POST", body=npy_batch, content_type="application/x-npy", token=token,
+                         connections=4, tmp=tmp))
                 _switch(port, token, "algorithmic")
                 rounds.setdefault("predict_algorithmic", []).append(
                     _wrk(predict_url, method="POST", body=one, token=token, tmp=tmp))
@@ -312,11 +320,6 @@ def run_capacity() -> dict[str, Any]:
                                                                               rounds["reference_bare_drf"], strict=True)]
                                       for name in ("ping", "predict_neural", "predict_neural_django",
                                                    "predict_algorithmic")}
-            closed["predict_batch_1000"] = _wrk(predict_url, method="POST", body=batch, token=token, connections=4,
-                                                tmp=tmp)
-            closed["predict_batch_1000_npy"] = _wrk(predict_url, method="POST", body=_npy(seeded["batch"]),
-                                                    content_type="application/x-npy", token=token, connections=4,
-                                                    tmp=tmp)
 
             endpoints = {
                 "predict_neural": ("neural", f"/api/tasks/{SLUG}/predict", "POST", one),
