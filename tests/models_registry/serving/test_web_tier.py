@@ -8,10 +8,8 @@ signed-in session and pushes the promotion's event.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
-import psutil
 import pytest
 import requests
 from django.conf import settings as django_settings
@@ -24,26 +22,10 @@ from models_registry.services import version_activate
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.switching import NEURAL, serving_switch
 from tests.factories import trained_version
-from tests.models_registry.serving.helpers import blobs_inputs
+from tests.models_registry.serving.helpers import blobs_inputs, gunicorn_workers, wait_for
 from tests.workers import web_tier
 
 WEB_WORKERS = 2
-
-
-def _wait_for(condition, *, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:g} s"
-        time.sleep(0.2)
-
-
-def _gunicorn_workers(serve: subprocess.Popen) -> list[psutil.Process]:
-    children = psutil.Process(serve.pid).children(recursive=True)
-    masters = [p for p in children if "gunicorn" in " ".join(p.cmdline()) and p.parent().pid == serve.pid]
-    return [w for m in masters for w in m.children()]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -79,9 +61,9 @@ def test_serve_runs_gunicorn_workers_and_a_websocket_server(served_task, operato
             lanes.append(answer.headers.get("X-Predict-Lane"))
             return answer.json()
 
-        first = _wait_for(predict, timeout_s=120, what="the web tier answering")
+        first = wait_for(predict, timeout_s=120, what="the web tier answering")
         assert (first["implementation"], first["version_id"]) == ("neural", v2.pk)
-        workers = _wait_for(lambda: len(_gunicorn_workers(serve)) >= WEB_WORKERS and _gunicorn_workers(serve),
+        workers = wait_for(lambda: len(gunicorn_workers(serve)) >= WEB_WORKERS and gunicorn_workers(serve),
                             timeout_s=60, what="gunicorn's worker processes")
         assert len(workers) == WEB_WORKERS
 
@@ -97,7 +79,7 @@ def test_serve_runs_gunicorn_workers_and_a_websocket_server(served_task, operato
             assert refused.status_code == 404, (path, refused.status_code)
             assert refused.json()["error"]["code"] == "not_found"
 
-        ws = _wait_for(lambda: _try_connect(ws_base, cookie, base), timeout_s=60, what="the WebSocket")
+        ws = wait_for(lambda: _try_connect(ws_base, cookie, base), timeout_s=60, what="the WebSocket")
         try:
             version_activate(version=v3, reason="promotion seen by every web process")
             # Every process serves it: 2 × 10 consecutive answers on fresh connections all name v3.

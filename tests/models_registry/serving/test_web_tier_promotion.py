@@ -30,7 +30,7 @@ from models_registry.serving.choices import SwitchReason
 from models_registry.serving.conf import SERVING_SETTINGS
 from models_registry.serving.switching import NEURAL, serving_switch
 from tests.factories import trained_version
-from tests.models_registry.serving.helpers import blobs_inputs
+from tests.models_registry.serving.helpers import blobs_inputs, gunicorn_workers, wait_for
 from tests.workers import web_tier
 
 WEB_WORKERS = 2
@@ -123,22 +123,6 @@ class Poller(threading.Thread):
         return None
 
 
-def _gunicorn_workers(serve) -> list[psutil.Process]:
-    children = psutil.Process(serve.pid).children(recursive=True)
-    masters = [p for p in children if "gunicorn" in " ".join(p.cmdline()) and p.ppid() == serve.pid]
-    return [w for m in masters for w in m.children()]
-
-
-def _wait_for(condition, *, timeout_s: float, what: str, detail=lambda: ""):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:g} s {detail()}"
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_every_web_process_serves_a_promotion_within_a_second(served_task, operator, tmp_path, monkeypatch):
@@ -158,8 +142,8 @@ def test_every_web_process_serves_a_promotion_within_a_second(served_task, opera
 
     with web_tier(log_path=tmp_path / "serve.log", start_timeout_s=120, web_workers=WEB_WORKERS) as (base, _, serve):
         host, port = base.removeprefix("http://").rsplit(":", 1)
-        workers = _wait_for(lambda: len(_gunicorn_workers(serve)) >= WEB_WORKERS and _gunicorn_workers(serve),
-                            timeout_s=60, what="gunicorn's worker processes")
+        workers = wait_for(lambda: len(gunicorn_workers(serve)) >= WEB_WORKERS and gunicorn_workers(serve),
+                           timeout_s=60, interval_s=0.05, what="gunicorn's worker processes")
         assert len(workers) == WEB_WORKERS
         pids = {w.pid for w in workers}
         body = json.dumps({"inputs": blobs_inputs(1)[0]}).encode()
@@ -177,16 +161,16 @@ def test_every_web_process_serves_a_promotion_within_a_second(served_task, opera
                 poller = Poller(host, int(port), f"/api/tasks/{task.slug}/predict", body, headers, workers)
                 pollers.append(poller)
                 poller.start()
-                _wait_for(lambda poller=poller: poller.pid is not None, timeout_s=120,
-                          what="a first answer on a new connection", detail=lambda poller=poller: (
-                              poller.problems[-5:], (tmp_path / "serve.log").read_text(errors="replace")[-3000:]))
+                wait_for(lambda poller=poller: poller.pid is not None, timeout_s=120, interval_s=0.05,
+                         what="a first answer on a new connection", detail=lambda poller=poller: (
+                             poller.problems[-5:], (tmp_path / "serve.log").read_text(errors="replace")[-3000:]))
 
             # Warm: every process has answered with v2 for a while (token verified, answers on the fast lane).
             def warm() -> bool:
                 answers = [a for p in pollers for a in p.answers]
                 return all(sum(1 for a in answers if a.pid == pid and a.version_id == v2.pk) >= 20 for pid in pids)
 
-            _wait_for(warm, timeout_s=60, what="every process answering")
+            wait_for(warm, timeout_s=60, interval_s=0.05, what="every process answering")
 
             committed: list[float] = []
             with transaction.atomic():
@@ -199,14 +183,14 @@ def test_every_web_process_serves_a_promotion_within_a_second(served_task, opera
                 answers = [a for p in pollers for a in p.answers]
                 return all(any(a.pid == pid and a.version_id == v3.pk for a in answers) for pid in pids)
 
-            _wait_for(served_everywhere, timeout_s=60, what="the promotion served by every process")
+            wait_for(served_everywhere, timeout_s=60, interval_s=0.05, what="the promotion served by every process")
             time.sleep(0.5)  # a little more: no process goes back to v2
         finally:
             for poller in pollers:
                 poller.stop.set()
             for poller in pollers:
                 poller.join(timeout=30)
-        assert {w.pid for w in _gunicorn_workers(serve)} == pids, "a worker process was replaced meanwhile"
+        assert {w.pid for w in gunicorn_workers(serve)} == pids, "a worker process was replaced meanwhile"
 
     answers = sorted((a for p in pollers for a in p.answers), key=lambda a: a.received)
     report = {}
