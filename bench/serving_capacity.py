@@ -60,9 +60,9 @@ SATURATED_BELOW = 0.95
 #: The p99 target's point: this share of the highest rate the open-loop curve answered.
 TARGET_FRACTION = 0.7
 #: How long the p99 target's point is offered. A 6 s point's p99 is about its longest stall (1 % of
-#: 6 s at 1,700 requests/s is the requests of 60 ms), and on the shared 2-core machine the same point
-#: measured 14–72 ms across 6 s windows (same build, same rate): 30 s gives the percentile five
-#: times the requests it rests on.
+#: 6 s at 1,700 requests/s is the requests of 60 ms), and on the shared 2-core machine the same rate
+#: measured 14–72 ms across 10 s windows (same build, every web process stalling at once): 30 s gives
+#: the percentile five times the requests of a 6 s point.
 TARGET_SECONDS = float(os.environ.get("BENCH_CAPACITY_TARGET_S", "30"))
 BATCH_ROWS = 1000
 
