@@ -527,7 +527,7 @@ def _capacity_report(capacity: dict[str, Any]) -> tuple[dict, list, list]:
                f"{WRK_CONNECTIONS} connections)", f">= {REFERENCE_TARGET:.0%}", round(neural_ratio, 3),
                neural_ratio >= REFERENCE_TARGET),
         target(f"predict (neural) p99 at 70 % of its own capacity (the open-loop curve's highest answered rate, "
-               f"{at70['open_loop_capacity_rps']:,.0f} req/s: offered {at70['offered_rps']:,.0f} for {at70['seconds']:g} s), "
+               f"{at70['open_loop_capacity_rps']:,.0f} req/s: offered {at70['offered_rps']:,.0f} for {at70['seconds']:.0f} s), "
                "no run training",
                f"< {P99_TARGET_MS:g} ms", round(at70["p99_ms"], 2), at70["p99_ms"] < P99_TARGET_MS and not at70["errors"]),
         target("batch predict, 1,000 rows per request as JSON, digits CNN", f">= {BATCH_ROWS_TARGET:,} rows/s",
