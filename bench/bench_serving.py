@@ -512,11 +512,13 @@ def _capacity_report(capacity: dict[str, Any]) -> tuple[dict, list, list]:
     # The median of the per-round ratios (each round measures the reference and predict back to back).
     neural_ratio = statistics.median(closed["ratio_rounds"]["predict_neural"])
     at70 = capacity["at_target"]
-    saturation_rows = [{"endpoint, condition": name, "open_loop_capacity_rps": round(max(p["achieved_rps"] for p in points), 1),
-                        "saturated_at_offered": next((f"{p['fraction']:.0%}" for p in points if saturated(p)),
-                                                     "not reached"),
-                        "p99_ms_at_saturation": next((round(p["p99_ms"], 1) for p in points if saturated(p)), None)}
-                       for name, points in capacity["curves"].items()]
+    saturation_rows = []
+    for name, points in capacity["curves"].items():
+        first = next((p for p in points if saturated(p)), None)
+        saturation_rows.append({"endpoint, condition": name,
+                                "open_loop_capacity_rps": round(max(p["achieved_rps"] for p in points), 1),
+                                "saturated_at_offered": f"{first['fraction']:.0%}" if first else "not reached",
+                                "p99_ms_at_saturation": round(first["p99_ms"], 1) if first else None})
     batch_rows = closed["predict_batch_1000"]["rps"] * 1000 if not closed["predict_batch_1000"]["non_2xx"] else 0.0
     npy = closed["predict_batch_1000_npy"]
     npy_rows = npy["rps"] * 1000 if not npy["non_2xx"] else 0.0

@@ -1,6 +1,6 @@
 """WSGI entry point: the web tier's gunicorn processes (``manage.py serve``) and any plain WSGI server.
 
-Two things beyond Django's own handler:
+Three things beyond Django's own handler:
 
 * the predict fast lane (``project.fastlane``) in front of it: ordinary predict requests from
   token clients are answered without Django's request cycle, everything else as before;

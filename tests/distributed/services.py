@@ -37,15 +37,17 @@ def require(ok: bool, message: str) -> None:
     pytest.skip(f"{message}; skipped because CI is not 'true'")
 
 
-def wait_for(condition: Callable[[], object], *, timeout_s: float, interval_s: float = 0.2, what: str = "condition"):
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
+def wait_for(condition: Callable[[], object], *, timeout_s: float, interval_s: float = 0.2, what: str = "condition",
+             detail: Callable[[], object] = lambda: ""):
+    """Poll ``condition`` until it returns something truthy (returned); fail after ``timeout_s``,
+    with ``detail()`` in the message."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s:g} s")
+            raise AssertionError(f"{what} not reached within {timeout_s:g} s {detail()}")
         time.sleep(interval_s)
 
 

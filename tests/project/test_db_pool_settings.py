@@ -13,7 +13,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import psycopg
 import pytest
+
+from tests.distributed.services import require
 
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES_URL = "postgres://root@127.0.0.1:5432/test"
@@ -125,8 +128,6 @@ def test_the_pool_needs_postgresql(tmp_path, url):
 
 
 def _postgres_answers() -> bool:
-    import psycopg
-
     try:
         with psycopg.connect(POSTGRES_URL, connect_timeout=3):
             return True
@@ -135,8 +136,7 @@ def _postgres_answers() -> bool:
 
 
 def test_a_query_through_a_pooled_connection(tmp_path):
-    if not _postgres_answers():
-        pytest.skip(f"PostgreSQL does not answer at {POSTGRES_URL}")
+    require(_postgres_answers(), f"PostgreSQL does not answer at {POSTGRES_URL}")
     done = _run(POOLED_QUERY, _settings_env(tmp_path, DB_POOL="1:3"))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

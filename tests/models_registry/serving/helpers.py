@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import numpy as np
 import psutil
 
@@ -24,18 +21,6 @@ def sample(task: Task, *, version: ModelVersion | None = None, score: float, p50
 
 def blobs_inputs(n: int = 8, seed: int = 0) -> list:
     return np.random.default_rng(seed).normal(0, 3, size=(n, 4)).round(4).tolist()
-
-
-def wait_for(condition: Callable[[], object], *, timeout_s: float, what: str, interval_s: float = 0.2,
-             detail: Callable[[], object] = lambda: ""):
-    """Poll ``condition`` until it returns something truthy (returned); fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:g} s {detail()}"
-        time.sleep(interval_s)
 
 
 def gunicorn_workers(serve) -> list[psutil.Process]:

@@ -17,6 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 
 from models_registry.serving.choices import SwitchReason
+from models_registry.serving.predict import Prediction
 from models_registry.serving.switching import NEURAL, serving_switch
 from project.api.authentication import token_cache
 from project.fastlane import PredictFastLane
@@ -148,8 +149,7 @@ def test_a_request_with_a_cookie_takes_the_ordinary_path(lane, neural_task, view
 
 
 def test_the_throttle_counts_lane_and_django_answers_alike(lane, neural_task, viewer, settings):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
-        **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "predict": "3/hour"}}
+    _predict_rate(settings, "3/hour")
     token = Token.objects.create(user=viewer).key
     path = f"/api/tasks/{neural_task.slug}/predict"
     statuses = [_call(lane, path, body=_predict_body(), token=token) for _ in range(5)]
@@ -249,8 +249,6 @@ def test_a_request_the_lane_hands_to_django_counts_once_against_the_throttle(lan
                                                                              monkeypatch, case):
     """The lane's throttles count a request before its body is read; when Django answers it after
     all (and counts it in the view), the lane's count is given back: a budget of 4 takes 4 requests."""
-    from models_registry.serving.predict import Prediction
-
     _predict_rate(settings, "4/hour")
     token = Token.objects.create(user=viewer).key
     path = f"/api/tasks/{neural_task.slug}/predict"

@@ -29,8 +29,9 @@ from models_registry.services import version_activate
 from models_registry.serving.choices import SwitchReason
 from models_registry.serving.conf import SERVING_SETTINGS
 from models_registry.serving.switching import NEURAL, serving_switch
+from tests.distributed.services import wait_for
 from tests.factories import trained_version
-from tests.models_registry.serving.helpers import blobs_inputs, gunicorn_workers, wait_for
+from tests.models_registry.serving.helpers import blobs_inputs, gunicorn_workers
 from tests.workers import web_tier
 
 WEB_WORKERS = 2
