@@ -1,4 +1,10 @@
-"""A promotion or switch committed by another process is served by this one within a second."""
+"""A promotion or switch committed by another process is served by this one (no signal crosses processes).
+
+Nothing here depends on the machine's speed: the other process makes its second change only once
+this one has served the first, and this one polls each change with a generous deadline. How soon
+every web process serves a promotion (within a second, issue 18's requirement) is measured with
+real gunicorn processes in ``test_web_tier_promotion.py``; the delays here are reported.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +27,9 @@ from tests.models_registry.serving.helpers import blobs_inputs
 
 REPO = Path(__file__).resolve().parents[3]
 
-# Run by a separate Python process against the same database: promote v3, wait, then switch
-# serving to the algorithm; print when each change committed.
+# Run by a separate Python process against the same database: promote v3, wait until told (a line
+# on stdin: the promotion was served), then switch serving to the algorithm; print when each change
+# committed.
 OTHER_PROCESS = textwrap.dedent("""
     import json, sys, time
     import django
@@ -34,7 +41,8 @@ OTHER_PROCESS = textwrap.dedent("""
     version = ModelVersion.objects.get(pk=int(sys.argv[1]))
     version_activate(version=version, reason="promotion in another process")
     promoted = time.time()
-    time.sleep(1.5)
+    print(json.dumps({"promoted": promoted}), flush=True)
+    sys.stdin.readline()
     task = Task.objects.get(pk=version.model.task_id)
     serving_switch(task=task, implementation="algorithmic", reason="operator", detail="from another process")
     switched = time.time()
@@ -43,7 +51,7 @@ OTHER_PROCESS = textwrap.dedent("""
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_promotion_in_another_process_is_served_here_within_a_second(served_task, operator, client_for, settings):
+def test_a_promotion_and_a_switch_in_another_process_are_served_here(served_task, operator, client_for, settings):
     if connection.vendor == "sqlite" and str(connection.settings_dict["NAME"]).startswith((":memory:", "file:")):
         pytest.skip("needs a database file both processes can open")
     # The production configuration: 0.25 s refresh, changed routes loaded off the request path.
@@ -66,27 +74,36 @@ def test_a_promotion_in_another_process_is_served_here_within_a_second(served_ta
            "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
            "PLASTICITY_MEDIA_ROOT": str(settings.MEDIA_ROOT), "PLASTICITY_TORCH_THREADS": "1"}
     other = subprocess.Popen([sys.executable, "-c", OTHER_PROCESS, str(v3.pk)], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen: dict[str, float] = {}  # when this process first answered with each change
-    exited_at = None
-    deadline = time.monotonic() + 120
-    while len(seen) < 2:
-        assert time.monotonic() < deadline, "the other process took too long"
-        if other.poll() is not None:
-            exited_at = exited_at or time.monotonic()
-            if time.monotonic() - exited_at > 2.0:
-                break
-        answer = client.post(url, body, format="json")
-        assert answer.status_code == 200, answer.content
-        data, now = answer.json(), time.time()
-        if data["version_id"] == v3.pk:
-            seen.setdefault("promoted", now)
-        if data["implementation"] == ALGORITHMIC:
-            seen.setdefault("switched", now)
-        time.sleep(0.01)
-    out, err = other.communicate(timeout=30)
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def served(change: str, *, before: int) -> float:
+        """Poll predict until ``change`` is served; when (wall clock) it first was. Every answer
+        until then is the state before the change (``before``: the version served so far)."""
+        deadline = time.monotonic() + 120
+        while True:
+            assert other.poll() is None or change == "switched", other.communicate(timeout=30)
+            answer = client.post(url, body, format="json")
+            assert answer.status_code == 200, answer.content
+            data, now = answer.json(), time.time()
+            if change == "promoted" and data["version_id"] == v3.pk:
+                return now
+            if change == "switched" and data["implementation"] == ALGORITHMIC:
+                return now
+            assert (data["implementation"], data["version_id"]) == (NEURAL, before), data
+            assert time.monotonic() < deadline, f"{change}: not served within 120 s"
+            time.sleep(0.01)
+
+    try:
+        committed = {"promoted": json.loads(other.stdout.readline())["promoted"]}
+        seen = {"promoted": served("promoted", before=v2.pk)}
+        other.stdin.write("served\n")
+        other.stdin.flush()
+        seen["switched"] = served("switched", before=v3.pk)
+        out, err = other.communicate(timeout=120)
+    finally:
+        if other.poll() is None:
+            other.kill()
     assert other.returncode == 0, err
-    committed = json.loads(out.strip().splitlines()[-1])
-    assert set(seen) == {"promoted", "switched"}, (seen, committed)
-    delays = {change: seen[change] - committed[change] for change in seen}
-    assert delays["promoted"] < 1.0 and delays["switched"] < 1.0, delays
+    committed["switched"] = json.loads(out.strip().splitlines()[-1])["switched"]
+    delays = {change: round(seen[change] - committed[change], 3) for change in seen}
+    print(f"served here after the other process committed: {delays}")  # shown with -s
